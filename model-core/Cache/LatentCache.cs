@@ -1,0 +1,153 @@
+using static TorchSharp.torch;
+
+namespace Grid.ModelCore.Cache;
+
+/// <summary>
+/// One sequence's share of the latent cache: the blocks it owns and how many positions are filled.
+/// Position p lives in row <c>Blocks[p / blockSize] * blockSize + p % blockSize</c> of every layer's pool.
+/// </summary>
+public sealed class LatentSequence
+{
+    internal readonly List<int> Blocks = new();
+    internal LatentSequence(long id) => Id = id;
+
+    public long Id { get; }
+
+    /// <summary>Positions whose latents are in the cache.</summary>
+    public int Length { get; internal set; }
+
+    public bool Released { get; internal set; }
+
+    public int BlockCount => Blocks.Count;
+}
+
+/// <summary>
+/// The MLA latent cache of one host, paged: per layer one pool of fixed-size blocks, each row holding a
+/// token's <c>c_KV</c> (kv_lora_rank) followed by its rotated shared key <c>k_R</c> (qk_rope_head_dim).
+/// Sequences own whole blocks, taken from a free list and returned when the sequence is released; the pool
+/// doubles when it runs out. All methods must run on the inference thread.
+/// </summary>
+public sealed class LatentCache : IDisposable
+{
+    readonly int _numLayers;
+    readonly ScalarType _dtype;
+    readonly Stack<int> _freeBlocks = new();
+    readonly Dictionary<long, LatentSequence> _live = new();
+    Tensor[] _pools;   // per layer [capacityBlocks * blockSize, latentDim]
+    int _capacityBlocks;
+    long _nextId;
+
+    public int BlockSize { get; }
+    public int LatentDim { get; }
+    public int ElementSize { get; }
+
+    /// <summary>Bytes one block holds across all layers.</summary>
+    public long BytesPerBlock => (long)BlockSize * LatentDim * _numLayers * ElementSize;
+
+    /// <summary>Bytes one cached token takes across all layers: (kv_lora_rank + qk_rope_head_dim) * layers * element size.</summary>
+    public long BytesPerToken => (long)LatentDim * _numLayers * ElementSize;
+
+    public LatentCache(int numLayers, int latentDim, ScalarType dtype, int blockSize = 16, int initialBlocks = 64)
+    {
+        if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize));
+        _numLayers = numLayers;
+        LatentDim = latentDim;
+        _dtype = dtype;
+        BlockSize = blockSize;
+        ElementSize = dtype == ScalarType.Float32 ? 4 : dtype == ScalarType.Float64 ? 8 : 2;
+        _pools = new Tensor[numLayers];
+        for (int l = 0; l < numLayers; l++) _pools[l] = zeros(0, latentDim, dtype).DetachFromDisposeScope();
+        Grow(Math.Max(1, initialBlocks));
+    }
+
+    public int LiveSequences => _live.Count;
+    public int BlocksInUse => _capacityBlocks - _freeBlocks.Count;
+    public int CapacityBlocks => _capacityBlocks;
+
+    /// <summary>Bytes held by live sequences (whole blocks).</summary>
+    public long BytesInUse => BlocksInUse * BytesPerBlock;
+
+    /// <summary>Bytes reserved by the pools, used or free.</summary>
+    public long BytesReserved => _capacityBlocks * BytesPerBlock;
+
+    /// <summary>Tokens cached over all live sequences.</summary>
+    public long TokensCached => _live.Values.Sum(s => (long)s.Length);
+
+    public LatentSequence Create()
+    {
+        var seq = new LatentSequence(++_nextId);
+        _live[seq.Id] = seq;
+        return seq;
+    }
+
+    public long SequenceBytes(LatentSequence seq) => seq.Blocks.Count * BytesPerBlock;
+
+    /// <summary>Makes room for positions [0, length) of <paramref name="seq"/>.</summary>
+    public void Reserve(LatentSequence seq, int length)
+    {
+        if (seq.Released) throw new InvalidOperationException($"latent sequence {seq.Id} was released");
+        int needed = (length + BlockSize - 1) / BlockSize;
+        while (seq.Blocks.Count < needed)
+        {
+            if (_freeBlocks.Count == 0) Grow(_capacityBlocks);
+            seq.Blocks.Add(_freeBlocks.Pop());
+        }
+    }
+
+    /// <summary>Marks positions [0, length) as filled (after a step wrote them in every layer).</summary>
+    public void Commit(LatentSequence seq, int length)
+    {
+        if (length > seq.Blocks.Count * BlockSize) throw new InvalidOperationException("commit past the reserved blocks");
+        seq.Length = length;
+    }
+
+    /// <summary>Drops the last positions from <paramref name="length"/> on (their blocks stay reserved).</summary>
+    public void Truncate(LatentSequence seq, int length) => seq.Length = Math.Min(seq.Length, length);
+
+    /// <summary>Returns the sequence's blocks to the free list. Idempotent.</summary>
+    public void Release(LatentSequence seq)
+    {
+        if (seq.Released) return;
+        seq.Released = true;
+        for (int i = seq.Blocks.Count - 1; i >= 0; i--) _freeBlocks.Push(seq.Blocks[i]);
+        seq.Blocks.Clear();
+        seq.Length = 0;
+        _live.Remove(seq.Id);
+    }
+
+    public long Row(LatentSequence seq, int position) =>
+        (long)seq.Blocks[position / BlockSize] * BlockSize + position % BlockSize;
+
+    /// <summary>Rows of positions [start, start + count) of <paramref name="seq"/>.</summary>
+    public long[] Rows(LatentSequence seq, int start, int count)
+    {
+        var rows = new long[count];
+        for (int i = 0; i < count; i++) rows[i] = Row(seq, start + i);
+        return rows;
+    }
+
+    /// <summary>Writes latents [n, latentDim] into layer <paramref name="layer"/> at <paramref name="rows"/> [n].</summary>
+    public void Write(int layer, Tensor rows, Tensor latents) => _pools[layer].index_copy_(0, rows, latents.to(_dtype));
+
+    /// <summary>Reads rows [n] of layer <paramref name="layer"/> -> [n, latentDim].</summary>
+    public Tensor Read(int layer, Tensor rows) => _pools[layer].index_select(0, rows);
+
+    void Grow(int extraBlocks)
+    {
+        int newCapacity = _capacityBlocks + extraBlocks;
+        for (int l = 0; l < _numLayers; l++)
+        {
+            var grown = zeros((long)newCapacity * BlockSize, LatentDim, _dtype).DetachFromDisposeScope();
+            if (_capacityBlocks > 0) grown.narrow(0, 0, (long)_capacityBlocks * BlockSize).copy_(_pools[l]);
+            _pools[l].Dispose();
+            _pools[l] = grown;
+        }
+        for (int b = newCapacity - 1; b >= _capacityBlocks; b--) _freeBlocks.Push(b);
+        _capacityBlocks = newCapacity;
+    }
+
+    public void Dispose()
+    {
+        foreach (var p in _pools) p.Dispose();
+    }
+}

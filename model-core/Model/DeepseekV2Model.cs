@@ -1,0 +1,209 @@
+using Grid.ModelCore.Cache;
+using Grid.ModelCore.Config;
+using Grid.ModelCore.Weights;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn.functional;
+
+namespace Grid.ModelCore.Model;
+
+/// <summary>What one host loads: the attention/dense part (embedding, every layer's MLA, norms, gate,
+/// shared experts and dense MLPs, final norm, lm_head) and/or some expert groups.</summary>
+public sealed record ModelLoadOptions
+{
+    public ScalarType Dtype { get; init; } = ScalarType.Float32;
+    public bool LoadAttention { get; init; } = true;
+    /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
+    public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
+    public int CacheBlockSize { get; init; } = 16;
+    public int CacheInitialBlocks { get; init; } = 64;
+}
+
+/// <summary>
+/// A DeepSeek-V2 model (or the part of it one host serves). The forward pass is exposed in the pieces the
+/// grid distributes - <see cref="Embed"/>, <see cref="Attention"/>, <see cref="FfnInput"/>, <see cref="Route"/>,
+/// <see cref="Dense"/>, <see cref="Shared"/>, <see cref="Experts"/>, <see cref="Logits"/> - and
+/// composed for a single process by <see cref="Forward"/>. Every method runs on the inference thread.
+/// </summary>
+public sealed class DeepseekV2Model : IDisposable
+{
+    readonly Tensor? _embedTokens;   // [V, d]
+    readonly RmsNorm? _norm;
+    readonly Tensor? _lmHead;        // [V, d]
+    readonly DecoderLayer[] _layers;
+
+    public ModelConfig Config { get; }
+    public ScalarType Dtype { get; }
+    public YarnRope Rope { get; }
+    public LatentCache? Cache { get; }
+    public IReadOnlyList<Experts> ExpertGroups { get; }
+    public bool HasAttention => _embedTokens is not null;
+
+    /// <summary>Names of the tensors this host loaded.</summary>
+    public IReadOnlyList<string> LoadedTensors { get; }
+
+    DeepseekV2Model(ModelConfig config, ModelLoadOptions options, WeightLoader w, IReadOnlyList<ExpertRange> ranges)
+    {
+        Config = config;
+        Dtype = options.Dtype;
+        Rope = new YarnRope(config, options.Dtype);
+        if (options.LoadAttention)
+        {
+            _embedTokens = w.Get("model.embed_tokens.weight");
+            _layers = new DecoderLayer[config.NumHiddenLayers];
+            for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
+            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
+            _lmHead = config.TieWordEmbeddings ? _embedTokens : w.Get("lm_head.weight");
+            Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks);
+        }
+        else
+        {
+            _layers = [];
+        }
+        ExpertGroups = ranges.Select(r => new Experts(w, r)).ToArray();
+        LoadedTensors = w.Loaded.ToArray();
+    }
+
+    public static DeepseekV2Model Load(string directory, ModelLoadOptions? options = null, IProgress<LoadProgress>? progress = null)
+    {
+        var config = ModelConfig.Load(Path.Combine(directory, "config.json"));
+        using var checkpoint = Checkpoint.Open(directory);
+        return Load(checkpoint, config, options, progress);
+    }
+
+    public static DeepseekV2Model Load(Checkpoint checkpoint, ModelConfig config, ModelLoadOptions? options = null, IProgress<LoadProgress>? progress = null)
+    {
+        options ??= new ModelLoadOptions();
+        var ranges = options.ExpertRanges ?? (config.NRoutedExperts > 0 ? [new ExpertRange(0, config.NRoutedExperts)] : []);
+        foreach (var r in ranges)
+            if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
+                throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
+        bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress);
+        return new DeepseekV2Model(config, options, loader, ranges);
+    }
+
+    DecoderLayer LayerAt(int layer) => _layers.Length > layer
+        ? _layers[layer]
+        : throw new InvalidOperationException("this host did not load the attention part of the model");
+
+    /// <summary>Token ids [N] -> hidden states [N, d].</summary>
+    public Tensor Embed(int[] tokens)
+    {
+        if (_embedTokens is null) throw new InvalidOperationException("this host did not load the embedding");
+        foreach (var t in tokens)
+            if (t < 0 || t >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        return _embedTokens.index_select(0, tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64));
+    }
+
+    /// <summary>h [N, d] -> h + MLA(RMSNorm(h)) for layer <paramref name="layer"/>, writing the new tokens' latents.</summary>
+    public Tensor Attention(int layer, Tensor h, StepBatch batch, AttentionMode mode = AttentionMode.Auto)
+    {
+        var l = LayerAt(layer);
+        var cache = Cache!;
+        var x = l.InputNorm.Forward(h);
+        var (qNope, qRope, latent) = l.Attention.Project(x, batch.Positions, batch.MaxPosition, Rope);
+        cache.Write(layer, batch.WriteRows, latent);
+        var output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
+        if (batch.DecodeRows is { } decodeRows)
+        {
+            var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
+            var decoded = l.Attention.AttendAbsorbedBatch(
+                qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeMask!);
+            output.index_copy_(0, decodeRows, decoded);
+        }
+        for (int i = 0; i < batch.Chunks.Count; i++)
+        {
+            if (batch.ChunkCacheRows[i] is not { } rows) continue;
+            int n = batch.Chunks[i].Tokens.Length, offset = batch.Offsets[i];
+            var seqCache = cache.Read(layer, rows);
+            var qn = qNope.narrow(0, offset, n);
+            var qr = qRope.narrow(0, offset, n);
+            var attended = mode == AttentionMode.Absorbed
+                ? l.Attention.AttendAbsorbed(qn, qr, seqCache, batch.Starts[i])
+                : l.Attention.AttendNaive(qn, qr, seqCache, batch.Starts[i]);
+            output.narrow(0, offset, n).copy_(attended);
+        }
+        return h + l.Attention.Output(output);
+    }
+
+    /// <summary>The post-attention RMSNorm: the input of the layer's feed-forward block.</summary>
+    public Tensor FfnInput(int layer, Tensor h) => LayerAt(layer).PostAttentionNorm.Forward(h);
+
+    public bool IsMoeLayer(int layer) => Config.IsMoeLayer(layer);
+
+    public Routing Route(int layer, Tensor x, DeviceLimit? limit = null) =>
+        (LayerAt(layer).Gate ?? throw new InvalidOperationException($"layer {layer} is dense")).Route(x, limit);
+
+    public Tensor Dense(int layer, Tensor x) =>
+        (LayerAt(layer).DenseMlp ?? throw new InvalidOperationException($"layer {layer} is a MoE layer")).Forward(x);
+
+    /// <summary>Shared experts of a MoE layer, or null where the config has none.</summary>
+    public Tensor? Shared(int layer, Tensor x) => LayerAt(layer).SharedExperts?.Forward(x);
+
+    /// <summary>Sum of the local expert groups' outputs, in group order.</summary>
+    public Tensor Experts(int layer, Tensor x, Routing routing)
+    {
+        Tensor? sum = null;
+        foreach (var g in ExpertGroups)
+        {
+            var part = g.Forward(layer, x, routing);
+            sum = sum is null ? part : sum + part;
+        }
+        return sum ?? zeros_like(x);
+    }
+
+    /// <summary>Final RMSNorm and lm_head: h [N, d] -> logits [N, V] in float32.</summary>
+    public Tensor Logits(Tensor h)
+    {
+        if (_norm is null || _lmHead is null) throw new InvalidOperationException("this host did not load lm_head");
+        return linear(_norm.Forward(h), _lmHead).to(ScalarType.Float32);
+    }
+
+    /// <summary>
+    /// One forward step of this process over <paramref name="chunks"/>: returns logits [rows, V] (float32) for
+    /// each chunk's last token, or every token of AllLogits chunks, and per MoE layer the routing.
+    /// Opens its own dispose scope; the result is detached (the caller disposes it).
+    /// </summary>
+    public StepOutput Forward(IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, bool keepRouting = false)
+    {
+        using var scope = NewDisposeScope();
+        var batch = new StepBatch(Cache ?? throw new InvalidOperationException("no latent cache on this host"), chunks, mode);
+        var h = Embed(chunks.SelectMany(c => c.Tokens).ToArray());
+        var routings = keepRouting ? new Dictionary<int, Routing>() : null;
+        for (int layer = 0; layer < Config.NumHiddenLayers; layer++)
+        {
+            h = Attention(layer, h, batch, mode);
+            var x = FfnInput(layer, h);
+            if (!IsMoeLayer(layer))
+            {
+                h = h + Dense(layer, x);
+                continue;
+            }
+            var routing = Route(layer, x, limit);
+            if (routings is not null) routings[layer] = routing;
+            var y = Experts(layer, x, routing);
+            if (Shared(layer, x) is { } shared) y = y + shared;
+            h = h + y;
+        }
+        batch.Commit(Cache);
+        var logits = Logits(h.index_select(0, tensor(batch.LogitRows(), ScalarType.Int64)));
+        return new StepOutput(logits.DetachFromDisposeScope(), routings);
+    }
+
+    public void Dispose()
+    {
+        foreach (var l in _layers) l.Dispose();
+        foreach (var g in ExpertGroups) g.Dispose();
+        _embedTokens?.Dispose();
+        if (!ReferenceEquals(_lmHead, _embedTokens)) _lmHead?.Dispose();
+        _norm?.Dispose();
+        Rope.Dispose();
+        Cache?.Dispose();
+    }
+}
+
+/// <summary>Logits [rows, V] of one step (caller disposes) and, when asked, the routing of each MoE layer.</summary>
+public sealed record StepOutput(Tensor Logits, IReadOnlyDictionary<int, Routing>? Routing) : IDisposable
+{
+    public void Dispose() => Logits.Dispose();
+}

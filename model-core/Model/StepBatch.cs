@@ -1,0 +1,102 @@
+using Grid.ModelCore.Cache;
+using static TorchSharp.torch;
+
+namespace Grid.ModelCore.Model;
+
+/// <summary>New tokens of one sequence for one forward step; they go at positions [Sequence.Length, +Tokens.Length).</summary>
+public sealed record SequenceChunk(LatentSequence Sequence, int[] Tokens, bool AllLogits = false);
+
+/// <summary>
+/// The layout of one forward step over several sequences: the new tokens of every chunk concatenated
+/// in chunk order as rows of the hidden state, their positions, where their latents go in the cache, and
+/// the gather index for the single-token (decode) chunks. Built once per step, used by every layer.
+/// Create it inside the step's dispose scope.
+/// </summary>
+public sealed class StepBatch
+{
+    public IReadOnlyList<SequenceChunk> Chunks { get; }
+    public int[] Offsets { get; }        // first row of each chunk
+    public int[] Starts { get; }         // first position of each chunk
+    public int Rows { get; }
+    public Tensor Positions { get; }     // [N]
+    public long MaxPosition { get; }
+    public Tensor WriteRows { get; }     // [N] cache rows of the new tokens
+    public Tensor?[] ChunkCacheRows { get; } // per multi-token chunk: cache rows of positions [0, start + n)
+
+    // Single-token chunks, attended together in the absorbed form.
+    public int[] DecodeChunks { get; }
+    public Tensor? DecodeRows { get; }   // [B] hidden rows
+    public Tensor? DecodeGather { get; } // [B * Tmax] cache rows, padded
+    public Tensor? DecodeMask { get; }   // [B, Tmax] true where a position is valid
+    public long DecodeTmax { get; }
+
+    public StepBatch(LatentCache cache, IReadOnlyList<SequenceChunk> chunks, AttentionMode mode)
+    {
+        Chunks = chunks;
+        Offsets = new int[chunks.Count];
+        Starts = new int[chunks.Count];
+        ChunkCacheRows = new Tensor?[chunks.Count];
+        var positions = new List<long>();
+        var writeRows = new List<long>();
+        var decode = new List<int>();
+        int row = 0;
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            var (seq, tokens, _) = chunks[i];
+            if (tokens.Length == 0) throw new ArgumentException("a chunk needs at least one token");
+            int start = seq.Length, end = start + tokens.Length;
+            cache.Reserve(seq, end);
+            Offsets[i] = row;
+            Starts[i] = start;
+            for (int p = start; p < end; p++) { positions.Add(p); writeRows.Add(cache.Row(seq, p)); }
+            if (tokens.Length == 1 && mode != AttentionMode.Naive) decode.Add(i);
+            else ChunkCacheRows[i] = tensor(cache.Rows(seq, 0, end), ScalarType.Int64);
+            row += tokens.Length;
+        }
+        Rows = row;
+        Positions = tensor(positions.ToArray(), ScalarType.Int64);
+        MaxPosition = positions.Count == 0 ? 0 : positions.Max();
+        WriteRows = tensor(writeRows.ToArray(), ScalarType.Int64);
+        DecodeChunks = decode.ToArray();
+        if (decode.Count > 0)
+        {
+            long tmax = decode.Max(i => Starts[i] + 1);
+            var gather = new long[decode.Count * tmax];
+            var mask = new bool[decode.Count * tmax];
+            for (int b = 0; b < decode.Count; b++)
+            {
+                var seq = chunks[decode[b]].Sequence;
+                int length = Starts[decode[b]] + 1;
+                for (int t = 0; t < length; t++)
+                {
+                    gather[b * tmax + t] = cache.Row(seq, t);
+                    mask[b * tmax + t] = true;
+                }
+            }
+            DecodeTmax = tmax;
+            DecodeRows = tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64);
+            DecodeGather = tensor(gather, ScalarType.Int64);
+            DecodeMask = tensor(mask, [decode.Count, tmax]);
+        }
+    }
+
+    /// <summary>Rows whose logits the caller wants: the last row of each chunk, or all rows of AllLogits chunks.</summary>
+    public long[] LogitRows()
+    {
+        var rows = new List<long>();
+        for (int i = 0; i < Chunks.Count; i++)
+        {
+            int n = Chunks[i].Tokens.Length;
+            if (Chunks[i].AllLogits) for (int r = 0; r < n; r++) rows.Add(Offsets[i] + r);
+            else rows.Add(Offsets[i] + n - 1);
+        }
+        return rows.ToArray();
+    }
+
+    /// <summary>After every layer wrote its latents: the sequences now hold the new positions.</summary>
+    public void Commit(LatentCache cache)
+    {
+        for (int i = 0; i < Chunks.Count; i++)
+            cache.Commit(Chunks[i].Sequence, Starts[i] + Chunks[i].Tokens.Length);
+    }
+}

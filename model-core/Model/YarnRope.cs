@@ -1,0 +1,135 @@
+using Grid.ModelCore.Config;
+using static TorchSharp.torch;
+
+namespace Grid.ModelCore.Model;
+
+/// <summary>
+/// Decoupled rotary position embedding for the <c>qk_rope_head_dim</c> part of queries and the shared key,
+/// with YaRN context extension (NTK-by-parts frequency blend and the cos/sin magnitude correction) or
+/// linear position interpolation, as <c>rope_scaling</c> says. Frequencies are computed in double precision.
+/// </summary>
+public sealed class YarnRope : IDisposable
+{
+    readonly int _dim;
+    readonly double[] _invFreq;           // [dim/2]
+    readonly double _positionScale;       // 1/factor for linear scaling, else 1
+    readonly ScalarType _dtype;
+    Tensor _cos, _sin;                    // [capacity, dim]
+    int _capacity;
+
+    /// <summary>Scale applied to cos and sin (YaRN: mscale / mscale_all_dim), 1 otherwise.</summary>
+    public double CosSinScale { get; }
+
+    /// <summary>The attention softmax scale: q_head_dim^-0.5, times mscale(mscale_all_dim)^2 under rope scaling.</summary>
+    public double SoftmaxScale { get; }
+
+    public YarnRope(ModelConfig config, ScalarType dtype)
+    {
+        _dim = config.QkRopeHeadDim;
+        _dtype = dtype;
+        double theta = config.RopeTheta;
+        var rs = config.RopeScaling;
+        int half = _dim / 2;
+        var freqExtra = new double[half];
+        for (int i = 0; i < half; i++) freqExtra[i] = 1.0 / Math.Pow(theta, 2.0 * i / _dim);
+        _invFreq = freqExtra;
+        _positionScale = 1.0;
+        CosSinScale = 1.0;
+        SoftmaxScale = Math.Pow(config.QHeadDim, -0.5);
+        if (rs is not null)
+        {
+            if (rs.MscaleAllDim != 0)
+            {
+                double m = YarnMscale(rs.Factor, rs.MscaleAllDim);
+                SoftmaxScale *= m * m;
+            }
+            if (rs.Type == "linear")
+            {
+                _positionScale = 1.0 / rs.Factor;
+            }
+            else if (rs.Type == "yarn")
+            {
+                var (low, high) = CorrectionRange(rs.BetaFast, rs.BetaSlow, _dim, theta, rs.OriginalMaxPositionEmbeddings);
+                _invFreq = new double[half];
+                for (int i = 0; i < half; i++)
+                {
+                    double freqInter = freqExtra[i] / rs.Factor;
+                    double ramp = Math.Clamp((i - low) / (high == low ? high + 0.001 - low : high - low), 0.0, 1.0);
+                    double extrapolationMask = 1.0 - ramp;
+                    _invFreq[i] = freqInter * (1 - extrapolationMask) + freqExtra[i] * extrapolationMask;
+                }
+                CosSinScale = YarnMscale(rs.Factor, rs.Mscale) / YarnMscale(rs.Factor, rs.MscaleAllDim);
+            }
+        }
+        _cos = empty(0, _dim, _dtype).DetachFromDisposeScope();
+        _sin = empty(0, _dim, _dtype).DetachFromDisposeScope();
+    }
+
+    static double YarnMscale(double scale, double mscale) => scale <= 1 ? 1.0 : 0.1 * mscale * Math.Log(scale) + 1.0;
+
+    static double CorrectionDim(double rotations, int dim, double theta, int maxPositions) =>
+        dim * Math.Log(maxPositions / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
+
+    static (double Low, double High) CorrectionRange(double betaFast, double betaSlow, int dim, double theta, int maxPositions)
+    {
+        double low = Math.Floor(CorrectionDim(betaFast, dim, theta, maxPositions));
+        double high = Math.Ceiling(CorrectionDim(betaSlow, dim, theta, maxPositions));
+        return (Math.Max(low, 0), Math.Min(high, dim - 1));
+    }
+
+    void EnsureCapacity(long positions)
+    {
+        if (positions <= _capacity) return;
+        int capacity = (int)Math.Max(positions, Math.Max(256, 2L * _capacity));
+        int half = _dim / 2;
+        var cos = new float[capacity * _dim];
+        var sin = new float[capacity * _dim];
+        for (int t = 0; t < capacity; t++)
+            for (int i = 0; i < half; i++)
+            {
+                double angle = t * _positionScale * _invFreq[i];
+                float c = (float)(Math.Cos(angle) * CosSinScale), s = (float)(Math.Sin(angle) * CosSinScale);
+                cos[t * _dim + i] = cos[t * _dim + half + i] = c;
+                sin[t * _dim + i] = sin[t * _dim + half + i] = s;
+            }
+        _cos.Dispose();
+        _sin.Dispose();
+        using (NewDisposeScope())
+        {
+            _cos = tensor(cos, [capacity, _dim]).to(_dtype).DetachFromDisposeScope();
+            _sin = tensor(sin, [capacity, _dim]).to(_dtype).DetachFromDisposeScope();
+        }
+        _capacity = capacity;
+    }
+
+    /// <summary>
+    /// Rotates <paramref name="x"/> [N, ..., dim] whose rows sit at <paramref name="positions"/> [N].
+    /// The checkpoint stores rope dims interleaved (x0, y0, x1, y1, ...); they are first regrouped into
+    /// halves, as the reference does, then rotated.
+    /// </summary>
+    public Tensor Apply(Tensor x, Tensor positions, long maxPosition)
+    {
+        EnsureCapacity(maxPosition + 1);
+        var shape = x.shape;
+        var n = shape[0];
+        // [N, ..., dim] -> [N, ..., dim/2, 2] -> [N, ..., 2, dim/2] -> [N, ..., dim]
+        var grouped = x.reshape([.. shape[..^1], _dim / 2, 2]).transpose(-1, -2).reshape(shape);
+        var cos = _cos.index_select(0, positions);  // [N, dim]
+        var sin = _sin.index_select(0, positions);
+        var broadcast = new long[shape.Length];
+        Array.Fill(broadcast, 1L);
+        broadcast[0] = n;
+        broadcast[^1] = _dim;
+        cos = cos.view(broadcast);
+        sin = sin.view(broadcast);
+        var halves = grouped.chunk(2, -1);
+        var rotated = cat([-halves[1], halves[0]], -1);
+        return grouped * cos + rotated * sin;
+    }
+
+    public void Dispose()
+    {
+        _cos.Dispose();
+        _sin.Dispose();
+    }
+}

@@ -1,0 +1,110 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Grid.ModelCore.Weights;
+
+/// <summary>
+/// Writes float tensors as a Hugging Face safetensors checkpoint: one <c>model.safetensors</c> or
+/// <c>shards</c> files named <c>model-0000k-of-0000n.safetensors</c> with <c>model.safetensors.index.json</c>.
+/// Values are converted to the storage dtype (BF16 and F16 round to nearest even).
+/// </summary>
+public static class SafetensorsWriter
+{
+    public static void Write(string directory, IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, StorageDtype dtype, int shards = 1)
+    {
+        if (shards < 1 || shards > Math.Max(1, tensors.Count)) throw new ArgumentOutOfRangeException(nameof(shards));
+        System.IO.Directory.CreateDirectory(directory);
+        if (shards == 1)
+        {
+            WriteFile(Path.Combine(directory, "model.safetensors"), tensors, dtype);
+            return;
+        }
+        // Contiguous runs of roughly equal byte size, in tensor order.
+        long total = tensors.Sum(t => (long)t.Data.Length);
+        var weightMap = new JsonObject();
+        long before = 0;
+        var shardOf = new int[tensors.Count];
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            shardOf[i] = (int)Math.Min(shards - 1, before * shards / Math.Max(1, total));
+            before += tensors[i].Data.Length;
+        }
+        for (int s = 0; s < shards; s++)
+        {
+            var name = $"model-{s + 1:D5}-of-{shards:D5}.safetensors";
+            var part = tensors.Where((_, i) => shardOf[i] == s).ToList();
+            WriteFile(Path.Combine(directory, name), part, dtype);
+            foreach (var t in part) weightMap[t.Name] = name;
+        }
+        var index = new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["total_size"] = total * TensorEntry.ElementSize(dtype) },
+            ["weight_map"] = weightMap,
+        };
+        File.WriteAllText(Path.Combine(directory, "model.safetensors.index.json"), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    static void WriteFile(string path, IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, StorageDtype dtype)
+    {
+        var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
+        long offset = 0;
+        int size = TensorEntry.ElementSize(dtype);
+        foreach (var (name, shape, data) in tensors)
+        {
+            long bytes = (long)data.Length * size;
+            header[name] = new JsonObject
+            {
+                ["dtype"] = dtype.ToString(),
+                ["shape"] = new JsonArray(shape.Select(x => (JsonNode)x).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
+        int pad = (8 - headerBytes.Length % 8) % 8; // keep the data 8-byte aligned, padded with spaces as the reference writer does
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        using var w = new BinaryWriter(stream);
+        w.Write((long)(headerBytes.Length + pad));
+        w.Write(headerBytes);
+        for (int i = 0; i < pad; i++) w.Write((byte)' ');
+        var buffer = new byte[1 << 16];
+        foreach (var (_, _, data) in tensors)
+        {
+            int perChunk = buffer.Length / size;
+            for (int i = 0; i < data.Length; i += perChunk)
+            {
+                int n = Math.Min(perChunk, data.Length - i);
+                for (int j = 0; j < n; j++) Encode(data[i + j], dtype, buffer, j * size);
+                w.Write(buffer, 0, n * size);
+            }
+        }
+    }
+
+    static void Encode(float value, StorageDtype dtype, byte[] buffer, int at)
+    {
+        switch (dtype)
+        {
+            case StorageDtype.F32:
+                BitConverter.TryWriteBytes(buffer.AsSpan(at, 4), value);
+                break;
+            case StorageDtype.F16:
+                BitConverter.TryWriteBytes(buffer.AsSpan(at, 2), (Half)value);
+                break;
+            default:
+                BitConverter.TryWriteBytes(buffer.AsSpan(at, 2), ToBFloat16(value));
+                break;
+        }
+    }
+
+    /// <summary>float32 -> bfloat16 bits, round to nearest even (NaN stays NaN).</summary>
+    public static ushort ToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x40);
+        uint rounding = 0x7FFF + ((bits >> 16) & 1);
+        return (ushort)((bits + rounding) >> 16);
+    }
+
+    public static float FromBFloat16(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
+}

@@ -1,0 +1,50 @@
+using Grid.ModelCore.Config;
+using static TorchSharp.torch;
+
+namespace Grid.ModelCore.Weights;
+
+/// <summary>
+/// Loads named tensors of one model from a <see cref="Checkpoint"/> in the compute dtype, checking shapes
+/// against the config, and reports progress over the set of tensors this host loads.
+/// </summary>
+public sealed class WeightLoader
+{
+    readonly Checkpoint _checkpoint;
+    readonly Dictionary<string, TensorSpec> _specs;
+    readonly IProgress<LoadProgress>? _progress;
+    readonly int _total;
+    readonly long _totalBytes;
+    int _done;
+    long _bytesDone;
+
+    public ScalarType Dtype { get; }
+    public ModelConfig Config { get; }
+
+    /// <summary>Names of the tensors loaded so far, in order.</summary>
+    public List<string> Loaded { get; } = new();
+
+    public WeightLoader(Checkpoint checkpoint, ModelConfig config, ScalarType dtype, Func<TensorSpec, bool> selected, IProgress<LoadProgress>? progress)
+    {
+        _checkpoint = checkpoint;
+        Config = config;
+        Dtype = dtype;
+        _progress = progress;
+        _specs = TensorNames.All(config).ToDictionary(s => s.Name);
+        var mine = _specs.Values.Where(selected).ToList();
+        _total = mine.Count;
+        _totalBytes = mine.Sum(s => s.Shape.Aggregate(1L, (a, b) => a * b) * 4);
+    }
+
+    public Tensor Get(string name)
+    {
+        var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");
+        var tensor = _checkpoint.Load(name, spec.Shape, Dtype);
+        Loaded.Add(name);
+        _done++;
+        _bytesDone += spec.Shape.Aggregate(1L, (a, b) => a * b) * 4;
+        _progress?.Report(new LoadProgress(_done, _total, _bytesDone, _totalBytes, name));
+        return tensor;
+    }
+
+    public Tensor? GetOptional(string name, bool wanted) => wanted ? Get(name) : null;
+}
