@@ -180,7 +180,12 @@ public sealed record ModelConfig
     {
         var n = Get(o, key);
         if (n is null) return null;
-        if (n is JsonValue v && v.TryGetValue<double>(out var d) && d == Math.Floor(d)) return (int)d;
+        if (n is JsonValue v)
+        {
+            if (v.TryGetValue<int>(out var i)) return i;
+            if (v.TryGetValue<long>(out var l) && l is >= int.MinValue and <= int.MaxValue) return (int)l;
+            if (v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
+        }
         throw new ModelConfigException($"{prefix}{key}: expected an integer, got {n.ToJsonString()}");
     }
 
@@ -188,7 +193,12 @@ public sealed record ModelConfig
     {
         var n = Get(o, key);
         if (n is null) return fallback;
-        if (n is JsonValue v && v.TryGetValue<double>(out var d)) return d;
+        if (n is JsonValue v)
+        {
+            if (v.TryGetValue<double>(out var d)) return d;
+            if (v.TryGetValue<int>(out var i)) return i;
+            if (v.TryGetValue<long>(out var l)) return l;
+        }
         throw new ModelConfigException($"{prefix}{key}: expected a number, got {n.ToJsonString()}");
     }
 

@@ -1,3 +1,5 @@
+using Grid.ModelCore.Tokenization.Jinja;
+
 namespace Grid.ModelCore.Tokenization;
 
 /// <summary>One chat turn as exposed to a chat template (<c>message['role']</c>, <c>message.content</c>).</summary>

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace Grid.ModelCore.Tokenization;
+namespace Grid.ModelCore.Tokenization.Jinja;
 
 internal enum TokenKind
 {

@@ -1,4 +1,4 @@
-namespace Grid.ModelCore.Tokenization;
+namespace Grid.ModelCore.Tokenization.Jinja;
 
 // ---- AST ---------------------------------------------------------------------------------------------------------
 

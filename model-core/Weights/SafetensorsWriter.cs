@@ -9,9 +9,15 @@ namespace Grid.ModelCore.Weights;
 /// <c>shards</c> files named <c>model-0000k-of-0000n.safetensors</c> with <c>model.safetensors.index.json</c>.
 /// Values are converted to the storage dtype (BF16 and F16 round to nearest even).
 /// </summary>
+/// <summary>A tensor to write: its name, shape and a function that produces its float values when written.</summary>
+public sealed record TensorData(string Name, long[] Shape, Func<float[]> Produce)
+{
+    public long Elements => Shape.Aggregate(1L, (a, b) => a * b);
+}
+
 public static class SafetensorsWriter
 {
-    public static void Write(string directory, IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, StorageDtype dtype, int shards = 1)
+    public static void Write(string directory, IReadOnlyList<TensorData> tensors, StorageDtype dtype, int shards = 1)
     {
         if (shards < 1 || shards > Math.Max(1, tensors.Count)) throw new ArgumentOutOfRangeException(nameof(shards));
         System.IO.Directory.CreateDirectory(directory);
@@ -21,14 +27,14 @@ public static class SafetensorsWriter
             return;
         }
         // Contiguous runs of roughly equal byte size, in tensor order.
-        long total = tensors.Sum(t => (long)t.Data.Length);
+        long total = tensors.Sum(t => t.Elements);
         var weightMap = new JsonObject();
         long before = 0;
         var shardOf = new int[tensors.Count];
         for (int i = 0; i < tensors.Count; i++)
         {
             shardOf[i] = (int)Math.Min(shards - 1, before * shards / Math.Max(1, total));
-            before += tensors[i].Data.Length;
+            before += tensors[i].Elements;
         }
         for (int s = 0; s < shards; s++)
         {
@@ -45,14 +51,14 @@ public static class SafetensorsWriter
         File.WriteAllText(Path.Combine(directory, "model.safetensors.index.json"), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    static void WriteFile(string path, IReadOnlyList<(string Name, long[] Shape, float[] Data)> tensors, StorageDtype dtype)
+    static void WriteFile(string path, IReadOnlyList<TensorData> tensors, StorageDtype dtype)
     {
         var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
         long offset = 0;
         int size = TensorEntry.ElementSize(dtype);
-        foreach (var (name, shape, data) in tensors)
+        foreach (var (name, shape, _) in tensors)
         {
-            long bytes = (long)data.Length * size;
+            long bytes = shape.Aggregate(1L, (a, b) => a * b) * size;
             header[name] = new JsonObject
             {
                 ["dtype"] = dtype.ToString(),
@@ -69,8 +75,10 @@ public static class SafetensorsWriter
         w.Write(headerBytes);
         for (int i = 0; i < pad; i++) w.Write((byte)' ');
         var buffer = new byte[1 << 16];
-        foreach (var (_, _, data) in tensors)
+        foreach (var t in tensors)
         {
+            var data = t.Produce();
+            if (data.LongLength != t.Elements) throw new InvalidOperationException($"tensor '{t.Name}' produced {data.LongLength} values for shape [{string.Join(", ", t.Shape)}]");
             int perChunk = buffer.Length / size;
             for (int i = 0; i < data.Length; i += perChunk)
             {

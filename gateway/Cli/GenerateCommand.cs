@@ -1,0 +1,109 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grid.Gateway.Api;
+using Grid.Gateway.Hosting;
+using Grid.Gateway.Scheduling;
+using Grid.ModelCore.Sampling;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Grid.Gateway.Cli;
+
+/// <summary><c>grid generate</c>: one offline completion, printed as text or as an OpenAI text_completion object.</summary>
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Checkpoint folder (Hugging Face layout); default: the built-in tiny model" };
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text (BOS is added)" };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, used as given" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens to generate", DefaultValueFactory = _ => 16 };
+        var temperature = new Option<double>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0.0 };
+        var topP = new Option<double>("--top-p") { DefaultValueFactory = _ => 1.0 };
+        var topK = new Option<int>("--top-k") { Description = "0 = off", DefaultValueFactory = _ => 0 };
+        var seed = new Option<long?>("--seed");
+        var logprobs = new Option<int?>("--logprobs") { Description = "Top-N logprobs per generated token" };
+        var tokensAsIds = new Option<bool>("--return-tokens-as-token-ids") { Description = "Render logprob tokens as token_id:N" };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the EOS token" };
+        var json = new Option<bool>("--json") { Description = "Print an OpenAI text_completion JSON object" };
+        var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 (default), bfloat16, float16", DefaultValueFactory = _ => "float32" };
+        var cmd = new Command("generate", "Generate one completion offline")
+        {
+            model, prompt, promptIds, maxTokens, temperature, topP, topK, seed, logprobs, tokensAsIds, ignoreEos, json, dtype,
+        };
+        cmd.SetAction(async (parse, ct) =>
+        {
+            var p = parse.GetValue(prompt);
+            var ids = parse.GetValue(promptIds);
+            if ((p is null) == (ids is null)) return Fail("give exactly one of --prompt or --prompt-ids");
+            var sampling = new SamplingParams
+            {
+                Temperature = parse.GetValue(temperature),
+                TopP = parse.GetValue(topP),
+                TopK = parse.GetValue(topK),
+                Seed = parse.GetValue(seed),
+                Logprobs = parse.GetValue(logprobs) ?? 0,
+            };
+            var error = Validation.Sampling(sampling.Temperature, sampling.TopP, sampling.TopK, parse.GetValue(logprobs), parse.GetValue(maxTokens));
+            if (error is not null) return Fail(error.Value.Message);
+            var modelArg = parse.GetValue(model);
+            string dir;
+            try { dir = EngineFactory.ResolveModel(modelArg, m => Console.Error.WriteLine(m)); }
+            catch (Exception e) { return Fail(e.Message); }
+            var scalar = Dtypes.Parse(parse.GetValue(dtype)!);
+            using var tokenizer = EngineFactory.LoadTokenizer(dir);
+            int[] promptTokens;
+            try
+            {
+                promptTokens = ids is not null
+                    ? ids.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray()
+                    : tokenizer.Encode(p!);
+            }
+            catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
+            if (promptTokens.Length == 0) return Fail("the prompt is empty");
+            await using var executor = await EngineFactory.LoadLocalAsync(dir, scalar, Progress.Loading, ct);
+            var vocab = executor.Config.VocabSize;
+            if (promptTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1 && promptTokens.Contains(bad))
+                return Fail($"--prompt-ids: token id {bad} is outside the vocabulary (0..{vocab - 1})");
+            await using var scheduler = new Scheduler(executor, new SchedulerOptions(), NullLogger<Scheduler>.Instance, executor.Config.MaxPositionEmbeddings);
+            var request = new GenerationRequest
+            {
+                PromptIds = promptTokens,
+                Sampling = sampling,
+                MaxTokens = parse.GetValue(maxTokens),
+                StopTokenIds = !parse.GetValue(ignoreEos) && tokenizer.EosId is int eos ? [eos] : [],
+            };
+            var completion = new CompletionBuilder(tokenizer, parse.GetValue(logprobs) is not null, parse.GetValue(tokensAsIds), []);
+            await foreach (var ev in scheduler.Submit(request, ct).ReadAllAsync(ct))
+                completion.Add(ev);
+            if (parse.GetValue(json))
+            {
+                var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], EngineFactory.ModelName(modelArg, dir),
+                    [completion.ChoiceJson(0)], completion.Usage());
+                Console.WriteLine(obj.ToJsonString(OpenAiJson.Options));
+            }
+            else
+            {
+                Console.WriteLine(completion.Text);
+            }
+            return 0;
+        });
+        return cmd;
+    }
+
+    static int Fail(string message)
+    {
+        Console.Error.WriteLine("error: " + message);
+        return 2;
+    }
+}
+
+/// <summary>Progress lines on stderr.</summary>
+public static class Progress
+{
+    public static void Loading(Grid.ModelCore.Weights.LoadProgress p)
+    {
+        if (p.TensorsDone == p.TensorsTotal || p.TensorsDone % Math.Max(1, p.TensorsTotal / 10) == 0)
+            Console.Error.WriteLine($"loading weights: {p.TensorsDone}/{p.TensorsTotal} tensors, {p.BytesDone / (1 << 20)}/{p.BytesTotal / (1 << 20)} MiB (f32)");
+    }
+}

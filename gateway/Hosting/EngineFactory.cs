@@ -1,0 +1,60 @@
+using Grid.ModelCore.Model;
+using Grid.ModelCore.Runtime;
+using Grid.ModelCore.Serving;
+using Grid.ModelCore.Tokenization;
+using Grid.ModelCore.Weights;
+using static TorchSharp.torch;
+
+namespace Grid.Gateway.Hosting;
+
+/// <summary>Compute dtype names accepted by <c>--dtype</c> / <c>Grid:Model:Dtype</c>.</summary>
+public static class Dtypes
+{
+    public static ScalarType Parse(string name) => name.ToLowerInvariant() switch
+    {
+        "float32" or "f32" or "fp32" => ScalarType.Float32,
+        "bfloat16" or "bf16" => ScalarType.BFloat16,
+        "float16" or "f16" or "fp16" or "half" => ScalarType.Float16,
+        _ => throw new ArgumentException($"dtype: '{name}' is not supported (float32, bfloat16, float16)"),
+    };
+}
+
+/// <summary>Resolves the model folder (the built-in tiny checkpoint when none is given) and loads what serving needs.</summary>
+public static class EngineFactory
+{
+    public static string ResolveModel(string? path, Action<string>? log = null)
+    {
+        if (string.IsNullOrEmpty(path)) return RandomCheckpoint.EnsureBuiltIn(new Progress<string>(m => log?.Invoke(m)));
+        if (!Directory.Exists(path)) throw new DirectoryNotFoundException($"model folder not found: {path}");
+        if (!File.Exists(Path.Combine(path, "config.json"))) throw new FileNotFoundException($"no config.json in {path}");
+        return path;
+    }
+
+    public static string ModelName(string? path, string resolved) =>
+        string.IsNullOrEmpty(path) ? "grid-tiny" : new DirectoryInfo(resolved).Name;
+
+    /// <summary>Loads the whole model into this process on a new inference thread.</summary>
+    public static async Task<LocalStepExecutor> LoadLocalAsync(string directory, ScalarType dtype, Action<LoadProgress>? progress, CancellationToken cancellationToken)
+    {
+        var thread = new InferenceThread();
+        try
+        {
+            var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory, new ModelLoadOptions { Dtype = dtype },
+                progress is null ? null : new SyncProgress<LoadProgress>(progress)), cancellationToken);
+            return new LocalStepExecutor(model, thread, ownsThread: true);
+        }
+        catch
+        {
+            thread.Dispose();
+            throw;
+        }
+    }
+
+    public static GridTokenizer LoadTokenizer(string directory) => GridTokenizer.Load(directory);
+}
+
+/// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; posts to the thread pool, out of order).</summary>
+public sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}

@@ -1,0 +1,22 @@
+using System.CommandLine;
+using Grid.Gateway.Cli;
+
+var root = new RootCommand("Grid: DeepSeek-V2 Mixture-of-Experts serving on Orleans")
+{
+    GenerateCommand.Create(),
+};
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0)
+{
+    Console.Error.WriteLine("error: " + parse.Errors[0].Message);
+    return 2;
+}
+try
+{
+    return await parse.InvokeAsync();
+}
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    Console.Error.WriteLine("error: " + e.Message.Split('\n')[0]);
+    return 1;
+}

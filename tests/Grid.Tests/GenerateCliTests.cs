@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Xunit;
+
+namespace Grid.Tests;
+
+/// <summary>The offline CLI, run as a real process: <c>grid generate</c>.</summary>
+public class GenerateCliTests
+{
+    public static (int ExitCode, string Stdout, string Stderr) RunGrid(params string[] args)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "grid.dll");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(dll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("grid did not exit"); }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Theory]
+    [MemberData(nameof(Golden.Cases), MemberType = typeof(Golden))]
+    public void GenerateJsonMatchesGolden(string checkpoint, string prompt)
+    {
+        var expected = Golden.Load(checkpoint, prompt);
+        var (code, stdout, stderr) = RunGrid("generate", "--model", Golden.Dir(checkpoint),
+            "--prompt-ids", string.Join(",", expected.PromptIds), "--max-tokens", "16", "--ignore-eos",
+            "--logprobs", "5", "--return-tokens-as-token-ids", "--json");
+        Assert.True(code == 0, stderr);
+        var obj = JsonNode.Parse(stdout)!.AsObject();
+        Assert.Equal("text_completion", obj["object"]!.GetValue<string>());
+        var choice = obj["choices"]![0]!;
+        Assert.Equal("length", choice["finish_reason"]!.GetValue<string>());
+        var lp = choice["logprobs"]!;
+        var tokens = lp["tokens"]!.AsArray().Select(t => int.Parse(t!.GetValue<string>()["token_id:".Length..])).ToArray();
+        Assert.Equal(expected.GeneratedIds, tokens);
+        var top5 = expected.StepTop5;
+        for (int step = 0; step < 16; step++)
+        {
+            var top = lp["top_logprobs"]![step]!.AsObject();
+            Assert.Equal(5, top.Count);
+            foreach (var (id, logprob) in top5[step])
+                Assert.True(Math.Abs(top[$"token_id:{id}"]!.GetValue<double>() - logprob) < 1e-3, $"step {step} id {id}");
+            Assert.True(Math.Abs(lp["token_logprobs"]![step]!.GetValue<double>() - top5[step][0].Logprob) < 1e-3);
+        }
+        Assert.Equal(expected.PromptIds.Length, obj["usage"]!["prompt_tokens"]!.GetValue<int>());
+        Assert.Equal(16, obj["usage"]!["completion_tokens"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public void TextPromptUsesTheTokenizerAndRendersTokensAsText()
+    {
+        var expected = Golden.Load("lite_f32", "text");
+        var (code, stdout, stderr) = RunGrid("generate", "--model", Golden.Dir("lite_f32"), "--prompt", "The quick brown fox",
+            "--max-tokens", "4", "--ignore-eos", "--logprobs", "2", "--json");
+        Assert.True(code == 0, stderr);
+        var choice = JsonNode.Parse(stdout)!["choices"]![0]!;
+        Assert.Equal(expected.PromptIds.Length, JsonNode.Parse(stdout)!["usage"]!["prompt_tokens"]!.GetValue<int>());
+        var tokens = choice["logprobs"]!["tokens"]!.AsArray().Select(t => t!.GetValue<string>()).ToArray();
+        Assert.Equal(4, tokens.Length);
+        Assert.DoesNotContain(tokens, t => t.StartsWith("token_id:"));
+        Assert.Equal(string.Concat(tokens), choice["text"]!.GetValue<string>());
+        Assert.Contains("loading weights", stderr);
+    }
+
+    [Fact]
+    public void BuiltInModelWorksWithoutArguments()
+    {
+        var (code, stdout, stderr) = RunGrid("generate", "--prompt", "Hello", "--max-tokens", "5", "--temperature", "0.7", "--seed", "1", "--json");
+        Assert.True(code == 0, stderr);
+        var obj = JsonNode.Parse(stdout)!;
+        Assert.Equal("grid-tiny", obj["model"]!.GetValue<string>());
+        Assert.True(obj["usage"]!["completion_tokens"]!.GetValue<int>() is >= 1 and <= 5);
+        // Same seed, same output.
+        Assert.Equal(obj["choices"]![0]!["text"]!.GetValue<string>(),
+            JsonNode.Parse(RunGrid("generate", "--prompt", "Hello", "--max-tokens", "5", "--temperature", "0.7", "--seed", "1", "--json").Stdout)!["choices"]![0]!["text"]!.GetValue<string>());
+    }
+
+    [Theory]
+    [InlineData(new[] { "generate", "--prompt", "x", "--prompt-ids", "1" }, "exactly one of --prompt or --prompt-ids")]
+    [InlineData(new[] { "generate", "--prompt-ids", "1,a" }, "is not a comma-separated list of integers")]
+    [InlineData(new[] { "generate", "--prompt", "x", "--temperature", "-1" }, "temperature must be between 0 and 2")]
+    [InlineData(new[] { "generate", "--prompt", "x", "--top-p", "0" }, "top_p must be in (0, 1]")]
+    [InlineData(new[] { "generate", "--prompt", "x", "--model", "/nonexistent" }, "model folder not found")]
+    [InlineData(new[] { "generate", "--prompt", "x", "--max-tokens", "zero" }, "zero")]
+    [InlineData(new[] { "generate", "--bogus" }, "--bogus")]
+    public void BadArgumentsGiveAOneLineErrorAndNonZeroExit(string[] args, string message)
+    {
+        var (code, _, stderr) = RunGrid(args);
+        Assert.NotEqual(0, code);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains(message, lines[0]);
+    }
+
+    [Fact]
+    public void OutOfVocabularyPromptIdIsRejected()
+    {
+        var (code, _, stderr) = RunGrid("generate", "--model", Golden.Dir("lite_f32"), "--prompt-ids", "1,99999");
+        Assert.Equal(2, code);
+        Assert.Contains("token id 99999 is outside the vocabulary (0..511)", stderr);
+    }
+}

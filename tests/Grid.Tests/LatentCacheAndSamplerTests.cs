@@ -1,0 +1,109 @@
+using Grid.ModelCore.Cache;
+using Grid.ModelCore.Model;
+using Grid.ModelCore.Sampling;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Grid.Tests;
+
+public class LatentCacheAndSamplerTests
+{
+    [Fact]
+    public void LatentCacheBytesAreExactAndFreedOnRelease()
+    {
+        using var _ = no_grad();
+        using var model = DeepseekV2Model.Load(Golden.Dir("full_f32"), new ModelLoadOptions { CacheBlockSize = 16, CacheInitialBlocks = 2 });
+        var c = model.Config;
+        var cache = model.Cache!;
+        // (kv_lora_rank + qk_rope_head_dim) * layers * 4 bytes per token: (48 + 16) * 4 * 4.
+        Assert.Equal((c.KvLoraRank + c.QkRopeHeadDim) * c.NumHiddenLayers * 4, cache.BytesPerToken);
+        Assert.Equal(1024, cache.BytesPerToken);
+        var a = cache.Create();
+        var b = cache.Create();
+        using (model.Forward([new SequenceChunk(a, Enumerable.Range(1, 40).ToArray()), new SequenceChunk(b, [5, 6, 7])])) { }
+        Assert.Equal(3 + 1, cache.BlocksInUse);                 // ceil(40/16) + ceil(3/16); the pool grew past 2 blocks
+        Assert.Equal(4 * 16 * 1024, cache.BytesInUse);
+        Assert.Equal(43, cache.TokensCached);
+        Assert.Equal(3 * 16 * 1024, cache.SequenceBytes(a));
+        cache.Release(a);
+        Assert.Equal(16 * 1024, cache.BytesInUse);
+        cache.Release(b);
+        cache.Release(b);
+        Assert.Equal(0, cache.BytesInUse);
+        Assert.Equal(0, cache.TokensCached);
+        Assert.True(cache.BytesReserved >= 4 * 16 * 1024);
+        // Freed blocks are reused (the pool does not grow) and hold no stale state.
+        int capacity = cache.CapacityBlocks;
+        var d = cache.Create();
+        using var again = model.Forward([new SequenceChunk(d, [5, 6, 7])]);
+        Assert.Equal(capacity, cache.CapacityBlocks);
+        Assert.Equal(1, cache.BlocksInUse);
+        var fresh = cache.Create();
+        using var first = model.Forward([new SequenceChunk(fresh, [5, 6, 7])]);
+        Assert.Equal(0.0, ModelTestKit.MaxAbsDiff(ModelTestKit.Row(again.Logits, 0), ModelTestKit.Row(first.Logits, 0)));
+    }
+
+    static float[] Logits(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+    }
+
+    [Fact]
+    public void GreedyPicksTheLowestIdOnTies()
+    {
+        var l = new float[] { 1, 3, 3, 2 };
+        Assert.Equal(1, new Sampler(SamplingParams.Greedy).Sample(l).Token);
+    }
+
+    [Fact]
+    public void SeededSamplingIsReproducibleAndSeedsDiffer()
+    {
+        var l = Logits(300, 1);
+        var p = new SamplingParams { Temperature = 1.0, Seed = 42 };
+        var a = new Sampler(p);
+        var b = new Sampler(p);
+        var seqA = Enumerable.Range(0, 50).Select(_ => a.Sample(l).Token).ToArray();
+        var seqB = Enumerable.Range(0, 50).Select(_ => b.Sample(l).Token).ToArray();
+        Assert.Equal(seqA, seqB);
+        var c = new Sampler(p with { Seed = 43 });
+        Assert.NotEqual(seqA, Enumerable.Range(0, 50).Select(_ => c.Sample(l).Token).ToArray());
+    }
+
+    [Fact]
+    public void TopKAndTopPRestrictTheCandidates()
+    {
+        var l = Logits(200, 2);
+        var order = Enumerable.Range(0, 200).OrderByDescending(i => l[i]).ToArray();
+        var topK = new Sampler(new SamplingParams { Temperature = 1.5, TopK = 3, Seed = 1 });
+        var seen = Enumerable.Range(0, 400).Select(_ => topK.Sample(l).Token).ToHashSet();
+        Assert.Subset(order.Take(3).ToHashSet(), seen);
+        Assert.Equal(3, seen.Count);
+        var tiny = new Sampler(new SamplingParams { Temperature = 1, TopP = 1e-6, Seed = 1 });
+        Assert.All(Enumerable.Range(0, 50), _ => Assert.Equal(order[0], tiny.Sample(l).Token));
+    }
+
+    [Fact]
+    public void SamplingFollowsTheSoftmaxDistribution()
+    {
+        var l = new float[] { 0, (float)Math.Log(3) };   // probabilities 1/4, 3/4
+        var s = new Sampler(new SamplingParams { Temperature = 1, Seed = 7 });
+        int ones = Enumerable.Range(0, 20000).Count(_ => s.Sample(l).Token == 1);
+        Assert.InRange(ones / 20000.0, 0.735, 0.765);
+    }
+
+    [Fact]
+    public void LogprobsAreLogSoftmaxOfRawLogits()
+    {
+        var l = new float[] { 1, 2, 3 };
+        var r = new Sampler(new SamplingParams { Temperature = 0, Logprobs = 2 }).Sample(l);
+        double z = Math.Log(Math.Exp(1) + Math.Exp(2) + Math.Exp(3));
+        Assert.Equal(2, r.Token);
+        Assert.Equal(3 - z, r.Logprob, 9);
+        Assert.Equal(2, r.Top.Length);
+        Assert.Equal(2, r.Top[0].Id);
+        Assert.Equal(3 - z, r.Top[0].Logprob, 9);
+        Assert.Equal(1, r.Top[1].Id);
+        Assert.Equal(2 - z, r.Top[1].Logprob, 9);
+    }
+}
