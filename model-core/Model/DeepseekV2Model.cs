@@ -162,32 +162,22 @@ public sealed class DeepseekV2Model : IDisposable
     /// <summary>
     /// One forward step of this process over <paramref name="chunks"/>: returns logits [rows, V] (float32) for
     /// each chunk's last token, or every token of AllLogits chunks, and per MoE layer the routing.
-    /// Opens its own dispose scope; the result is detached (the caller disposes it).
+    /// The routed experts run on this host's expert groups; the result is detached (the caller disposes it).
     /// </summary>
     public StepOutput Forward(IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, bool keepRouting = false)
     {
-        using var scope = NewDisposeScope();
-        var batch = new StepBatch(Cache ?? throw new InvalidOperationException("no latent cache on this host"), chunks, mode);
-        var h = Embed(chunks.SelectMany(c => c.Tokens).ToArray());
+        using var walk = new LayerWalk(this, chunks, mode, limit);
         var routings = keepRouting ? new Dictionary<int, Routing>() : null;
-        for (int layer = 0; layer < Config.NumHiddenLayers; layer++)
+        Tensor? routed = null;
+        while (walk.Advance(routed) is { } dispatch)
         {
-            h = Attention(layer, h, batch, mode);
-            var x = FfnInput(layer, h);
-            if (!IsMoeLayer(layer))
-            {
-                h = h + Dense(layer, x);
-                continue;
-            }
-            var routing = Route(layer, x, limit);
-            if (routings is not null) routings[layer] = routing;
-            var y = Experts(layer, x, routing);
-            if (Shared(layer, x) is { } shared) y = y + shared;
-            h = h + y;
+            routed?.Dispose();
+            if (routings is not null) routings[dispatch.Layer] = dispatch.Routing;
+            using var scope = NewDisposeScope();
+            routed = Experts(dispatch.Layer, dispatch.Input, dispatch.Routing).DetachFromDisposeScope();
         }
-        batch.Commit(Cache);
-        var logits = Logits(h.index_select(0, tensor(batch.LogitRows(), ScalarType.Int64)));
-        return new StepOutput(logits.DetachFromDisposeScope(), routings);
+        routed?.Dispose();
+        return new StepOutput(walk.TakeLogits(), routings);
     }
 
     public void Dispose()

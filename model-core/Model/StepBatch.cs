@@ -10,9 +10,9 @@ public sealed record SequenceChunk(LatentSequence Sequence, int[] Tokens, bool A
 /// The layout of one forward step over several sequences: the new tokens of every chunk concatenated
 /// in chunk order as rows of the hidden state, their positions, where their latents go in the cache, and
 /// the gather index for the single-token (decode) chunks. Built once per step, used by every layer.
-/// Create it inside the step's dispose scope.
+/// Its tensors belong to no dispose scope: dispose the batch at the end of the step.
 /// </summary>
-public sealed class StepBatch
+public sealed class StepBatch : IDisposable
 {
     public IReadOnlyList<SequenceChunk> Chunks { get; }
     public int[] Offsets { get; }        // first row of each chunk
@@ -50,13 +50,13 @@ public sealed class StepBatch
             Starts[i] = start;
             for (int p = start; p < end; p++) { positions.Add(p); writeRows.Add(cache.Row(seq, p)); }
             if (tokens.Length == 1 && mode != AttentionMode.Naive) decode.Add(i);
-            else ChunkCacheRows[i] = tensor(cache.Rows(seq, 0, end), ScalarType.Int64);
+            else ChunkCacheRows[i] = Keep(tensor(cache.Rows(seq, 0, end), ScalarType.Int64));
             row += tokens.Length;
         }
         Rows = row;
-        Positions = tensor(positions.ToArray(), ScalarType.Int64);
+        Positions = Keep(tensor(positions.ToArray(), ScalarType.Int64));
         MaxPosition = positions.Count == 0 ? 0 : positions.Max();
-        WriteRows = tensor(writeRows.ToArray(), ScalarType.Int64);
+        WriteRows = Keep(tensor(writeRows.ToArray(), ScalarType.Int64));
         DecodeChunks = decode.ToArray();
         if (decode.Count > 0)
         {
@@ -74,10 +74,24 @@ public sealed class StepBatch
                 }
             }
             DecodeTmax = tmax;
-            DecodeRows = tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64);
-            DecodeGather = tensor(gather, ScalarType.Int64);
-            DecodeMask = tensor(mask, [decode.Count, tmax]);
+            DecodeRows = Keep(tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64));
+            DecodeGather = Keep(tensor(gather, ScalarType.Int64));
+            DecodeMask = Keep(tensor(mask, [decode.Count, tmax]));
         }
+    }
+
+    readonly List<Tensor> _owned = new();
+
+    Tensor Keep(Tensor t)
+    {
+        _owned.Add(t.DetachFromDisposeScope());
+        return t;
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _owned) t.Dispose();
+        _owned.Clear();
     }
 
     /// <summary>Rows whose logits the caller wants: the last row of each chunk, or all rows of AllLogits chunks.</summary>

@@ -1,0 +1,1 @@
+namespace Grid.Grains; internal static class Placeholder {}
