@@ -27,9 +27,10 @@ public static class GenerateCommand
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the EOS token" };
         var json = new Option<bool>("--json") { Description = "Print an OpenAI text_completion JSON object" };
         var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 (default), bfloat16, float16", DefaultValueFactory = _ => "float32" };
+        var engine = new Option<string>("--engine") { Description = "grid (default: the embedded grid, or the cluster Grid:Cluster configures) or local (model-core in process)", DefaultValueFactory = _ => "grid" };
         var cmd = new Command("generate", "Generate one completion offline")
         {
-            model, prompt, promptIds, maxTokens, temperature, topP, topK, seed, logprobs, tokensAsIds, ignoreEos, json, dtype,
+            model, engine, prompt, promptIds, maxTokens, temperature, topP, topK, seed, logprobs, tokensAsIds, ignoreEos, json, dtype,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -50,7 +51,8 @@ public static class GenerateCommand
             string dir;
             try { dir = EngineFactory.ResolveModel(modelArg, m => Console.Error.WriteLine(m)); }
             catch (Exception e) { return Fail(e.Message); }
-            var scalar = Dtypes.Parse(parse.GetValue(dtype)!);
+            try { Dtypes.Parse(parse.GetValue(dtype)!); }
+            catch (ArgumentException e) { return Fail(e.Message); }
             using var tokenizer = EngineFactory.LoadTokenizer(dir);
             int[] promptTokens;
             try
@@ -61,7 +63,9 @@ public static class GenerateCommand
             }
             catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
-            await using var executor = await EngineFactory.LoadLocalAsync(dir, scalar, Progress.Loading, ct);
+            var configuration = new Microsoft.Extensions.Configuration.ConfigurationBuilder().AddEnvironmentVariables().Build();
+            await using var executor = await EngineFactory.CreateExecutorAsync(parse.GetValue(engine)!, dir, parse.GetValue(dtype)!,
+                Grid.Grains.Hosting.GridClusterOptions.From(configuration), null, Progress.Loading, m => Console.Error.WriteLine(m), ct);
             var vocab = executor.Config.VocabSize;
             if (promptTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1 && promptTokens.Contains(bad))
                 return Fail($"--prompt-ids: token id {bad} is outside the vocabulary (0..{vocab - 1})");

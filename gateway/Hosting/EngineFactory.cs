@@ -10,13 +10,7 @@ namespace Grid.Gateway.Hosting;
 /// <summary>Compute dtype names accepted by <c>--dtype</c> / <c>Grid:Model:Dtype</c>.</summary>
 public static class Dtypes
 {
-    public static ScalarType Parse(string name) => name.ToLowerInvariant() switch
-    {
-        "float32" or "f32" or "fp32" => ScalarType.Float32,
-        "bfloat16" or "bf16" => ScalarType.BFloat16,
-        "float16" or "f16" or "fp16" or "half" => ScalarType.Float16,
-        _ => throw new ArgumentException($"dtype: '{name}' is not supported (float32, bfloat16, float16)"),
-    };
+    public static ScalarType Parse(string name) => Grid.ModelCore.Runtime.DtypeNames.Parse(name);
 }
 
 /// <summary>Resolves the model folder (the built-in tiny checkpoint when none is given) and loads what serving needs.</summary>
@@ -47,6 +41,26 @@ public static class EngineFactory
         {
             thread.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// The executor serving uses: "grid" (default) walks the Orleans grid - an embedded silo unless Grid:Cluster
+    /// configures a cluster; "local" runs model-core in this process without Orleans.
+    /// </summary>
+    public static async Task<IStepExecutor> CreateExecutorAsync(string engine, string directory, string dtype,
+        Grid.Grains.Hosting.GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
+        Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken)
+    {
+        switch (engine.ToLowerInvariant())
+        {
+            case "local":
+                return await LoadLocalAsync(directory, Dtypes.Parse(dtype), progress, cancellationToken);
+            case "grid":
+                Dtypes.Parse(dtype);
+                return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken));
+            default:
+                throw new ArgumentException($"engine: '{engine}' is not supported (grid, local)");
         }
     }
 

@@ -1,0 +1,207 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Grid.Grains.Contracts;
+using Grid.ModelCore.Config;
+using Grid.ModelCore.Serving;
+using Microsoft.Extensions.Logging;
+
+namespace Grid.Gateway.Orchestration;
+
+/// <summary>The shape of the deployment the orchestrator drives (config <c>Grid:Cluster:*</c>).</summary>
+public sealed record GridTopology
+{
+    /// <summary>Attention shards; sequences are spread over them.</summary>
+    public int AttentionShards { get; init; } = 1;
+    /// <summary>Expert groups the routed experts are split into (must match the silos' Grid:Silo:ExpertGroupCount).</summary>
+    public int ExpertGroups { get; init; } = 1;
+    /// <summary>Device-limited routing: most expert groups one token may reach (0 = no limit).</summary>
+    public int MaxGroupsPerToken { get; init; }
+    /// <summary>Deadline for one grain call; a dead silo fails the step after this instead of Orleans' 30 s default.</summary>
+    public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(20);
+}
+
+/// <summary>
+/// The orchestrator: walks each step layer by layer across the grid. Per step every attention shard with
+/// sequences in the batch embeds and runs attention up to the first MoE layer; per MoE layer the tokens of all
+/// shards are bundled into one call per expert group that any token routed to, the groups' outputs are summed
+/// (in group order) and handed back to the shards, which continue to the next MoE layer or the logits.
+/// Calls per layer therefore depend on the number of shards and groups, never on the number of sequences.
+/// </summary>
+public sealed class GridStepExecutor : IStepExecutor
+{
+    static readonly Meter Meter = new("Grid.Orchestrator");
+    static readonly Counter<long> GrainCalls = Meter.CreateCounter<long>("grid_grain_calls", description: "Grain calls made by the orchestrator, by kind");
+
+    readonly IGrainFactory _grains;
+    readonly GridTopology _topology;
+    readonly ILogger _logger;
+    readonly Dictionary<long, int> _shardOf = new();
+    readonly int[] _shardLoad;
+    readonly object _lock = new();
+    long _stepId;
+    long _calls;
+
+    public ModelConfig Config { get; }
+
+    /// <summary>Grain calls made so far (all kinds).</summary>
+    public long CallCount => Interlocked.Read(ref _calls);
+
+    public GridStepExecutor(IGrainFactory grains, ModelConfig config, GridTopology topology, ILogger<GridStepExecutor> logger)
+    {
+        if (topology.AttentionShards < 1) throw new ArgumentException("Grid:Cluster:AttentionShards must be at least 1");
+        if (config.NRoutedExperts > 0 && (topology.ExpertGroups < 1 || config.NRoutedExperts % topology.ExpertGroups != 0))
+            throw new ArgumentException($"Grid:Cluster:ExpertGroups: {topology.ExpertGroups} must divide the {config.NRoutedExperts} routed experts");
+        _grains = grains;
+        Config = config;
+        _topology = topology;
+        _logger = logger;
+        _shardLoad = new int[topology.AttentionShards];
+    }
+
+    IAttentionGrain Shard(int i) => _grains.GetGrain<IAttentionGrain>(i);
+    IExpertGroupGrain Group(int g) => _grains.GetGrain<IExpertGroupGrain>(g);
+
+    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken)
+    {
+        Interlocked.Increment(ref _calls);
+        GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(_topology.CallTimeout);
+        try { return await call(timeout.Token).WaitAsync(timeout.Token); }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds:F0} s");
+        }
+    }
+
+    /// <summary>Which shard owns a sequence: assigned on its first step to the least-loaded shard.</summary>
+    int ShardFor(long sequenceId)
+    {
+        lock (_lock)
+        {
+            if (_shardOf.TryGetValue(sequenceId, out var s)) return s;
+            s = Array.IndexOf(_shardLoad, _shardLoad.Min());
+            _shardOf[sequenceId] = s;
+            _shardLoad[s]++;
+            return s;
+        }
+    }
+
+    public async Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    {
+        long stepId = Interlocked.Increment(ref _stepId);
+        // Chunks per shard, remembering each chunk's place in the caller's order.
+        var byShard = new Dictionary<int, List<int>>();
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            int s = ShardFor(chunks[i].SequenceId);
+            (byShard.TryGetValue(s, out var list) ? list : byShard[s] = new()).Add(i);
+        }
+        var shards = byShard.Keys.Order().ToArray();
+        var progress = await Task.WhenAll(shards.Select(s => CallAsync("attention.start", ct => Shard(s).StartStepAsync(new StepStart(stepId,
+            byShard[s].Select(i => new ChunkInput(chunks[i].SequenceId, chunks[i].Tokens, chunks[i].AllLogits)).ToArray(),
+            _topology.ExpertGroups, _topology.MaxGroupsPerToken), ct), cancellationToken)));
+
+        while (!progress[0].Finished)
+        {
+            var routed = await DispatchExpertsAsync(progress, cancellationToken);
+            progress = await Task.WhenAll(shards.Select((s, k) =>
+                CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(stepId, routed[k], ct), cancellationToken)));
+        }
+
+        // Logit rows come back per shard in that shard's chunk order: put them back in the caller's order.
+        var rowsOf = new float[chunks.Count][][];
+        for (int k = 0; k < shards.Length; k++)
+        {
+            var logits = progress[k].Logits!;
+            var values = logits.ToFloats();
+            int row = 0;
+            foreach (var i in byShard[shards[k]])
+            {
+                int n = chunks[i].AllLogits ? chunks[i].Tokens.Length : 1;
+                rowsOf[i] = new float[n][];
+                for (int r = 0; r < n; r++, row++) rowsOf[i][r] = values.AsSpan(row * logits.Cols, logits.Cols).ToArray();
+            }
+        }
+        return rowsOf.SelectMany(r => r).ToArray();
+    }
+
+    /// <summary>
+    /// One MoE layer: bundles the routed tokens of all shards per expert group, calls each group that any token
+    /// reached once, sums the groups' outputs in group order and splits the sum back per shard.
+    /// </summary>
+    async Task<TensorPayload[]> DispatchExpertsAsync(StepProgress[] progress, CancellationToken cancellationToken)
+    {
+        int layer = progress[0].Layer, topK = progress[0].TopK;
+        if (progress.Any(p => p.Finished || p.Layer != layer)) throw new InvalidOperationException("attention shards are out of step");
+        var input = TensorPayload.Concat(progress.Select(p => p.Input!).ToArray());
+        var ids = progress.SelectMany(p => p.ExpertIds!).ToArray();
+        var weights = progress.SelectMany(p => p.Weights!).ToArray();
+        int rows = input.Rows, d = input.Cols;
+        int groupSize = Config.NRoutedExperts / _topology.ExpertGroups;
+
+        var rowsOfGroup = new List<int>[_topology.ExpertGroups];
+        for (int r = 0; r < rows; r++)
+            foreach (var g in Enumerable.Range(0, topK).Select(k => ids[r * topK + k] / groupSize).Distinct())
+                (rowsOfGroup[g] ??= new()).Add(r);
+        var groups = Enumerable.Range(0, _topology.ExpertGroups).Where(g => rowsOfGroup[g] is not null).ToArray();
+        var outputs = await Task.WhenAll(groups.Select(g =>
+        {
+            var sel = rowsOfGroup[g];
+            var request = new ExpertRequest(layer, input.SelectRows(sel), topK,
+                sel.SelectMany(r => ids.AsSpan(r * topK, topK).ToArray()).ToArray(),
+                sel.SelectMany(r => weights.AsSpan(r * topK, topK).ToArray()).ToArray());
+            return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken);
+        }));
+
+        var sum = new float[rows * d];
+        for (int k = 0; k < groups.Length; k++)
+        {
+            var part = outputs[k].ToFloats();
+            var sel = rowsOfGroup[groups[k]];
+            for (int i = 0; i < sel.Count; i++)
+            {
+                var dst = sum.AsSpan(sel[i] * d, d);
+                var src = part.AsSpan(i * d, d);
+                for (int j = 0; j < d; j++) dst[j] += src[j];
+            }
+        }
+        var all = TensorPayload.FromFloats(sum, rows, d, input.Dtype);
+        var result = new TensorPayload[progress.Length];
+        int at = 0;
+        for (int k = 0; k < progress.Length; k++)
+        {
+            result[k] = all.Slice(at, progress[k].Input!.Rows);
+            at += progress[k].Input!.Rows;
+        }
+        return result;
+    }
+
+    public async Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken)
+    {
+        int shard;
+        lock (_lock)
+        {
+            if (!_shardOf.Remove(sequenceId, out shard)) return;
+            _shardLoad[shard]--;
+        }
+        await CallAsync("attention.release", async ct => { await Shard(shard).ReleaseAsync([sequenceId], ct); return true; }, cancellationToken);
+    }
+
+    public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)
+    {
+        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetCacheAsync(cancellationToken)));
+        return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), reports.Sum(r => r.BytesReserved));
+    }
+
+    /// <summary>Status of every shard and group: ready when all have their weights loaded.</summary>
+    public async Task<(bool Ready, string[] Details)> GetReadinessAsync(CancellationToken cancellationToken)
+    {
+        var statuses = await Task.WhenAll(
+            Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetStatusAsync(cancellationToken))
+            .Concat(Config.NRoutedExperts > 0 ? Enumerable.Range(0, _topology.ExpertGroups).Select(g => Group(g).GetStatusAsync(cancellationToken)) : []));
+        return (statuses.All(s => s.Ready), statuses.Select(s => $"{s.Silo}: {(s.Ready ? "ready" : "not ready")} ({s.Detail})").ToArray());
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}

@@ -1,0 +1,32 @@
+using Grid.Grains.Contracts;
+using Grid.Grains.Hosting;
+using Grid.Grains.Placement;
+using Grid.ModelCore.Model;
+using Orleans.Concurrency;
+using static TorchSharp.torch;
+
+namespace Grid.Grains;
+
+/// <summary>Runs one expert group's routed experts for the bundled tokens of a MoE layer. The work is in model-core.</summary>
+[ExpertGroupPlacement, Reentrant]
+public sealed class ExpertGroupGrain(ModelHost host) : Grain, IExpertGroupGrain
+{
+    int Group => (int)this.GetPrimaryKeyLong();
+
+    public Task<TensorPayload> ForwardAsync(ExpertRequest request, CancellationToken cancellationToken = default)
+    {
+        var range = host.GroupRanges[Group];
+        return host.RunAsync(model =>
+        {
+            var experts = model.ExpertGroups.FirstOrDefault(g => g.Range == range)
+                ?? throw new InvalidOperationException($"expert group {Group} ({range}) is not loaded on this silo");
+            using var scope = NewDisposeScope();
+            var x = request.Input.ToTensor();
+            var routing = new Routing(request.Input.Rows, request.TopK, request.ExpertIds, request.Weights);
+            return TensorPayload.From(experts.Forward(request.Layer, x, routing));
+        }, cancellationToken);
+    }
+
+    public Task<HostStatus> GetStatusAsync(CancellationToken cancellationToken = default) =>
+        Task.FromResult(new HostStatus(host.IsReady && host.Options.ExpertGroups.Contains(Group), RuntimeIdentity, host.Detail));
+}

@@ -1,0 +1,32 @@
+using Grid.Grains.Placement;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Orleans.Configuration;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+
+namespace Grid.Grains.Hosting;
+
+public static class GridSiloExtensions
+{
+    /// <summary>
+    /// Makes this silo a Grid host: publishes what it serves as silo metadata, loads that model part at start
+    /// (<see cref="ModelHost"/>), and registers the placement director that pins expert-group and attention grains.
+    /// Grid grains are never collected while the silo lives (their state is the latent caches).
+    /// </summary>
+    public static ISiloBuilder AddGridSilo(this ISiloBuilder silo, SiloRoleOptions role)
+    {
+        silo.UseSiloMetadata(SiloMetadataKeys.For(role));
+        silo.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(role));
+        silo.Services.AddSingleton<ModelHost>();
+        silo.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
+        silo.Services.AddPlacementDirector<ExpertGroupPlacement, GridPlacementDirector>();
+        silo.Services.AddPlacementDirector<AttentionPlacement, GridPlacementDirector>();
+        silo.Configure<GrainCollectionOptions>(o =>
+        {
+            o.ClassSpecificCollectionAge[typeof(AttentionGrain).FullName!] = TimeSpan.FromDays(3650);
+            o.ClassSpecificCollectionAge[typeof(ExpertGroupGrain).FullName!] = TimeSpan.FromDays(3650);
+        });
+        silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(2));
+        return silo;
+    }
+}

@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using Grid.ModelCore.Config;
+using Grid.ModelCore.Model;
+using Grid.ModelCore.Runtime;
+using Grid.ModelCore.Weights;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using static TorchSharp.torch;
+
+namespace Grid.Grains.Hosting;
+
+/// <summary>
+/// The silo-wide model part: loads, once at silo start, only the tensors this silo serves (the attention
+/// part and/or its expert groups) onto one inference thread, and keeps them for the silo's lifetime. Grains
+/// reach the weights through it, so grain activation and collection never reload anything.
+/// </summary>
+public sealed class ModelHost : IHostedService, IDisposable
+{
+    readonly SiloRoleOptions _options;
+    readonly ILogger<ModelHost> _logger;
+    readonly TaskCompletionSource<DeepseekV2Model> _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public InferenceThread Thread { get; }
+    public ModelConfig Config { get; }
+    public ScalarType Dtype { get; }
+    public ExpertRange[] GroupRanges { get; }
+    public SiloRoleOptions Options => _options;
+    public string Detail { get; private set; } = "loading";
+
+    public ModelHost(IOptions<SiloRoleOptions> options, ILogger<ModelHost> logger)
+    {
+        _options = options.Value;
+        _logger = logger;
+        if (string.IsNullOrEmpty(_options.ModelPath)) throw new ArgumentException("Grid:Model:Path is not set for this silo");
+        Config = ModelConfig.Load(Path.Combine(_options.ModelPath, "config.json"));
+        Dtype = Grid.ModelCore.Runtime.DtypeNames.Parse(_options.Dtype);
+        GroupRanges = Config.NRoutedExperts > 0 ? ExpertRange.Partition(Config.NRoutedExperts, _options.ExpertGroupCount) : [];
+        foreach (var g in _options.ExpertGroups)
+            if (g < 0 || g >= _options.ExpertGroupCount)
+                throw new ArgumentException($"Grid:Silo:ExpertGroups: group {g} is outside 0..{_options.ExpertGroupCount - 1}");
+        Thread = new InferenceThread("grid-silo-inference", _options.TorchThreads > 0 ? _options.TorchThreads : null);
+    }
+
+    /// <summary>Completes when the weights are loaded.</summary>
+    public Task<DeepseekV2Model> ModelAsync(CancellationToken cancellationToken = default) => _loaded.Task.WaitAsync(cancellationToken);
+
+    public bool IsReady => _loaded.Task.IsCompletedSuccessfully;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        // Load in the background: the silo joins the cluster at once and reports ready when this completes.
+        _ = Task.Run(async () =>
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                var ranges = _options.ExpertGroups.Select(g => GroupRanges[g]).ToArray();
+                int lastDecile = -1;
+                var model = await Thread.RunAsync(() => DeepseekV2Model.Load(_options.ModelPath, new ModelLoadOptions
+                {
+                    Dtype = Dtype,
+                    LoadAttention = _options.Attention,
+                    ExpertRanges = ranges,
+                    CacheBlockSize = _options.CacheBlockSize,
+                }, new SyncProgress(p =>
+                {
+                    int decile = p.TensorsTotal == 0 ? 10 : 10 * p.TensorsDone / p.TensorsTotal;
+                    if (decile == lastDecile) return;
+                    lastDecile = decile;
+                    _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20);
+                })), CancellationToken.None);
+                Detail = $"attention={_options.Attention} groups=[{string.Join(",", _options.ExpertGroups)}] tensors={model.LoadedTensors.Count}";
+                _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
+                _loaded.TrySetResult(model);
+            }
+            catch (Exception e)
+            {
+                Detail = "load failed: " + e.Message;
+                _logger.LogError(e, "loading the model part failed");
+                _loaded.TrySetException(e);
+            }
+        }, CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Runs tensor work on the silo's inference thread once the weights are loaded.</summary>
+    public async Task<T> RunAsync<T>(Func<DeepseekV2Model, T> work, CancellationToken cancellationToken)
+    {
+        var model = await ModelAsync(cancellationToken);
+        return await Thread.RunAsync(() => work(model), cancellationToken);
+    }
+
+    int _disposed;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
+        if (_loaded.Task.IsCompletedSuccessfully)
+        {
+            var model = _loaded.Task.Result;
+            Thread.RunAsync(() => model.Dispose()).Wait();
+        }
+        Thread.Dispose();
+    }
+
+    sealed class SyncProgress(Action<LoadProgress> report) : IProgress<LoadProgress>
+    {
+        public void Report(LoadProgress value) => report(value);
+    }
+}

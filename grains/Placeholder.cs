@@ -1,1 +1,0 @@
-namespace Grid.Grains; internal static class Placeholder {}
