@@ -1,0 +1,111 @@
+using Grid.Gateway.Orchestration;
+using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
+using Grid.ModelCore.Weights;
+using Xunit;
+
+namespace Grid.Tests.Cluster;
+
+/// <summary>Golden outputs through a 3-silo TestingHost grid equal model-core's, within the golden tolerance.</summary>
+public abstract class GridClusterTestsBase<TCluster>(TCluster cluster) where TCluster : GridTestCluster
+{
+    protected TCluster Grid => cluster;
+
+    public static async Task<(int[] Tokens, (int Id, double Logprob)[][] Top5)> GreedyAsync(IStepExecutor executor, long seqId, int[] prompt, int steps)
+    {
+        var tokens = new List<int>();
+        var top = new List<(int, double)[]>();
+        var logits = (await executor.StepAsync([new StepChunk(seqId, prompt)], CancellationToken.None))[0];
+        for (int i = 0; i < steps; i++)
+        {
+            int next = Sampler.Argmax(logits);
+            tokens.Add(next);
+            top.Add(Sampler.TopLogprobs(logits, 5, Sampler.LogSumExp(logits)));
+            if (i + 1 < steps) logits = (await executor.StepAsync([new StepChunk(seqId, [next])], CancellationToken.None))[0];
+        }
+        await executor.ReleaseAsync(seqId, CancellationToken.None);
+        return (tokens.ToArray(), top.ToArray());
+    }
+
+    protected async Task MatchesGoldenAsync(string checkpoint)
+    {
+        long id = 1000;
+        foreach (var prompt in Golden.Prompts)
+        {
+            var expected = Golden.Load(checkpoint, prompt);
+            var (tokens, top5) = await GreedyAsync(Grid.Executor, ++id, expected.PromptIds, 16);
+            Assert.Equal(expected.GeneratedIds, tokens);
+            var want = expected.StepTop5;
+            for (int s = 0; s < 16; s++)
+                for (int k = 0; k < 5; k++)
+                {
+                    Assert.Equal(want[s][k].Id, top5[s][k].Id);
+                    Assert.True(Math.Abs(want[s][k].Logprob - top5[s][k].Logprob) < 1e-3, $"{prompt} step {s} rank {k}");
+                }
+        }
+        var cache = await Grid.Executor.GetCacheStatsAsync(CancellationToken.None);
+        Assert.Equal(0, cache.Tokens);
+        Assert.Equal(0, cache.BytesInUse);
+    }
+
+    protected void EachSiloLoadsOnlyItsExperts()
+    {
+        var c = Grid.Config;
+        int groupSize = c.NRoutedExperts / GridTestCluster.Groups;
+        var all = TensorNames.All(c).ToList();
+        for (int silo = 0; silo < 3; silo++)
+        {
+            var host = Grid.HostOf(silo);
+            var loaded = host.ModelAsync().Result.LoadedTensors.ToHashSet();
+            var served = GridTestCluster.GroupsOfSilo[silo].SelectMany(g => Enumerable.Range(g * groupSize, groupSize)).ToHashSet();
+            var expertsLoaded = all.Where(s => s.Expert is int e && loaded.Contains(s.Name)).ToList();
+            Assert.All(expertsLoaded, s => Assert.Contains(s.Expert!.Value, served));
+            Assert.Equal(served.Count * c.MoeLayers.Count() * 3, expertsLoaded.Count);
+            // Only the attention silo holds the dense part (embedding, attention, gates, lm_head).
+            bool attention = silo == 0;
+            Assert.Equal(attention, loaded.Contains("model.embed_tokens.weight"));
+            Assert.Equal(attention, loaded.Contains("model.layers.0.self_attn.kv_b_proj.weight"));
+            Assert.Equal(attention ? all.Count(s => s.Expert is null) : 0, loaded.Count(n => all.First(s => s.Name == n).Expert is null));
+        }
+    }
+}
+
+public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<LiteCluster>(cluster), IClassFixture<LiteCluster>
+{
+    [Fact] public Task GoldenThroughThreeSiloGrid() => MatchesGoldenAsync("lite_f32");
+    [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
+}
+
+public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<FullCluster>(cluster), IClassFixture<FullCluster>
+{
+    [Fact] public Task GoldenThroughThreeSiloGrid() => MatchesGoldenAsync("full_f32");
+    [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
+
+    /// <summary>Grain calls in one decode step, counted at the grains, for a batch of n sequences.</summary>
+    async Task<long> CallsInOneDecodeStepAsync(int n, long firstId)
+    {
+        var prompt = Golden.Load("full_f32", "long").PromptIds;
+        var ids = Enumerable.Range(0, n).Select(i => firstId + i).ToArray();
+        // Prefill sequences of different lengths in one step, then count one decode step.
+        var prefill = await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, prompt[..(3 + 37 * i % 190)])).ToList(), CancellationToken.None);
+        long before = GridTestCluster.Calls.Values.Sum();
+        await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, [Sampler.Argmax(prefill[i])])).ToList(), CancellationToken.None);
+        long calls = GridTestCluster.Calls.Values.Sum() - before;
+        foreach (var id in ids) await Grid.Executor.ReleaseAsync(id, CancellationToken.None);
+        return calls;
+    }
+
+    [Fact]
+    public async Task GrainCallsPerDecodeStepDoNotGrowWithSequences()
+    {
+        int moeLayers = Grid.Config.MoeLayers.Count();
+        // One attention shard: one start call + one continue call per MoE layer, plus one call per expert group reached per MoE layer.
+        long bound = (1 + moeLayers) + moeLayers * GridTestCluster.Groups;
+        long one = await CallsInOneDecodeStepAsync(1, 5000);
+        long sixteen = await CallsInOneDecodeStepAsync(16, 6000);
+        long thirtyTwo = await CallsInOneDecodeStepAsync(32, 7000);
+        Assert.InRange(one, 1 + 2 * moeLayers, bound);          // at least one group per MoE layer
+        Assert.Equal(bound, sixteen);                            // 16 sequences reach every group: the fixed maximum
+        Assert.Equal(sixteen, thirtyTwo);                        // doubling the sequences adds no call
+    }
+}

@@ -1,0 +1,83 @@
+using System.Collections.Concurrent;
+using Grid.Gateway.Orchestration;
+using Grid.Grains;
+using Grid.Grains.Hosting;
+using Grid.ModelCore.Config;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using Orleans.TestingHost;
+using Xunit;
+
+namespace Grid.Tests.Cluster;
+
+/// <summary>
+/// An in-process Orleans TestingHost cluster of 3 silos serving a golden checkpoint with its routed experts
+/// in 4 groups spread over them: silo 0 attention + group 0, silo 1 groups 1 and 2, silo 2 group 3.
+/// Every grain call into a Grid grain is counted by an incoming call filter.
+/// </summary>
+public abstract class GridTestCluster : IAsyncLifetime
+{
+    public const int Groups = 4;
+    public static readonly int[][] GroupsOfSilo = [[0], [1, 2], [3]];
+    public static readonly ConcurrentDictionary<string, long> Calls = new();
+
+    protected abstract string Checkpoint { get; }
+    public TestCluster Cluster { get; private set; } = null!;
+    public ModelConfig Config { get; private set; } = null!;
+    public GridStepExecutor Executor { get; private set; } = null!;
+    public string ModelPath => Golden.Dir(Checkpoint);
+
+    public async Task InitializeAsync()
+    {
+        Config = ModelConfig.Load(Path.Combine(ModelPath, "config.json"));
+        var builder = new TestClusterBuilder(3);
+        builder.Options.ServiceId = "grid-test-" + Checkpoint;
+        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = ModelPath }));
+        builder.AddSiloBuilderConfigurator<SiloConfigurator>();
+        Cluster = builder.Build();
+        await Cluster.DeployAsync();
+        Executor = new GridStepExecutor(Cluster.Client, Config, new GridTopology { AttentionShards = 1, ExpertGroups = Groups }, NullLogger<GridStepExecutor>.Instance);
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        while (!(await Executor.GetReadinessAsync(CancellationToken.None)).Ready)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("the test cluster did not load its weights");
+            await Task.Delay(100);
+        }
+    }
+
+    /// <summary>The model part a silo loaded, by silo index.</summary>
+    public ModelHost HostOf(int silo) =>
+        ((InProcessSiloHandle)Cluster.Silos[silo]).SiloHost.Services.GetRequiredService<ModelHost>();
+
+    public async Task DisposeAsync()
+    {
+        await Cluster.StopAllSilosAsync();
+        await Cluster.DisposeAsync();
+    }
+
+    sealed class SiloConfigurator : ISiloConfigurator
+    {
+        public void Configure(ISiloBuilder silo)
+        {
+            var name = silo.Configuration["Orleans:Name"] ?? throw new InvalidOperationException("the test cluster gave the silo no name");
+            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
+            silo.AddGridSilo(new SiloRoleOptions
+            {
+                ModelPath = silo.Configuration["GridModelPath"]!,
+                Attention = index == 0,
+                ExpertGroupCount = Groups,
+                ExpertGroups = GroupsOfSilo[index],
+            });
+            silo.AddIncomingGrainCallFilter(async ctx =>
+            {
+                if (ctx.Grain is AttentionGrain or ExpertGroupGrain)
+                    Calls.AddOrUpdate(ctx.Grain.GetType().Name + "." + ctx.InterfaceMethod.Name, 1, (_, v) => v + 1);
+                await ctx.Invoke();
+            });
+        }
+    }
+}
+
+public sealed class LiteCluster : GridTestCluster { protected override string Checkpoint => "lite_f32"; }
+public sealed class FullCluster : GridTestCluster { protected override string Checkpoint => "full_f32"; }
