@@ -4,7 +4,15 @@ using Grid.Gateway.Cli;
 var root = new RootCommand("Grid: DeepSeek-V2 Mixture-of-Experts serving on Orleans")
 {
     GenerateCommand.Create(),
+    ModelPathCommand(),
 };
+
+static Command ModelPathCommand()
+{
+    var cmd = new Command("model-path", "Print the folder of the built-in tiny checkpoint (writing it on first use)");
+    cmd.SetAction(_ => { Console.WriteLine(Grid.ModelCore.Weights.RandomCheckpoint.EnsureBuiltIn()); return 0; });
+    return cmd;
+}
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
 {

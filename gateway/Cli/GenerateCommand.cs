@@ -65,7 +65,7 @@ public static class GenerateCommand
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
             var configuration = new Microsoft.Extensions.Configuration.ConfigurationBuilder().AddEnvironmentVariables().Build();
             await using var executor = await EngineFactory.CreateExecutorAsync(parse.GetValue(engine)!, dir, parse.GetValue(dtype)!,
-                Grid.Grains.Hosting.GridClusterOptions.From(configuration), null, Progress.Loading, m => Console.Error.WriteLine(m), ct);
+                Grid.Grains.Hosting.GridClusterOptions.From(configuration), CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct);
             var vocab = executor.Config.VocabSize;
             if (promptTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1 && promptTokens.Contains(bad))
                 return Fail($"--prompt-ids: token id {bad} is outside the vocabulary (0..{vocab - 1})");
@@ -99,6 +99,20 @@ public static class GenerateCommand
     {
         Console.Error.WriteLine("error: " + message);
         return 2;
+    }
+}
+
+/// <summary>Console logs on stderr for CLI commands when GRID_LOG_LEVEL is set (e.g. Information, Debug).</summary>
+public static class CliLogging
+{
+    public static Microsoft.Extensions.Logging.ILoggerFactory? FromEnvironment()
+    {
+        var level = Environment.GetEnvironmentVariable("GRID_LOG_LEVEL");
+        if (string.IsNullOrEmpty(level) || !Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(level, true, out var parsed)) return null;
+        return Microsoft.Extensions.Logging.LoggerFactory.Create(b => b.SetMinimumLevel(parsed)
+            .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; })
+            .AddFilter("Polly", Microsoft.Extensions.Logging.LogLevel.Warning)
+            .Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = Microsoft.Extensions.Logging.LogLevel.Trace));
     }
 }
 

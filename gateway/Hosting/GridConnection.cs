@@ -41,6 +41,7 @@ public sealed class GridConnection : IAsyncDisposable
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.ClearProviders();
         if (loggerFactory is not null) builder.Services.AddSingleton(loggerFactory);
+        builder.Logging.AddFilter("Polly", LogLevel.Warning);
         if (cluster.IsEmbedded)
         {
             var role = new SiloRoleOptions

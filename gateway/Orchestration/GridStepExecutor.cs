@@ -67,10 +67,15 @@ public sealed class GridStepExecutor : IStepExecutor
         GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(_topology.CallTimeout);
+        var sw = Stopwatch.StartNew();
         try { return await call(timeout.Token).WaitAsync(timeout.Token); }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
             throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds:F0} s");
+        }
+        finally
+        {
+            _logger.LogDebug("grain call {Kind} took {Ms:F2} ms", kind, sw.Elapsed.TotalMilliseconds);
         }
     }
 
