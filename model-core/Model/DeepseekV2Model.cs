@@ -164,9 +164,9 @@ public sealed class DeepseekV2Model : IDisposable
     /// each chunk's last token, or every token of AllLogits chunks, and per MoE layer the routing.
     /// The routed experts run on this host's expert groups; the result is detached (the caller disposes it).
     /// </summary>
-    public StepOutput Forward(IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, bool keepRouting = false)
+    public StepOutput Forward(IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, bool keepRouting = false, StepProfile? profile = null)
     {
-        using var walk = new LayerWalk(this, chunks, mode, limit);
+        using var walk = new LayerWalk(this, chunks, mode, limit, profile);
         var routings = keepRouting ? new Dictionary<int, Routing>() : null;
         Tensor? routed = null;
         while (walk.Advance(routed) is { } dispatch)
@@ -174,7 +174,9 @@ public sealed class DeepseekV2Model : IDisposable
             routed?.Dispose();
             if (routings is not null) routings[dispatch.Layer] = dispatch.Routing;
             using var scope = NewDisposeScope();
+            var sw = System.Diagnostics.Stopwatch.StartNew();
             routed = Experts(dispatch.Layer, dispatch.Input, dispatch.Routing).DetachFromDisposeScope();
+            profile?.Add(StepProfile.RoutedExperts, sw.Elapsed);
         }
         routed?.Dispose();
         return new StepOutput(walk.TakeLogits(), routings);

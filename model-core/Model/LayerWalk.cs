@@ -26,8 +26,11 @@ public sealed class LayerWalk : IDisposable
 
     public int Rows => _batch.Rows;
 
-    public LayerWalk(DeepseekV2Model model, IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null)
+    readonly StepProfile? _profile;
+
+    public LayerWalk(DeepseekV2Model model, IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, StepProfile? profile = null)
     {
+        _profile = profile;
         _model = model;
         _mode = mode;
         _limit = limit;
@@ -47,7 +50,7 @@ public sealed class LayerWalk : IDisposable
         if (!_started)
         {
             _started = true;
-            h = _model.Embed(_batch.Chunks.SelectMany(c => c.Tokens).ToArray());
+            h = Measure(StepProfile.Embed, () => _model.Embed(_batch.Chunks.SelectMany(c => c.Tokens).ToArray()));
         }
         else
         {
@@ -59,21 +62,24 @@ public sealed class LayerWalk : IDisposable
         }
         for (; _layer < _model.Config.NumHiddenLayers; _layer++)
         {
-            h = _model.Attention(_layer, h, _batch, _mode);
+            var input = h;
+            h = Measure(StepProfile.Attention, () => _model.Attention(_layer, input, _batch, _mode));
             var x = _model.FfnInput(_layer, h);
             if (!_model.IsMoeLayer(_layer))
             {
-                h = h + _model.Dense(_layer, x);
+                var attended = h;
+                h = Measure(StepProfile.DenseMlp, () => attended + _model.Dense(_layer, x));
                 continue;
             }
-            var routing = _model.Route(_layer, x, _limit);
-            var shared = _model.Shared(_layer, x);
+            var routing = Measure(StepProfile.Gate, () => _model.Route(_layer, x, _limit));
+            var shared = Measure(StepProfile.SharedExperts, () => _model.Shared(_layer, x));
             Replace(ref _pending, (shared is null ? h : h + shared).DetachFromDisposeScope());
             _input = x.DetachFromDisposeScope();
             return new MoeDispatch(_layer++, _input, routing);
         }
         _batch.Commit(_model.Cache!);
-        _logits = _model.Logits(h.index_select(0, tensor(_batch.LogitRows(), ScalarType.Int64))).DetachFromDisposeScope();
+        var last = h;
+        _logits = Measure(StepProfile.Logits, () => _model.Logits(last.index_select(0, tensor(_batch.LogitRows(), ScalarType.Int64)))).DetachFromDisposeScope();
         return null;
     }
 
@@ -84,6 +90,8 @@ public sealed class LayerWalk : IDisposable
         _logits = null;
         return l;
     }
+
+    T Measure<T>(string phase, Func<T> work) => _profile is null ? work() : _profile.Measure(phase, work);
 
     static void Replace(ref Tensor? slot, Tensor value)
     {
