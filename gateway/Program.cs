@@ -4,6 +4,7 @@ using Grid.Gateway.Cli;
 var root = new RootCommand("Grid: DeepSeek-V2 Mixture-of-Experts serving on Orleans")
 {
     GenerateCommand.Create(),
+    ServeCommand.Create(),
 };
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0)
@@ -13,7 +14,8 @@ if (parse.Errors.Count > 0)
 }
 try
 {
-    return await parse.InvokeAsync();
+    // No System.CommandLine Ctrl+C handling: `serve` leaves it to the web host, which shuts down cleanly.
+    return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
 }
 catch (Exception e) when (e is not OutOfMemoryException)
 {
