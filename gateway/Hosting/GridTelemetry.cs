@@ -14,6 +14,10 @@ public sealed class GridTelemetry : IDisposable
     public static readonly ActivitySource ActivitySource = new(Name);
 
     readonly Meter _meter;
+    static readonly InstrumentAdvice<double> Buckets = new()
+    {
+        HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60],
+    };
     public Counter<long> Requests { get; }
     public Counter<long> PromptTokens { get; }
     public Counter<long> GenerationTokens { get; }
@@ -27,9 +31,9 @@ public sealed class GridTelemetry : IDisposable
         Requests = _meter.CreateCounter<long>("grid_requests", description: "HTTP API requests by endpoint and status code");
         PromptTokens = _meter.CreateCounter<long>("grid_prompt_tokens", description: "Prompt tokens of accepted requests");
         GenerationTokens = _meter.CreateCounter<long>("grid_generation_tokens", description: "Generated tokens");
-        TimeToFirstToken = _meter.CreateHistogram<double>("grid_time_to_first_token_seconds", description: "Time from request arrival to a choice's first token");
-        InterTokenLatency = _meter.CreateHistogram<double>("grid_inter_token_latency_seconds", description: "Time between consecutive tokens of a choice");
-        RequestDuration = _meter.CreateHistogram<double>("grid_request_duration_seconds", description: "Generation request duration");
+        TimeToFirstToken = _meter.CreateHistogram("grid_time_to_first_token_seconds", null, "Time from request arrival to a choice's first token", null, Buckets);
+        InterTokenLatency = _meter.CreateHistogram("grid_inter_token_latency_seconds", null, "Time between consecutive tokens of a choice", null, Buckets);
+        RequestDuration = _meter.CreateHistogram("grid_request_duration_seconds", null, "Generation request duration", null, Buckets);
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
         _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");

@@ -139,8 +139,11 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         if (_loading is not null) await _loading.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    int _disposed;
+
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _stopping.Cancel();
         if (_loading is not null) { try { await _loading; } catch { } }
         _ready = false;
