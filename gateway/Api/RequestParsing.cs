@@ -28,10 +28,11 @@ public static class RequestParsing
         {
             throw ApiException.Invalid($"the request body is not valid JSON: {e.Message.Split('\n')[0]}", null, "invalid_json");
         }
-        if (doc.RootElement.ValueKind != JsonValueKind.Object)
+        var kind = doc.RootElement.ValueKind;
+        if (kind != JsonValueKind.Object)
         {
             doc.Dispose();
-            throw ApiException.Invalid($"the request body must be a JSON object, got {Kind(doc.RootElement.ValueKind)}", null, "invalid_json");
+            throw ApiException.Invalid($"the request body must be a JSON object, got {Kind(kind)}", null, "invalid_json");
         }
         return doc;
     }
