@@ -66,6 +66,11 @@ public sealed class ApiContext
             if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
             else await TryWriteStreamErrorAsync(http, error);
         }
+        finally
+        {
+            ctx.Telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint),
+                new KeyValuePair<string, object?>("status", http.Response.StatusCode));
+        }
     }
 
     static async Task TryWriteStreamErrorAsync(HttpContext http, ApiException e)

@@ -21,8 +21,14 @@ public sealed class KeyedServer : GridServerFixture
     }
 }
 
-[Collection(HttpCollection.Name)]
-public sealed class AuthAndHostingTests(KeyedServer keyed) : IClassFixture<KeyedServer>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class HttpKeyedCollection : ICollectionFixture<KeyedServer>
+{
+    public const string Name = "http-keyed";
+}
+
+[Collection(HttpKeyedCollection.Name)]
+public sealed class AuthAndHostingTests(KeyedServer keyed)
 {
     const string Body = "{\"prompt\": [406, 10], \"max_tokens\": 2}";
 

@@ -9,12 +9,11 @@ using Xunit;
 namespace Grid.Tests.Http;
 
 /// <summary>/v1/chat/completions through the official OpenAI .NET client, against the golden "chat" expectations.</summary>
-[Collection(HttpCollection.Name)]
-public sealed class ChatTests(LiteServer lite, FullServer full) : IClassFixture<FullServer>
+public abstract class ChatGoldenTests(GridServerFixture server)
 {
-    const string Question = "What is the capital of France?";
+    protected const string Question = "What is the capital of France?";
 
-    static ChatClient Client(GridServerFixture server, string? model = null) =>
+    protected static ChatClient Client(GridServerFixture server, string? model = null) =>
         new OpenAIClient(new ApiKeyCredential("x"), new OpenAIClientOptions { Endpoint = new Uri(server.BaseUrl + "/v1") })
             .GetChatClient(model ?? server.ModelName);
 
@@ -49,13 +48,10 @@ public sealed class ChatTests(LiteServer lite, FullServer full) : IClassFixture<
         }
     }
 
-    public static IEnumerable<object[]> Checkpoints() => Golden.Checkpoints.Select(c => new object[] { c });
-
-    [Theory]
-    [MemberData(nameof(Checkpoints))]
-    public async Task ChatMatchesGolden(string checkpoint)
+    [Fact]
+    public async Task ChatMatchesGolden()
     {
-        GridServerFixture server = checkpoint == "lite_f32" ? lite : full;
+        var checkpoint = server.Checkpoint;
         var expected = Golden.Load(checkpoint, "chat");
         ChatCompletion completion = await Client(server).CompleteChatAsync([new UserChatMessage(Question)], GreedyOptions());
         Assert.Equal(ChatFinishReason.Length, completion.FinishReason);
@@ -67,11 +63,10 @@ public sealed class ChatTests(LiteServer lite, FullServer full) : IClassFixture<
         Assert.Equal(checkpoint, completion.Model);
     }
 
-    [Theory]
-    [MemberData(nameof(Checkpoints))]
-    public async Task StreamingChatMatchesGolden(string checkpoint)
+    [Fact]
+    public async Task StreamingChatMatchesGolden()
     {
-        GridServerFixture server = checkpoint == "lite_f32" ? lite : full;
+        var checkpoint = server.Checkpoint;
         var expected = Golden.Load(checkpoint, "chat");
         var text = "";
         var logprobs = new List<ChatTokenLogProbabilityDetails>();
@@ -92,6 +87,12 @@ public sealed class ChatTests(LiteServer lite, FullServer full) : IClassFixture<
         Assert.Equal(16, usage.OutputTokenCount);
     }
 
+}
+
+/// <summary>Chat against lite_f32, plus the non-golden checks.</summary>
+[Collection(HttpCollection.Name)]
+public sealed class LiteChatTests(LiteServer lite) : ChatGoldenTests(lite)
+{
     [Fact]
     public async Task TemplatedPromptMatchesTheTokenizerAndOfflineOutputWithSystemAndHistory()
     {
@@ -134,3 +135,13 @@ public sealed class ChatTests(LiteServer lite, FullServer full) : IClassFixture<
     }
 
 }
+
+/// <summary>full_f32 has its own collection: one gateway per process at a time (see <see cref="HttpCollection"/>).</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class HttpFullCollection : ICollectionFixture<FullServer>
+{
+    public const string Name = "http-full";
+}
+
+[Collection(HttpFullCollection.Name)]
+public sealed class FullChatTests(FullServer full) : ChatGoldenTests(full);

@@ -81,7 +81,7 @@ public sealed class ErrorCatalogueTests(LiteServer lite)
         ("unknown route", "POST", "/v1/embeddings", "{}", 404, null, "unknown_url"),
         ("wrong method", "GET", C, "", 405, null, "method_not_allowed"),
         ("unknown model id", "GET", "/v1/models/gpt-4", "", 404, "model", "model_not_found"),
-        ("body over the size limit", "POST", C, "{\"prompt\": \"" + new string('a', 5 * 1024 * 1024) + "\"}", 413, null, "request_too_large"),
+        ("body over the size limit", "POST", C, "{\"prompt\": \"" + new string('a', 80 * 1024) + "\"}", 413, null, "request_too_large"),
     ];
 
     [Fact]
