@@ -5,6 +5,7 @@ var root = new RootCommand("Grid: DeepSeek-V2 Mixture-of-Experts serving on Orle
 {
     GenerateCommand.Create(),
     ModelPathCommand(),
+    ServeCommand.Create(),
 };
 
 static Command ModelPathCommand()
@@ -21,7 +22,8 @@ if (parse.Errors.Count > 0)
 }
 try
 {
-    return await parse.InvokeAsync();
+    // No System.CommandLine Ctrl+C handling: `serve` leaves it to the web host, which shuts down cleanly.
+    return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
 }
 catch (Exception e) when (e is not OutOfMemoryException)
 {

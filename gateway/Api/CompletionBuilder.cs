@@ -15,7 +15,7 @@ public sealed class CompletionBuilder
     string _echo = "";
 
     public string? FinishReason { get; private set; }
-    public int PromptTokens { get; private set; }
+    public int PromptTokens { get; set; }
     public int CompletionTokens { get; private set; }
     public string Text => _echo + _text.Text;
     public bool StopStringHit => _text.Stopped;

@@ -78,6 +78,8 @@ public sealed class Scheduler : IAsyncDisposable
     public int RunningCount { get; private set; }
     public int WaitingCount { get; private set; }
     public event Action<StepRecord>? StepCompleted;
+    /// <summary>After a sequence left the running batch and its latent cache was released (finished, stopped or cancelled).</summary>
+    public event Action<long>? SequenceReleased;
 
     public Scheduler(IStepExecutor executor, SchedulerOptions options, ILogger<Scheduler> logger, int contextLength)
     {
@@ -232,6 +234,7 @@ public sealed class Scheduler : IAsyncDisposable
         {
             try { await _executor.ReleaseAsync(s.Id, CancellationToken.None); }
             catch (Exception e) { _logger.LogWarning(e, "releasing sequence {Id} failed", s.Id); }
+            SequenceReleased?.Invoke(s.Id);
         }
         if (error is not null) s.Events.Writer.TryComplete(error);
         else

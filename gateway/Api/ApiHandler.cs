@@ -1,0 +1,82 @@
+using System.Diagnostics;
+using Grid.Gateway.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>What a generation endpoint needs per request, and the error handling they share.</summary>
+public sealed class ApiContext
+{
+    public required HttpContext Http { get; init; }
+    public required ServingEngine Engine { get; init; }
+    public required GridTelemetry Telemetry { get; init; }
+    public required GridOptions Options { get; init; }
+    public required ILogger Logger { get; init; }
+    /// <summary>The client went away or the server is stopping.</summary>
+    public required CancellationToken Aborted { get; init; }
+    public long StartTimestamp { get; } = Stopwatch.GetTimestamp();
+    public string RequestId { get; } = Guid.NewGuid().ToString("N")[..24];
+
+    /// <summary>Runs a generation endpoint: 503 until the model is loaded, OpenAI error JSON for every refusal.</summary>
+    public static async Task RunAsync(HttpContext http, string endpoint, Func<ApiContext, Task> handler)
+    {
+        var services = http.RequestServices;
+        var lifetime = services.GetRequiredService<IHostApplicationLifetime>();
+        using var aborted = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
+        var ctx = new ApiContext
+        {
+            Http = http,
+            Engine = services.GetRequiredService<ServingEngine>(),
+            Telemetry = services.GetRequiredService<GridTelemetry>(),
+            Options = services.GetRequiredService<IOptions<GridOptions>>().Value,
+            Logger = services.GetRequiredService<ILoggerFactory>().CreateLogger("Grid.Gateway.Api"),
+            Aborted = aborted.Token,
+        };
+        using var activity = GridTelemetry.ActivitySource.StartActivity(endpoint, ActivityKind.Server);
+        activity?.SetTag("grid.request_id", ctx.RequestId);
+        try
+        {
+            if (!ctx.Engine.Ready)
+                throw new ApiException(503, ctx.Engine.LoadError is { } err ? $"the model failed to load: {err}" : "the model is still loading; retry when /ready answers 200",
+                    null, "model_not_ready", OpenAiErrors.Unavailable);
+            await handler(ctx);
+            ctx.Telemetry.RequestDuration.Record(Stopwatch.GetElapsedTime(ctx.StartTimestamp).TotalSeconds, new KeyValuePair<string, object?>("endpoint", endpoint));
+        }
+        catch (ApiException e)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, e.Message);
+            ctx.Logger.LogInformation("request {RequestId} to {Endpoint} refused: {Status} {Code} {Param}: {Message}", ctx.RequestId, endpoint, e.Status, e.Code, e.Param, e.Message);
+            if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, e, CancellationToken.None);
+            else await TryWriteStreamErrorAsync(http, e);
+        }
+        catch (OperationCanceledException) when (ctx.Aborted.IsCancellationRequested)
+        {
+            activity?.SetTag("grid.cancelled", true);
+            ctx.Logger.LogInformation("request {RequestId} to {Endpoint} cancelled (client disconnected or server stopping)", ctx.RequestId, endpoint);
+        }
+        catch (Exception e)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, e.Message);
+            ctx.Logger.LogError(e, "request {RequestId} to {Endpoint} failed", ctx.RequestId, endpoint);
+            var error = new ApiException(500, "generation failed: " + e.Message, null, "internal_error", OpenAiErrors.Server);
+            if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
+            else await TryWriteStreamErrorAsync(http, error);
+        }
+        finally
+        {
+            ctx.Telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint),
+                new KeyValuePair<string, object?>("status", http.Response.StatusCode));
+        }
+    }
+
+    static async Task TryWriteStreamErrorAsync(HttpContext http, ApiException e)
+    {
+        try { await Sse.WriteAsync(http.Response, OpenAiErrors.Json(e), http.RequestAborted); }
+        catch (Exception) when (http.RequestAborted.IsCancellationRequested) { }
+        catch (IOException) { }
+    }
+}

@@ -1,0 +1,57 @@
+using System.Text.Json.Nodes;
+using Grid.Gateway.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>/v1/models, /health, /ready and the debug endpoints.</summary>
+public static class SystemEndpoints
+{
+    public static void Map(IEndpointRouteBuilder app, GridOptions options)
+    {
+        app.MapGet("/health", () => Results.Json(new { status = "ok" }));
+        app.MapGet("/ready", (ServingEngine engine) => engine.Ready
+            ? Results.Json(new { status = "ready", model = engine.ModelName })
+            : OpenAiErrors.Result(503, engine.LoadError is { } e ? $"the model failed to load: {e}" : "the model is still loading",
+                OpenAiErrors.Unavailable, null, "model_not_ready"));
+        app.MapGet("/v1/models", (ServingEngine engine) => Json(new JsonObject
+        {
+            ["object"] = "list",
+            ["data"] = new JsonArray(Model(engine)),
+        }));
+        app.MapGet("/v1/models/{id}", (string id, ServingEngine engine) => id == engine.ModelName
+            ? Json(Model(engine))
+            : OpenAiErrors.Result(404, $"The model '{id}' does not exist", OpenAiErrors.InvalidRequest, "model", "model_not_found"));
+        if (!options.Http.DebugEndpoints) return;
+        app.MapGet("/debug/steps", (ServingEngine engine) => Results.Json(engine.Scheduler?.RecentSteps() ?? []));
+        app.MapGet("/debug/cache", async (ServingEngine engine, CancellationToken cancellationToken) =>
+        {
+            if (engine.Executor is not { } executor) return OpenAiErrors.Result(503, "the model is still loading", OpenAiErrors.Unavailable, null, "model_not_ready");
+            var stats = await executor.GetCacheStatsAsync(cancellationToken);
+            return Results.Json(new
+            {
+                sequences = stats.Sequences,
+                tokens = stats.Tokens,
+                bytes_in_use = stats.BytesInUse,
+                bytes_reserved = stats.BytesReserved,
+                running = engine.Scheduler?.RunningCount ?? 0,
+                waiting = engine.Scheduler?.WaitingCount ?? 0,
+            });
+        });
+    }
+
+    static JsonObject Model(ServingEngine engine) => new()
+    {
+        ["id"] = engine.ModelName,
+        ["object"] = "model",
+        ["created"] = engine.Created.ToUnixTimeSeconds(),
+        ["owned_by"] = "grid",
+        ["root"] = engine.ModelName,
+        ["parent"] = null,
+        ["max_model_len"] = engine.Ready ? engine.ContextLength : null,
+    };
+
+    static IResult Json(JsonNode node) => Results.Text(node.ToJsonString(OpenAiJson.Options), "application/json");
+}

@@ -1,0 +1,117 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using Grid.Gateway.Api;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Trace;
+
+namespace Grid.Gateway.Hosting;
+
+/// <summary>Builds the gateway: configuration, the serving engine, telemetry, the OpenAI-compatible routes.</summary>
+public static class GridServer
+{
+    /// <summary>
+    /// Configuration, lowest to highest precedence: appsettings.json (next to the executable), environment variables
+    /// (<c>Grid__Model__Path</c>), then <paramref name="overrides"/> (command-line flags, tests).
+    /// </summary>
+    public static WebApplication Build(IReadOnlyDictionary<string, string?> overrides, Action<ILoggingBuilder>? logging = null)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
+        builder.Configuration.AddInMemoryCollection(overrides);
+        var section = builder.Configuration.GetSection(GridOptions.Section);
+        var options = section.Get<GridOptions>() ?? new GridOptions();
+        Validate(options);
+        builder.Services.Configure<GridOptions>(section);
+        logging?.Invoke(builder.Logging);
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            var host = options.Http.Host;
+            if (host is "localhost") k.Listen(IPAddress.Loopback, options.Http.Port);
+            else if (IPAddress.TryParse(host, out var ip)) k.Listen(ip, options.Http.Port);
+            else throw new ArgumentException($"Grid:Http:Host: '{host}' is not an IP address");
+            k.Limits.MaxRequestBodySize = options.Http.MaxRequestBodyBytes;
+            k.AddServerHeader = false;
+        });
+        builder.Services.AddSingleton<ServingEngine>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<ServingEngine>());
+        builder.Services.AddSingleton<GridTelemetry>();
+        builder.Services.AddOpenTelemetry()
+            .WithMetrics(m => m.AddMeter(GridTelemetry.Name, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel").AddPrometheusExporter(p => p.ScrapeResponseCacheDurationMilliseconds = 0))
+            .WithTracing(t => t.AddSource(GridTelemetry.Name));
+
+        var app = builder.Build();
+        app.Services.GetRequiredService<GridTelemetry>();   // the gauges exist from the start
+        app.Use(OpenAiStatusPagesAsync);
+        if (options.Http.ApiKeys.Count > 0) app.Use(ApiKeyCheck(options.Http.ApiKeys));
+        app.MapPost("/v1/completions", CompletionsEndpoint.HandleAsync);
+        app.MapPost("/v1/chat/completions", ChatEndpoint.HandleAsync);
+        SystemEndpoints.Map(app, options);
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        return app;
+    }
+
+    static void Validate(GridOptions o)
+    {
+        if (o.Http.Port is < 0 or > 65535) throw new ArgumentException($"Grid:Http:Port must be between 0 and 65535, got {o.Http.Port}");
+        if (o.Http.MaxRequestBodyBytes < 1024) throw new ArgumentException($"Grid:Http:MaxRequestBodyBytes must be at least 1024, got {o.Http.MaxRequestBodyBytes}");
+        if (o.Http.MaxChoices < 1) throw new ArgumentException($"Grid:Http:MaxChoices must be at least 1, got {o.Http.MaxChoices}");
+        if (o.Http.ChatDefaultMaxTokens < 1) throw new ArgumentException($"Grid:Http:ChatDefaultMaxTokens must be at least 1, got {o.Http.ChatDefaultMaxTokens}");
+        if (o.Model.MaxModelLen < 0) throw new ArgumentException($"Grid:Model:MaxModelLen must not be negative, got {o.Model.MaxModelLen}");
+        if (o.Scheduler.MaxRunningSequences < 1) throw new ArgumentException($"Grid:Scheduler:MaxRunningSequences must be at least 1, got {o.Scheduler.MaxRunningSequences}");
+        if (o.Scheduler.MaxBatchedTokens < 1) throw new ArgumentException($"Grid:Scheduler:MaxBatchedTokens must be at least 1, got {o.Scheduler.MaxBatchedTokens}");
+        if (o.Scheduler.PrefillChunkTokens < 1) throw new ArgumentException($"Grid:Scheduler:PrefillChunkTokens must be at least 1, got {o.Scheduler.PrefillChunkTokens}");
+        Dtypes.Parse(o.Model.Dtype);
+    }
+
+    /// <summary>The addresses Kestrel bound (after StartAsync), e.g. http://127.0.0.1:41234.</summary>
+    public static IReadOnlyList<string> Addresses(WebApplication app) =>
+        app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.ToList() ?? [];
+
+    /// <summary>Unknown routes (404) and wrong methods (405) answer in OpenAI's error JSON too.</summary>
+    static async Task OpenAiStatusPagesAsync(HttpContext context, RequestDelegate next)
+    {
+        await next(context);
+        var status = context.Response.StatusCode;
+        if (context.Response.HasStarted || context.Response.ContentLength is not null || status is not (404 or 405)) return;
+        var message = status == 404
+            ? $"Unknown route: {context.Request.Method} {context.Request.Path}"
+            : $"Method {context.Request.Method} is not allowed for {context.Request.Path}";
+        await OpenAiErrors.WriteAsync(context, new ApiException(status, message, null, status == 404 ? "unknown_url" : "method_not_allowed"), CancellationToken.None);
+    }
+
+    /// <summary>With API keys configured, /v1/* needs <c>Authorization: Bearer &lt;key&gt;</c>.</summary>
+    static Func<HttpContext, RequestDelegate, Task> ApiKeyCheck(IReadOnlyList<string> keys)
+    {
+        var hashes = keys.Select(k => SHA256.HashData(Encoding.UTF8.GetBytes(k))).ToArray();
+        return async (context, next) =>
+        {
+            if (context.Request.Path.StartsWithSegments("/v1"))
+            {
+                var header = context.Request.Headers.Authorization.ToString();
+                const string bearer = "Bearer ";
+                var given = header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase) ? header[bearer.Length..].Trim() : null;
+                var hash = given is null ? null : SHA256.HashData(Encoding.UTF8.GetBytes(given));
+                if (hash is null || !hashes.Any(h => CryptographicOperations.FixedTimeEquals(h, hash)))
+                {
+                    var message = given is null
+                        ? "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+                        : "Incorrect API key provided.";
+                    await OpenAiErrors.WriteAsync(context, new ApiException(401, message, null, "invalid_api_key"), CancellationToken.None);
+                    return;
+                }
+            }
+            await next(context);
+        };
+    }
+}

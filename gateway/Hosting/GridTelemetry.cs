@@ -1,0 +1,46 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Grid.Gateway.Hosting;
+
+/// <summary>
+/// The gateway's OpenTelemetry instruments (Meter and ActivitySource "Grid.Gateway"). Gauges read cached values
+/// that <see cref="ServingEngine"/> refreshes after every scheduler step and release: observable callbacks are
+/// synchronous and must not wait on the inference thread.
+/// </summary>
+public sealed class GridTelemetry : IDisposable
+{
+    public const string Name = "Grid.Gateway";
+    public static readonly ActivitySource ActivitySource = new(Name);
+
+    readonly Meter _meter;
+    static readonly InstrumentAdvice<double> Buckets = new()
+    {
+        HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60],
+    };
+    public Counter<long> Requests { get; }
+    public Counter<long> PromptTokens { get; }
+    public Counter<long> GenerationTokens { get; }
+    public Histogram<double> TimeToFirstToken { get; }
+    public Histogram<double> InterTokenLatency { get; }
+    public Histogram<double> RequestDuration { get; }
+
+    public GridTelemetry(IMeterFactory meters, ServingEngine engine)
+    {
+        _meter = meters.Create(Name);
+        Requests = _meter.CreateCounter<long>("grid_requests", description: "HTTP API requests by endpoint and status code");
+        PromptTokens = _meter.CreateCounter<long>("grid_prompt_tokens", description: "Prompt tokens of accepted requests");
+        GenerationTokens = _meter.CreateCounter<long>("grid_generation_tokens", description: "Generated tokens");
+        TimeToFirstToken = _meter.CreateHistogram("grid_time_to_first_token_seconds", null, "Time from request arrival to a choice's first token", null, Buckets);
+        InterTokenLatency = _meter.CreateHistogram("grid_inter_token_latency_seconds", null, "Time between consecutive tokens of a choice", null, Buckets);
+        RequestDuration = _meter.CreateHistogram("grid_request_duration_seconds", null, "Generation request duration", null, Buckets);
+        _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
+        _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
+        _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");
+        _meter.CreateObservableGauge("grid_running_sequences", () => engine.Scheduler?.RunningCount ?? 0, description: "Sequences in the running batch");
+        _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Scheduler?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");
+        _meter.CreateObservableGauge("grid_model_ready", () => engine.Ready ? 1 : 0, description: "1 once the model's weights are loaded");
+    }
+
+    public void Dispose() => _meter.Dispose();
+}

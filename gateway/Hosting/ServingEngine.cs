@@ -1,0 +1,155 @@
+using System.Diagnostics;
+using Grid.Gateway.Scheduling;
+using Grid.ModelCore.Serving;
+using Grid.ModelCore.Tokenization;
+using Grid.ModelCore.Weights;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Grid.Gateway.Hosting;
+
+/// <summary>
+/// The one place that creates the model executor. Resolves the model folder, loads the tokenizer, creates the
+/// <see cref="IStepExecutor"/> and the <see cref="Scheduler"/>, in the background once the host has started
+/// (so /health answers at once and /ready turns 200 when the weights are loaded).
+/// </summary>
+public sealed class ServingEngine : IHostedService, IAsyncDisposable
+{
+    readonly GridOptions _options;
+    readonly ILogger<ServingEngine> _logger;
+    readonly ILoggerFactory _loggers;
+    readonly IHostApplicationLifetime _lifetime;
+    readonly CancellationTokenSource _stopping = new();
+    readonly object _statsLock = new();
+    Task? _loading;
+    long _statsVersion, _statsApplied;
+    volatile bool _ready;
+    CacheStats _cacheStats;
+
+    public ServingEngine(IOptions<GridOptions> options, ILogger<ServingEngine> logger, ILoggerFactory loggers, IHostApplicationLifetime lifetime)
+    {
+        _options = options.Value;
+        _logger = logger;
+        _loggers = loggers;
+        _lifetime = lifetime;
+        // A given folder is checked at once; the built-in checkpoint is created (if missing) in the background load.
+        if (!string.IsNullOrEmpty(_options.Model.Path)) ModelDirectory = EngineFactory.ResolveModel(_options.Model.Path);
+        ModelName = string.IsNullOrWhiteSpace(_options.Model.ServedName)
+            ? EngineFactory.ModelName(_options.Model.Path, ModelDirectory ?? "")
+            : _options.Model.ServedName;
+    }
+
+    public string? ModelDirectory { get; private set; }
+    public string ModelName { get; }
+    public bool Ready => _ready;
+    public string? LoadError { get; private set; }
+    public GridTokenizer? Tokenizer { get; private set; }
+    public IStepExecutor? Executor { get; private set; }
+    public Scheduler? Scheduler { get; private set; }
+    /// <summary>Tokens the model may see: prompt plus generated (max_position_embeddings, capped by Grid:Model:MaxModelLen).</summary>
+    public int ContextLength { get; private set; }
+    public int VocabSize { get; private set; }
+    public DateTimeOffset Created { get; } = DateTimeOffset.UtcNow;
+    /// <summary>Latent cache occupancy as of the last step or release (for gauges, which must not block).</summary>
+    public CacheStats CacheStats { get { lock (_statsLock) return _cacheStats; } }
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        _loading = Task.Run(() => LoadAsync(_stopping.Token), CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    async Task LoadAsync(CancellationToken cancellationToken)
+    {
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            ModelDirectory ??= EngineFactory.ResolveModel(null, m => _logger.LogInformation("{Message}", m));
+            _logger.LogInformation("loading model {Model} from {Directory}", ModelName, ModelDirectory);
+            Tokenizer = EngineFactory.LoadTokenizer(ModelDirectory);
+            var executor = await CreateExecutorAsync(cancellationToken);
+            Executor = executor;
+            var config = executor.Config;
+            VocabSize = config.VocabSize;
+            ContextLength = _options.Model.MaxModelLen > 0 ? Math.Min(_options.Model.MaxModelLen, config.MaxPositionEmbeddings) : config.MaxPositionEmbeddings;
+            var scheduler = new Scheduler(executor, _options.Scheduler, _loggers.CreateLogger<Scheduler>(), ContextLength);
+            scheduler.StepCompleted += _ => RefreshCacheStats();
+            scheduler.SequenceReleased += _ => RefreshCacheStats();
+            Scheduler = scheduler;
+            _ready = true;
+            _logger.LogInformation("model {Model} ready in {Seconds:F1} s: context {Context} tokens, vocab {Vocab}, scheduler {@Scheduler}",
+                ModelName, sw.Elapsed.TotalSeconds, ContextLength, VocabSize, _options.Scheduler);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+        catch (Exception e)
+        {
+            LoadError = e.Message;
+            _logger.LogCritical(e, "loading model {Model} failed; stopping", ModelName);
+            Environment.ExitCode = 1;
+            _lifetime.StopApplication();
+        }
+    }
+
+    /// <summary>Creates the step executor. Today: the whole model in this process (the embedded default).</summary>
+    async Task<IStepExecutor> CreateExecutorAsync(CancellationToken cancellationToken)
+    {
+        var dtype = Dtypes.Parse(_options.Model.Dtype);
+        int lastDecile = -1;
+        return await EngineFactory.LoadLocalAsync(ModelDirectory!, dtype, p =>
+        {
+            int decile = p.TensorsTotal == 0 ? 10 : (int)(10L * p.TensorsDone / p.TensorsTotal);
+            if (decile == lastDecile) return;
+            lastDecile = decile;
+            _logger.LogInformation("loading weights: {Done}/{Total} tensors, {MiBDone}/{MiBTotal} MiB",
+                p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20, p.BytesTotal >> 20);
+        }, cancellationToken);
+    }
+
+    /// <summary>Queries the executor for cache occupancy and keeps the newest answer (never blocks the caller).</summary>
+    public void RefreshCacheStats()
+    {
+        var executor = Executor;
+        if (executor is null) return;
+        long version = Interlocked.Increment(ref _statsVersion);
+        _ = RefreshAsync();
+
+        async Task RefreshAsync()
+        {
+            try
+            {
+                var stats = await executor.GetCacheStatsAsync(_stopping.Token);
+                lock (_statsLock)
+                {
+                    if (version < _statsApplied) return;
+                    _statsApplied = version;
+                    _cacheStats = stats;
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
+            catch (Exception e) { _logger.LogWarning(e, "reading latent cache stats failed"); }
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        _stopping.Cancel();
+        if (_loading is not null) await _loading.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    int _disposed;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _stopping.Cancel();
+        if (_loading is not null) { try { await _loading; } catch { } }
+        _ready = false;
+        if (Scheduler is not null) await Scheduler.DisposeAsync();
+        if (Executor is not null) await Executor.DisposeAsync();
+        Tokenizer?.Dispose();
+        _stopping.Dispose();
+    }
+}

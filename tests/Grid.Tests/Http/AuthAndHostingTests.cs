@@ -1,0 +1,139 @@
+using System.ClientModel;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using OpenAI;
+using OpenAI.Chat;
+using Xunit;
+
+namespace Grid.Tests.Http;
+
+/// <summary>A server with API keys and a small body limit.</summary>
+public sealed class KeyedServer : GridServerFixture
+{
+    public override string Checkpoint => "lite_f32";
+    protected override void Configure(Dictionary<string, string?> settings)
+    {
+        settings["Grid:Http:ApiKeys:0"] = "sk-first";
+        settings["Grid:Http:ApiKeys:1"] = "sk-second";
+        settings["Grid:Http:MaxRequestBodyBytes"] = "4096";
+        settings["Grid:Model:ServedName"] = "lite_f32";
+    }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class HttpKeyedCollection : ICollectionFixture<KeyedServer>
+{
+    public const string Name = "http-keyed";
+}
+
+[Collection(HttpKeyedCollection.Name)]
+public sealed class AuthAndHostingTests(KeyedServer keyed)
+{
+    const string Body = "{\"prompt\": [406, 10], \"max_tokens\": 2}";
+
+    [Theory]
+    [InlineData(null, HttpStatusCode.Unauthorized)]
+    [InlineData("sk-wrong", HttpStatusCode.Unauthorized)]
+    [InlineData("sk-first", HttpStatusCode.OK)]
+    [InlineData("sk-second", HttpStatusCode.OK)]
+    public async Task ApiKeysGuardTheV1Routes(string? key, HttpStatusCode expected)
+    {
+        var (status, json) = await keyed.PostRawAsync("/v1/completions", Body, key);
+        Assert.Equal(expected, status);
+        if (expected == HttpStatusCode.Unauthorized)
+        {
+            Assert.Equal("invalid_api_key", json!["error"]!["code"]!.GetValue<string>());
+            Assert.Equal("invalid_request_error", json["error"]!["type"]!.GetValue<string>());
+        }
+        // Probes and metrics stay open.
+        Assert.Equal(HttpStatusCode.OK, (await keyed.Http.GetAsync(keyed.BaseUrl + "/health")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await keyed.Http.GetAsync(keyed.BaseUrl + "/ready")).StatusCode);
+    }
+
+    [Fact]
+    public async Task TheOpenAiClientAuthenticatesWithItsKey()
+    {
+        ChatClient Client(string key) => new OpenAIClient(new ApiKeyCredential(key), new OpenAIClientOptions { Endpoint = new Uri(keyed.BaseUrl + "/v1") })
+            .GetChatClient("lite_f32");
+        ChatCompletion ok = await Client("sk-second").CompleteChatAsync([new UserChatMessage("hi")], new ChatCompletionOptions { MaxOutputTokenCount = 3 });
+        Assert.True(ok.Usage.OutputTokenCount is >= 1 and <= 3);
+        var e = await Assert.ThrowsAsync<ClientResultException>(() => Client("sk-nope").CompleteChatAsync([new UserChatMessage("hi")]));
+        Assert.Equal(401, e.Status);
+    }
+
+    [Fact]
+    public async Task ConfiguredBodyLimitGives413()
+    {
+        var big = "{\"prompt\": \"" + new string('a', 5000) + "\"}";
+        var (status, json) = await keyed.PostRawAsync("/v1/completions", big, "sk-first");
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, status);
+        Assert.Equal("request_too_large", json!["error"]!["code"]!.GetValue<string>());
+    }
+
+    static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    [Fact]
+    public async Task GridServeAnswersHealthAtOnceThenReadyAndStopsOnSigterm()
+    {
+        var port = FreePort();
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "grid.dll"), "serve", "--model", Golden.Dir("lite_f32"), "--host", "127.0.0.1", "--port", port.ToString() })
+            psi.ArgumentList.Add(a);
+        psi.Environment["Grid__Model__MaxModelLen"] = "300";   // environment variables configure too
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        using var http = new HttpClient();
+        try
+        {
+            HttpResponseMessage? health = null;
+            for (int i = 0; i < 600 && health is null; i++)
+            {
+                try { health = await http.GetAsync($"http://127.0.0.1:{port}/health"); }
+                catch (HttpRequestException) { await Task.Delay(100); }
+            }
+            Assert.Equal(HttpStatusCode.OK, health!.StatusCode);
+            HttpResponseMessage ready;
+            for (int i = 0; ; i++)
+            {
+                ready = await http.GetAsync($"http://127.0.0.1:{port}/ready");
+                if (ready.StatusCode == HttpStatusCode.OK || i > 600) break;
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+                Assert.Contains("model_not_ready", await ready.Content.ReadAsStringAsync());
+                await Task.Delay(100);
+            }
+            Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+            var models = await http.GetStringAsync($"http://127.0.0.1:{port}/v1/models");
+            Assert.Contains("\"max_model_len\":300", models);
+        }
+        finally
+        {
+            Process.Start("kill", ["-TERM", p.Id.ToString()])!.WaitForExit();
+            if (!p.WaitForExit(30_000)) p.Kill(true);
+        }
+        Assert.Equal(0, p.ExitCode);
+        Assert.Contains("loading weights", await stdout + await stderr);
+    }
+
+    [Theory]
+    [InlineData(new[] { "serve", "--port", "abc" }, "abc")]
+    [InlineData(new[] { "serve", "--port", "70000" }, "Port must be between 0 and 65535")]
+    [InlineData(new[] { "serve", "--model", "/nonexistent" }, "model folder not found")]
+    [InlineData(new[] { "serve", "--dtype", "int3" }, "dtype: 'int3' is not supported")]
+    [InlineData(new[] { "serve", "--bogus" }, "--bogus")]
+    public void BadServeFlagsGiveAOneLineErrorAndNonZeroExit(string[] args, string message)
+    {
+        var (code, _, stderr) = GenerateCliTests.RunGrid(args);
+        Assert.NotEqual(0, code);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines);
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains(message, lines[0]);
+    }
+}
