@@ -102,14 +102,20 @@ public static class GenerateCommand
     }
 }
 
-/// <summary>Console logs on stderr for CLI commands when GRID_LOG_LEVEL is set (e.g. Information, Debug).</summary>
+/// <summary>
+/// Console logs on stderr for CLI commands: weight-loading progress and warnings by default, everything at
+/// GRID_LOG_LEVEL (e.g. Information, Debug) when set.
+/// </summary>
 public static class CliLogging
 {
-    public static Microsoft.Extensions.Logging.ILoggerFactory? FromEnvironment()
+    public static Microsoft.Extensions.Logging.ILoggerFactory FromEnvironment()
     {
         var level = Environment.GetEnvironmentVariable("GRID_LOG_LEVEL");
-        if (string.IsNullOrEmpty(level) || !Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(level, true, out var parsed)) return null;
+        if (string.IsNullOrEmpty(level) || !Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(level, true, out var parsed))
+            parsed = Microsoft.Extensions.Logging.LogLevel.Warning;
         return Microsoft.Extensions.Logging.LoggerFactory.Create(b => b.SetMinimumLevel(parsed)
+            .AddFilter("Grid.Grains.Hosting.ModelHost", Microsoft.Extensions.Logging.LogLevel.Information)
+            .AddFilter("Orleans", string.IsNullOrEmpty(level) ? Microsoft.Extensions.Logging.LogLevel.Error : parsed)
             .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; })
             .AddFilter("Polly", Microsoft.Extensions.Logging.LogLevel.Warning)
             .Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = Microsoft.Extensions.Logging.LogLevel.Trace));

@@ -24,9 +24,16 @@ public static class ServeCommand
         var prefillChunk = new Option<int?>("--prefill-chunk-tokens") { Description = "Grid:Scheduler:PrefillChunkTokens" };
         var logSteps = new Option<bool>("--log-steps") { Description = "Log every scheduler step (Grid:Scheduler:LogSteps)" };
         var maxBody = new Option<long?>("--max-request-body-bytes") { Description = "Grid:Http:MaxRequestBodyBytes" };
+        var engine = new Option<string?>("--engine") { Description = "grid (default: embedded silo or the Grid:Cluster cluster) or local (Grid:Model:Engine)" };
+        var clustering = new Option<string?>("--clustering") { Description = "embedded (default), localhost or redis (Grid:Cluster:Clustering)" };
+        var redis = new Option<string?>("--redis") { Description = "Redis connection for membership (Grid:Cluster:Redis)" };
+        var expertGroups = new Option<int?>("--expert-groups") { Description = "Expert groups the routed experts are split into (Grid:Cluster:ExpertGroups)" };
+        var attentionShards = new Option<int?>("--attention-shards") { Description = "Attention shards (Grid:Cluster:AttentionShards)" };
+        var maxGroups = new Option<int?>("--max-groups-per-token") { Description = "Device-limited routing M: most expert groups per token, 0 = off (Grid:Cluster:MaxGroupsPerToken)" };
         var cmd = new Command("serve", "Start the OpenAI-compatible HTTP gateway")
         {
             model, servedName, port, host, dtype, maxModelLen, apiKeys, maxRunning, maxBatched, prefillChunk, logSteps, maxBody,
+            engine, clustering, redis, expertGroups, attentionShards, maxGroups,
         };
         cmd.SetAction(async (parse, ct) =>
         {
@@ -42,6 +49,12 @@ public static class ServeCommand
             Set("Grid:Scheduler:MaxRunningSequences", parse.GetValue(maxRunning));
             Set("Grid:Scheduler:MaxBatchedTokens", parse.GetValue(maxBatched));
             Set("Grid:Scheduler:PrefillChunkTokens", parse.GetValue(prefillChunk));
+            Set("Grid:Model:Engine", parse.GetValue(engine));
+            Set("Grid:Cluster:Clustering", parse.GetValue(clustering));
+            Set("Grid:Cluster:Redis", parse.GetValue(redis));
+            Set("Grid:Cluster:ExpertGroups", parse.GetValue(expertGroups));
+            Set("Grid:Cluster:AttentionShards", parse.GetValue(attentionShards));
+            Set("Grid:Cluster:MaxGroupsPerToken", parse.GetValue(maxGroups));
             if (parse.GetValue(logSteps)) overrides["Grid:Scheduler:LogSteps"] = "true";
             var keys = parse.GetValue(apiKeys) ?? [];
             for (int i = 0; i < keys.Length; i++) overrides[$"Grid:Http:ApiKeys:{i}"] = keys[i];

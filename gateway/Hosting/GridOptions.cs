@@ -13,6 +13,8 @@ public sealed class GridOptions
     public ModelOptions Model { get; set; } = new();
     public HttpOptions Http { get; set; } = new();
     public SchedulerOptions Scheduler { get; set; } = new();
+    /// <summary>The grid this gateway drives (Grid:Cluster:*); "embedded" co-hosts one silo in this process.</summary>
+    public Grid.Grains.Hosting.GridClusterOptions Cluster { get; set; } = new();
 }
 
 /// <summary><c>Grid:Model:*</c>.</summary>
@@ -22,6 +24,8 @@ public sealed class ModelOptions
     public string? Path { get; set; }
     /// <summary>Compute dtype: float32, bfloat16, float16.</summary>
     public string Dtype { get; set; } = "float32";
+    /// <summary>"grid" (default: the Orleans grid, embedded or clustered) or "local" (model-core in process, no Orleans).</summary>
+    public string Engine { get; set; } = "grid";
     /// <summary>Caps the context length below the checkpoint's max_position_embeddings (0 = no cap).</summary>
     public int MaxModelLen { get; set; }
     /// <summary>Name served in /v1/models and required in requests; default: "grid-tiny" or the folder's name.</summary>

@@ -47,7 +47,7 @@ public static class GridServer
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ServingEngine>());
         builder.Services.AddSingleton<GridTelemetry>();
         builder.Services.AddOpenTelemetry()
-            .WithMetrics(m => m.AddMeter(GridTelemetry.Name, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel").AddPrometheusExporter(p => p.ScrapeResponseCacheDurationMilliseconds = 0))
+            .WithMetrics(m => m.AddMeter(GridTelemetry.Name, "Grid.Orchestrator", "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel").AddPrometheusExporter(p => p.ScrapeResponseCacheDurationMilliseconds = 0))
             .WithTracing(t => t.AddSource(GridTelemetry.Name));
 
         var app = builder.Build();

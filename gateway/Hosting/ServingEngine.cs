@@ -93,19 +93,21 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         }
     }
 
-    /// <summary>Creates the step executor. Today: the whole model in this process (the embedded default).</summary>
+    /// <summary>
+    /// Creates the step executor: by default the Orleans grid (an embedded silo in this process, or the cluster
+    /// Grid:Cluster configures); Grid:Model:Engine=local runs model-core in process without Orleans.
+    /// </summary>
     async Task<IStepExecutor> CreateExecutorAsync(CancellationToken cancellationToken)
     {
-        var dtype = Dtypes.Parse(_options.Model.Dtype);
         int lastDecile = -1;
-        return await EngineFactory.LoadLocalAsync(ModelDirectory!, dtype, p =>
+        return await EngineFactory.CreateExecutorAsync(_options.Model.Engine, ModelDirectory!, _options.Model.Dtype, _options.Cluster, _loggers, p =>
         {
             int decile = p.TensorsTotal == 0 ? 10 : (int)(10L * p.TensorsDone / p.TensorsTotal);
             if (decile == lastDecile) return;
             lastDecile = decile;
             _logger.LogInformation("loading weights: {Done}/{Total} tensors, {MiBDone}/{MiBTotal} MiB",
                 p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20, p.BytesTotal >> 20);
-        }, cancellationToken);
+        }, status => _logger.LogInformation("{Status}", status), cancellationToken);
     }
 
     /// <summary>Queries the executor for cache occupancy and keeps the newest answer (never blocks the caller).</summary>
