@@ -12,7 +12,7 @@ namespace Grid.Grains;
 /// runs on the silo's inference thread; this grain only keeps the bookkeeping. Not reentrant: one step at a time.
 /// </summary>
 [AttentionPlacement]
-public sealed class AttentionGrain(ModelHost host) : Grain, IAttentionGrain
+public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry) : Grain, IAttentionGrain
 {
     readonly Dictionary<long, LatentSequence> _sequences = new();
     LayerWalk? _walk;
@@ -33,19 +33,20 @@ public sealed class AttentionGrain(ModelHost host) : Grain, IAttentionGrain
                 ? new DeviceLimit(start.DeviceGroups, start.MaxGroupsPerToken) : null;
             _walk = new LayerWalk(model, chunks, AttentionMode.Auto, limit);
             _stepId = start.StepId;
-            return Advance(null);
+            return Advance(model, null);
         }, cancellationToken);
 
     public Task<StepProgress> ContinueStepAsync(long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default) =>
-        host.RunAsync(_ =>
+        host.RunAsync(model =>
         {
             if (_walk is null || stepId != _stepId) throw new InvalidOperationException($"step {stepId} is not running on this shard");
             using var scope = NewDisposeScope();
-            return Advance(routedOutput.ToTensor());
+            return Advance(model, routedOutput.ToTensor());
         }, cancellationToken);
 
-    StepProgress Advance(Tensor? routed)
+    StepProgress Advance(DeepseekV2Model model, Tensor? routed)
     {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
             var dispatch = _walk!.Advance(routed);
@@ -64,6 +65,11 @@ public sealed class AttentionGrain(ModelHost host) : Grain, IAttentionGrain
             _walk = null;
             throw;
         }
+        finally
+        {
+            telemetry.ComputeMs.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("kind", "attention"));
+            telemetry.Observe(model.Cache!);
+        }
     }
 
     public Task ReleaseAsync(long[] sequenceIds, CancellationToken cancellationToken = default) =>
@@ -71,6 +77,7 @@ public sealed class AttentionGrain(ModelHost host) : Grain, IAttentionGrain
         {
             foreach (var id in sequenceIds)
                 if (_sequences.Remove(id, out var seq)) model.Cache!.Release(seq);
+            telemetry.Observe(model.Cache!);
             return true;
         }, CancellationToken.None);
 

@@ -9,21 +9,27 @@ namespace Grid.Grains;
 
 /// <summary>Runs one expert group's routed experts for the bundled tokens of a MoE layer. The work is in model-core.</summary>
 [ExpertGroupPlacement, Reentrant]
-public sealed class ExpertGroupGrain(ModelHost host) : Grain, IExpertGroupGrain
+public sealed class ExpertGroupGrain(ModelHost host, SiloTelemetry telemetry) : Grain, IExpertGroupGrain
 {
     int Group => (int)this.GetPrimaryKeyLong();
 
     public Task<TensorPayload> ForwardAsync(ExpertRequest request, CancellationToken cancellationToken = default)
     {
         var range = host.GroupRanges[Group];
+        var tag = new KeyValuePair<string, object?>("group", Group);
+        telemetry.ExpertCalls.Add(1, tag);
+        telemetry.ExpertTokens.Add(request.Input.Rows, tag);
         return host.RunAsync(model =>
         {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
             var experts = model.ExpertGroups.FirstOrDefault(g => g.Range == range)
                 ?? throw new InvalidOperationException($"expert group {Group} ({range}) is not loaded on this silo");
             using var scope = NewDisposeScope();
             var x = request.Input.ToTensor();
             var routing = new Routing(request.Input.Rows, request.TopK, request.ExpertIds, request.Weights);
-            return TensorPayload.From(experts.Forward(request.Layer, x, routing));
+            var output = TensorPayload.From(experts.Forward(request.Layer, x, routing));
+            telemetry.ComputeMs.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("kind", "experts"));
+            return output;
         }, cancellationToken);
     }
 

@@ -3,6 +3,9 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 
 // grid-silo: one Grid host. It serves the expert groups and/or attention work its configuration names,
 // loads only those tensors, joins the cluster and logs "ready" once its weights are loaded.
@@ -22,6 +25,7 @@ var switches = new Dictionary<string, string>
     ["--gateway-port"] = "Grid:Cluster:GatewayPort",
     ["--primary-port"] = "Grid:Cluster:PrimarySiloPort",
     ["--torch-threads"] = "Grid:Silo:TorchThreads",
+    ["--metrics-port"] = "Grid:Silo:MetricsPort",
 };
 SiloRoleOptions role;
 GridClusterOptions cluster;
@@ -55,6 +59,23 @@ builder.Logging.ClearProviders();
 if (builder.Configuration["Grid:Logging:Json"] == "true") builder.Logging.AddJsonConsole();
 else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
 builder.UseOrleans(silo => silo.UseGridClustering(cluster).AddGridSilo(role));
+// Metrics: Prometheus text on http://+:MetricsPort/metrics when Grid:Silo:MetricsPort is set; OTLP (metrics and
+// traces) when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+int metricsPort = int.Parse(builder.Configuration["Grid:Silo:MetricsPort"] ?? "0");
+var otlp = !string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+builder.Services.AddOpenTelemetry()
+    .ConfigureResource(r => r.AddService("grid-silo", serviceInstanceId: $"{cluster.AdvertisedAddress}:{cluster.SiloPort}"))
+    .WithMetrics(m =>
+    {
+        m.AddMeter(SiloTelemetry.Name, "Microsoft.Orleans");
+        if (metricsPort > 0) m.AddPrometheusHttpListener(o => { o.Host = builder.Configuration["Grid:Silo:MetricsHost"] ?? "127.0.0.1"; o.Port = metricsPort; o.ScrapeResponseCacheDurationMilliseconds = 0; });
+        if (otlp) m.AddOtlpExporter();
+    })
+    .WithTracing(t =>
+    {
+        t.AddSource("Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application");
+        if (otlp) t.AddOtlpExporter();
+    });
 builder.Services.AddHostedService<ReadyReporter>();
 var host = builder.Build();
 await host.RunAsync();

@@ -9,7 +9,8 @@
 # Options for up: --silos N (3), --model DIR (built-in tiny model), --port P (8080), --redis-port P (6390),
 # --attention-silos K (1: silos 0..K-1 host attention shards), --max-groups M (device-limited routing, 0 = off),
 # --no-build (use existing builds; GRID_BUILD_CONFIG picks Debug or Release), --timeout S (180),
-# --base-port P (21000: silo i listens on P+i, its client gateway on P+100+i). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
+# --base-port P (21000: silo i listens on P+i, its client gateway on P+100+i),
+# --metrics-port P (9464: silo i serves Prometheus metrics on P+i; 0 = off). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${GRID_CLUSTER_DIR:-$root/.grid/cluster}"
@@ -47,7 +48,7 @@ case "$cmd" in
   *) die "usage: cluster.sh up [--silos N] [--model DIR] [--port P] | down | status" ;;
 esac
 
-silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000
+silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000; metrics_port=9464
 while [ $# -gt 0 ]; do
   case "$1" in
     --silos) silos="$2"; shift 2 ;;
@@ -59,6 +60,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --timeout) timeout="$2"; shift 2 ;;
     --base-port) base_port="$2"; shift 2 ;;
+    --metrics-port) metrics_port="$2"; shift 2 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -119,7 +121,8 @@ for i in $(seq 0 $((silos - 1))); do
   echo "silo $i: attention=$attention expert groups [$mine] of $groups"
   OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$threads" --model "$model" --groups "$mine" --group-count "$groups" \
     --attention "$attention" --clustering redis --redis "127.0.0.1:$redis_port" \
-    --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) > "$state/silo$i.log" 2>&1 &
+    --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) \
+    --metrics-port $([ "$metrics_port" -gt 0 ] && echo $((metrics_port + i)) || echo 0) > "$state/silo$i.log" 2>&1 &
   echo $! > "$state/silo$i.pid"
 done
 

@@ -1,3 +1,4 @@
+using OpenTelemetry.Resources;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
@@ -46,9 +47,22 @@ public static class GridServer
         builder.Services.AddSingleton<ServingEngine>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ServingEngine>());
         builder.Services.AddSingleton<GridTelemetry>();
+        // Metrics on /metrics (Prometheus text); OTLP export of metrics and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+        // Grid.Silo carries the embedded silo's instruments (latent cache, expert work) when the gateway co-hosts one.
+        bool otlp = !string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
         builder.Services.AddOpenTelemetry()
-            .WithMetrics(m => m.AddMeter(GridTelemetry.Name, "Grid.Orchestrator", "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel").AddPrometheusExporter(p => p.ScrapeResponseCacheDurationMilliseconds = 0))
-            .WithTracing(t => t.AddSource(GridTelemetry.Name));
+            .ConfigureResource(r => r.AddService("grid-gateway"))
+            .WithMetrics(m =>
+            {
+                m.AddMeter(GridTelemetry.Name, "Grid.Orchestrator", Grid.Grains.Hosting.SiloTelemetry.Name, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
+                    .AddPrometheusExporter(p => p.ScrapeResponseCacheDurationMilliseconds = 0);
+                if (otlp) m.AddOtlpExporter();
+            })
+            .WithTracing(t =>
+            {
+                t.AddSource(GridTelemetry.Name);
+                if (otlp) t.AddOtlpExporter();
+            });
 
         var app = builder.Build();
         app.Services.GetRequiredService<GridTelemetry>();   // the gauges exist from the start

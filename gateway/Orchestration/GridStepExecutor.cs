@@ -4,6 +4,9 @@ using Grid.Grains.Contracts;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Serving;
 using Microsoft.Extensions.Logging;
+using Polly;
+using Polly.Retry;
+using Polly.Timeout;
 
 namespace Grid.Gateway.Orchestration;
 
@@ -56,20 +59,33 @@ public sealed class GridStepExecutor : IStepExecutor
         _topology = topology;
         _logger = logger;
         _shardLoad = new int[topology.AttentionShards];
+        _stepPipeline = new ResiliencePipelineBuilder().AddTimeout(topology.CallTimeout).Build();
+        _readPipeline = new ResiliencePipelineBuilder()
+            .AddRetry(new RetryStrategyOptions { MaxRetryAttempts = 2, Delay = TimeSpan.FromMilliseconds(200), ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException) })
+            .AddTimeout(topology.CallTimeout)
+            .Build();
     }
+
+    readonly ResiliencePipeline _stepPipeline;
+    readonly ResiliencePipeline _readPipeline;
 
     IAttentionGrain Shard(int i) => _grains.GetGrain<IAttentionGrain>(i);
     IExpertGroupGrain Group(int g) => _grains.GetGrain<IExpertGroupGrain>(g);
 
-    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken)
+    /// <summary>
+    /// Every grain call runs under a Polly timeout (a dead silo fails the step after <see cref="GridTopology.CallTimeout"/>
+    /// instead of Orleans' 30 s response timeout); read-only status calls are also retried briefly.
+    /// </summary>
+    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false)
     {
         Interlocked.Increment(ref _calls);
         GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        timeout.CancelAfter(_topology.CallTimeout);
         var sw = Stopwatch.StartNew();
-        try { return await call(timeout.Token).WaitAsync(timeout.Token); }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        try
+        {
+            return await (idempotent ? _readPipeline : _stepPipeline).ExecuteAsync(async ct => await call(ct), cancellationToken);
+        }
+        catch (TimeoutRejectedException)
         {
             throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds:F0} s");
         }
@@ -195,7 +211,8 @@ public sealed class GridStepExecutor : IStepExecutor
 
     public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)
     {
-        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetCacheAsync(cancellationToken)));
+        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
+            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
         return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), reports.Sum(r => r.BytesReserved));
     }
 
@@ -203,8 +220,8 @@ public sealed class GridStepExecutor : IStepExecutor
     public async Task<(bool Ready, string[] Details)> GetReadinessAsync(CancellationToken cancellationToken)
     {
         var statuses = await Task.WhenAll(
-            Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetStatusAsync(cancellationToken))
-            .Concat(Config.NRoutedExperts > 0 ? Enumerable.Range(0, _topology.ExpertGroups).Select(g => Group(g).GetStatusAsync(cancellationToken)) : []));
+            Enumerable.Range(0, _topology.AttentionShards).Select(s => CallAsync("attention.status", ct => Shard(s).GetStatusAsync(ct), cancellationToken, idempotent: true))
+            .Concat(Config.NRoutedExperts > 0 ? Enumerable.Range(0, _topology.ExpertGroups).Select(g => CallAsync("experts.status", ct => Group(g).GetStatusAsync(ct), cancellationToken, idempotent: true)) : []));
         return (statuses.All(s => s.Ready), statuses.Select(s => $"{s.Silo}: {(s.Ready ? "ready" : "not ready")} ({s.Detail})").ToArray());
     }
 

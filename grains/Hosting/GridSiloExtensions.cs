@@ -18,6 +18,7 @@ public static class GridSiloExtensions
         silo.UseSiloMetadata(SiloMetadataKeys.For(role));
         silo.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(role));
         silo.Services.AddSingleton<ModelHost>();
+        silo.Services.AddSingleton<SiloTelemetry>();
         silo.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         silo.Services.AddPlacementDirector<ExpertGroupPlacement, GridPlacementDirector>();
         silo.Services.AddPlacementDirector<AttentionPlacement, GridPlacementDirector>();

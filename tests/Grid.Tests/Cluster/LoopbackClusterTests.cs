@@ -42,10 +42,11 @@ public sealed class LoopbackClusterTests
         int port = Grid.Grains.Hosting.GridClusterOptions.FreePort();
         int redisPort = Grid.Grains.Hosting.GridClusterOptions.FreePort();
         int basePort = checkpoint == "full_f32" ? 23000 : 24000;
+        int metricsPort = basePort + 300;
         try
         {
             var (code, output) = Script(state, "up", "--silos", "3", "--model", Golden.Dir(checkpoint), "--port", port.ToString(),
-                "--redis-port", redisPort.ToString(), "--base-port", basePort.ToString(), "--no-build", "--timeout", "240");
+                "--redis-port", redisPort.ToString(), "--base-port", basePort.ToString(), "--metrics-port", metricsPort.ToString(), "--no-build", "--timeout", "240");
             Assert.True(code == 0, output);
             Assert.Contains("cluster ready", output);
             Assert.Equal(4, Directory.GetFiles(state, "silo*.log").Length + 1);   // three silos (+ the gateway)
@@ -81,6 +82,7 @@ public sealed class LoopbackClusterTests
             }
             var cache = JsonNode.Parse(await http.GetStringAsync("/debug/cache"))!;
             Assert.Equal(0, cache["tokens"]!.GetValue<long>());
+            if (checkpoint == "full_f32") await PrometheusScrapesTheClusterAsync(state, port, metricsPort);
         }
         finally
         {
@@ -89,5 +91,61 @@ public sealed class LoopbackClusterTests
         }
         // Everything it started is gone.
         Assert.Empty(Directory.GetFiles(state, "*.pid"));
+    }
+
+    /// <summary>A real Prometheus scrapes the gateway and the three silos; the served work shows in its queries.</summary>
+    static async Task PrometheusScrapesTheClusterAsync(string state, int gatewayPort, int metricsPort)
+    {
+        int promPort = Grid.Grains.Hosting.GridClusterOptions.FreePort();
+        var config = Path.Combine(state, "prometheus.yml");
+        File.WriteAllText(config, $$"""
+            global: { scrape_interval: 1s }
+            scrape_configs:
+              - job_name: grid-gateway
+                static_configs: [{ targets: ["127.0.0.1:{{gatewayPort}}"] }]
+              - job_name: grid-silo
+                static_configs: [{ targets: ["127.0.0.1:{{metricsPort}}", "127.0.0.1:{{metricsPort + 1}}", "127.0.0.1:{{metricsPort + 2}}"] }]
+            """);
+        var psi = new ProcessStartInfo("prometheus") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { $"--config.file={config}", $"--storage.tsdb.path={Path.Combine(state, "tsdb")}", $"--web.listen-address=127.0.0.1:{promPort}" })
+            psi.ArgumentList.Add(a);
+        using var prometheus = Process.Start(psi)!;
+        prometheus.OutputDataReceived += (_, _) => { };
+        prometheus.ErrorDataReceived += (_, _) => { };
+        prometheus.BeginOutputReadLine();
+        prometheus.BeginErrorReadLine();
+        try
+        {
+            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{promPort}") };
+            async Task<JsonArray> QueryAsync(string q)
+            {
+                try
+                {
+                    var json = JsonNode.Parse(await http.GetStringAsync("/api/v1/query?query=" + Uri.EscapeDataString(q)))!;
+                    return json["data"]!["result"]!.AsArray();
+                }
+                catch (HttpRequestException) { return []; }
+            }
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            JsonArray up = [], groups = [], requests = [];
+            while (DateTime.UtcNow < deadline)
+            {
+                up = await QueryAsync("up == 1");
+                groups = await QueryAsync("sum by (group) (grid_expert_calls_total)");
+                requests = await QueryAsync("sum(grid_requests_total)");
+                if (up.Count == 4 && groups.Count == 4 && requests.Count == 1) break;
+                await Task.Delay(500);
+            }
+            Assert.Equal(4, up.Count);                      // the gateway and three silos are scraped
+            Assert.Equal(4, groups.Count);                  // every expert group served calls, on its own silo
+            Assert.True(double.Parse(requests[0]!["value"]![1]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) >= 4);
+            var reserved = await QueryAsync("grid_silo_latent_cache_reserved_bytes > 0");
+            Assert.Single(reserved);                        // only the attention silo holds a latent cache pool
+        }
+        finally
+        {
+            prometheus.Kill(true);
+            prometheus.WaitForExit(10_000);
+        }
     }
 }

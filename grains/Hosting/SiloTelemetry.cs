@@ -1,0 +1,42 @@
+using System.Diagnostics.Metrics;
+using Grid.ModelCore.Cache;
+
+namespace Grid.Grains.Hosting;
+
+/// <summary>
+/// The silo's OpenTelemetry instruments (meter <c>Grid.Silo</c>): latent cache occupancy of this silo's
+/// attention shards, and the work its expert groups and attention shards do.
+/// </summary>
+public sealed class SiloTelemetry : IDisposable
+{
+    public const string Name = "Grid.Silo";
+
+    readonly Meter _meter = new(Name);
+    long _cacheTokens, _cacheBytes, _cacheReserved, _cacheSequences;
+
+    public Counter<long> ExpertTokens { get; }
+    public Counter<long> ExpertCalls { get; }
+    public Histogram<double> ComputeMs { get; }
+
+    public SiloTelemetry()
+    {
+        _meter.CreateObservableGauge("grid_silo_latent_cache_tokens", () => Interlocked.Read(ref _cacheTokens), description: "Tokens in this silo's MLA latent cache");
+        _meter.CreateObservableGauge("grid_silo_latent_cache_bytes", () => Interlocked.Read(ref _cacheBytes), unit: "By", description: "Latent cache bytes held by live sequences on this silo");
+        _meter.CreateObservableGauge("grid_silo_latent_cache_reserved_bytes", () => Interlocked.Read(ref _cacheReserved), unit: "By", description: "Latent cache pool bytes reserved on this silo");
+        _meter.CreateObservableGauge("grid_silo_sequences", () => Interlocked.Read(ref _cacheSequences), description: "Sequences whose latent cache lives on this silo");
+        ExpertTokens = _meter.CreateCounter<long>("grid_expert_tokens", description: "Token rows routed into this silo's expert groups, by group");
+        ExpertCalls = _meter.CreateCounter<long>("grid_expert_calls", description: "Expert-group calls served, by group");
+        ComputeMs = _meter.CreateHistogram<double>("grid_silo_compute_ms", unit: "ms", description: "Tensor work per grain call on the inference thread, by kind");
+    }
+
+    /// <summary>Takes a snapshot of the cache (call on the inference thread).</summary>
+    public void Observe(LatentCache cache)
+    {
+        Interlocked.Exchange(ref _cacheTokens, cache.TokensCached);
+        Interlocked.Exchange(ref _cacheBytes, cache.BytesInUse);
+        Interlocked.Exchange(ref _cacheReserved, cache.BytesReserved);
+        Interlocked.Exchange(ref _cacheSequences, cache.LiveSequences);
+    }
+
+    public void Dispose() => _meter.Dispose();
+}
