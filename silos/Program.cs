@@ -26,6 +26,7 @@ var switches = new Dictionary<string, string>
     ["--primary-port"] = "Grid:Cluster:PrimarySiloPort",
     ["--torch-threads"] = "Grid:Silo:TorchThreads",
     ["--metrics-port"] = "Grid:Silo:MetricsPort",
+    ["--device"] = "Grid:Silo:Device",
 };
 SiloRoleOptions role;
 GridClusterOptions cluster;
@@ -44,9 +45,11 @@ try
         ExpertGroups = (c["Grid:Silo:ExpertGroups"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray(),
         CacheBlockSize = int.Parse(c["Grid:Silo:CacheBlockSize"] ?? "16"),
         TorchThreads = int.Parse(c["Grid:Silo:TorchThreads"] ?? "0"),
+        Device = c["Grid:Silo:Device"] ?? "cpu",
     };
     if (string.IsNullOrEmpty(role.ModelPath) || !Directory.Exists(role.ModelPath))
         throw new ArgumentException($"Grid:Model:Path (--model): '{role.ModelPath}' is not a folder");
+    ModelHost.ValidateDevice(role.Device);
     cluster = GridClusterOptions.From(c);
     if (cluster.IsEmbedded) cluster.Clustering = "localhost";
 }

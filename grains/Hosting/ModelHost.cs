@@ -39,7 +39,22 @@ public sealed class ModelHost : IHostedService, IDisposable
         foreach (var g in _options.ExpertGroups)
             if (g < 0 || g >= _options.ExpertGroupCount)
                 throw new ArgumentException($"Grid:Silo:ExpertGroups: group {g} is outside 0..{_options.ExpertGroupCount - 1}");
+        ValidateDevice(_options.Device);
         Thread = new InferenceThread("grid-silo-inference", _options.TorchThreads > 0 ? _options.TorchThreads : null);
+    }
+
+    /// <summary>
+    /// "cpu" is always served. "cuda:N" needs a CUDA build of TorchSharp (TorchSharp-cuda-linux, a build switch this
+    /// repository's CI cannot restore) and a visible GPU N; otherwise the silo refuses to start with a clear error.
+    /// </summary>
+    public static void ValidateDevice(string device)
+    {
+        if (device == "cpu") return;
+        if (!device.StartsWith("cuda:", StringComparison.Ordinal) || !int.TryParse(device[5..], out var index) || index < 0)
+            throw new ArgumentException($"Grid:Silo:Device: '{device}' is not a device (cpu or cuda:N)");
+        if (!TorchSharp.torch.cuda.is_available())
+            throw new ArgumentException($"Grid:Silo:Device: '{device}' requested, but this build has no CUDA backend (TorchSharp-cpu) or no GPU is visible");
+        throw new ArgumentException($"Grid:Silo:Device: '{device}': CUDA execution is not implemented yet in this version of Grid; use cpu");
     }
 
     /// <summary>Completes when the weights are loaded.</summary>

@@ -13,6 +13,8 @@ public sealed class SiloRoleOptions
     public int[] ExpertGroups { get; set; } = [];
     /// <summary>Whether this silo hosts attention shards (latent caches, MLA, gates, shared experts, dense layers).</summary>
     public bool Attention { get; set; }
+    /// <summary>Where this silo's tensors live: "cpu", or "cuda:N" in a CUDA build (TorchSharp-cuda-linux).</summary>
+    public string Device { get; set; } = "cpu";
     /// <summary>Latent cache block size in tokens.</summary>
     public int CacheBlockSize { get; set; } = 16;
     /// <summary>Torch intra-op threads for this silo's inference thread (0 = torch default).</summary>

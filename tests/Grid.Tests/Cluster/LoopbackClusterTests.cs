@@ -12,7 +12,7 @@ namespace Grid.Tests.Cluster;
 /// </summary>
 public sealed class LoopbackClusterTests
 {
-    static string RepoRoot()
+    public static string RepoRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "deploy", "local", "cluster.sh"))) return dir.FullName;
