@@ -58,7 +58,15 @@ public sealed class Report
         Machine["dotnet"] = RuntimeInformation.FrameworkDescription;
         Machine["torchsharp"] = typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString();
         Machine["git_commit"] = Git(repoRoot, "rev-parse HEAD");
+        Machine["loadavg_at_start"] = LoadAverage();
         Machine["git_dirty"] = Git(repoRoot, "status --porcelain") is { Length: > 0 };
+    }
+
+    /// <summary>1/5/15-minute load averages: other work on the machine distorts every figure.</summary>
+    public static string? LoadAverage()
+    {
+        try { return string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)); }
+        catch (IOException) { return null; }
     }
 
     static string? CpuModel()
@@ -100,6 +108,7 @@ public sealed class Report
             ["started"] = _started.ToString("o"),
             ["seconds"] = Math.Round((DateTimeOffset.Now - _started).TotalSeconds, 1),
             ["machine"] = Machine.DeepClone(),
+            ["loadavg_at_end"] = LoadAverage(),
             ["options"] = Options.DeepClone(),
             ["sections"] = sections,
         };
@@ -112,7 +121,7 @@ public sealed class Report
         md.AppendLine();
         md.AppendLine($"Machine: {Machine["cores"]} cores ({Machine["cpu"]}), torch threads {Machine["torch_threads"]}, {Machine["os"]}, {Machine["dotnet"]}, " +
                       $"commit {Machine["git_commit"]?.ToString()[..Math.Min(10, Machine["git_commit"]?.ToString().Length ?? 0)]}{(Machine["git_dirty"]?.GetValue<bool>() == true ? " (dirty)" : "")}. " +
-                      $"Total {F((DateTimeOffset.Now - _started).TotalSeconds, 0)} s.");
+                      $"Total {F((DateTimeOffset.Now - _started).TotalSeconds, 0)} s; load average at start {Machine["loadavg_at_start"]}, at end {LoadAverage()}.");
         md.AppendLine("Ratios compare figures measured in this run; absolute numbers describe this machine only.");
         md.AppendLine();
         md.AppendLine("| figure | value | limited by |");

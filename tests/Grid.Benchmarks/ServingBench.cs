@@ -24,7 +24,7 @@ public static class ServingBench
         var s = new Section("serving", "Serving: open-loop HTTP load against grid serve");
         var config = ModelConfig.Load(Path.Combine(c.ModelDir, "config.json"));
         Workload[] loads = c.Quick
-            ? [new(0.5, 20, 16, 64, 8, 24), new(1.5, 20, 16, 64, 8, 24)]
+            ? [new(0.25, 15, 16, 48, 4, 16), new(0.75, 15, 16, 48, 4, 16)]
             : [new(0.1, 90, 32, 256, 16, 128), new(0.2, 90, 32, 256, 16, 128), new(0.4, 90, 32, 256, 16, 128), new(0.8, 90, 32, 256, 16, 128)];
         const int maxRunning = 32;
         await using var server = await GridServeProcess.StartAsync(c, maxRunning, ct);
