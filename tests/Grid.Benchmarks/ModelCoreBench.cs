@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Grid.ModelCore.Cache;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Sampling;
@@ -90,16 +91,39 @@ public static class ModelCoreBench
         return new PrefillResult(tokens, s, tokens / s, PrefillFlops(model.Config, tokens) / s / 1e9);
     }
 
-    public sealed record DecodeResult(int Batch, int Context, int Steps, double Seconds, double TokensPerSecond, Dictionary<string, double> SplitMs);
+    public sealed record DecodeResult(int Batch, int Context, int Steps, double Seconds, double TokensPerSecond, Dictionary<string, double> SplitMs)
+    {
+        public double StepMs => Seconds * 1000 / Steps;
+    }
 
     /// <summary>Prefills <paramref name="batch"/> prompts of <paramref name="context"/> tokens, then times greedy decode steps of all of them together.</summary>
     public static DecodeResult Decode(DeepseekV2Model model, int batch, int context, int steps, AttentionMode mode = AttentionMode.Auto)
     {
+        var (seqs, next) = StartSequences(model, batch, context);
+        try { return TimeDecode(model, seqs, next, steps, mode); }
+        finally { foreach (var q in seqs) model.Cache!.Release(q); }
+    }
+
+    /// <summary>New sequences holding <paramref name="context"/> prompt tokens each (prefilled in chunks of at most
+    /// <paramref name="chunk"/> tokens), and each one's greedy next token. The caller releases them.</summary>
+    public static (LatentSequence[] Sequences, int[] Next) StartSequences(DeepseekV2Model model, int batch, int context, int chunk = 512)
+    {
         var seqs = Enumerable.Range(0, batch).Select(_ => model.Cache!.Create()).ToArray();
         var next = new int[batch];
         for (int b = 0; b < batch; b++)
-            using (var o = model.Forward([new SequenceChunk(seqs[b], Prompt(model.Config, context, b))]))
-                next[b] = Sampler.Argmax(o.Logits[0].data<float>().ToArray());
+        {
+            var prompt = Prompt(model.Config, context, b);
+            for (int at = 0; at < context; at += chunk)
+                using (var o = model.Forward([new SequenceChunk(seqs[b], prompt[at..Math.Min(context, at + chunk)])]))
+                    if (at + chunk >= context) next[b] = Sampler.Argmax(o.Logits[0].data<float>().ToArray());
+        }
+        return (seqs, next);
+    }
+
+    /// <summary>Times <paramref name="steps"/> greedy decode steps (after one warm-up step) of the given sequences together.</summary>
+    public static DecodeResult TimeDecode(DeepseekV2Model model, LatentSequence[] seqs, int[] next, int steps, AttentionMode mode = AttentionMode.Auto)
+    {
+        int batch = seqs.Length, context = seqs[0].Length;
         var profile = new StepProfile();
         var sw = new Stopwatch();
         var sampling = TimeSpan.Zero;
@@ -113,7 +137,6 @@ public static class ModelCoreBench
             sampling += sample.Elapsed;
         }
         sw.Stop();
-        foreach (var q in seqs) model.Cache!.Release(q);
         var split = profile.Time.ToDictionary(kv => kv.Key, kv => kv.Value.TotalMilliseconds / steps);
         split["sampling"] = sampling.TotalMilliseconds / steps;
         return new DecodeResult(batch, context, steps, sw.Elapsed.TotalSeconds, batch * steps / sw.Elapsed.TotalSeconds, split);

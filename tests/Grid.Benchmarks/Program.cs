@@ -1,21 +1,101 @@
+using System.CommandLine;
 using System.Diagnostics;
 using Grid.Benchmarks;
-using Grid.ModelCore.Model;
 
-bool quick = args.Contains("--quick");
-void Log(string m) => Console.Error.WriteLine($"[{DateTime.Now:HH:mm:ss}] {m}");
-var dir = BenchModel.Ensure(Log);
-Log("matmul ceiling");
-var gflops = ModelCoreBench.MatmulGflops();
-Log($"matmul 1024^3 f32: {gflops:F1} GFLOP/s");
-var sw = Stopwatch.StartNew();
-using var model = DeepseekV2Model.Load(dir);
-Log($"loaded mid model in {sw.Elapsed.TotalSeconds:F1} s");
-using var noGrad = TorchSharp.torch.no_grad();
-var prefill = ModelCoreBench.Prefill(model, quick ? 256 : 512, quick ? 1 : 3);
-Log($"prefill {prefill.Tokens}: {prefill.TokensPerSecond:F1} tok/s, {prefill.Gflops:F1} GFLOP/s = {prefill.Gflops / gflops:P0} of matmul");
-foreach (var b in new[] { 1, 8, 32 })
+var quickOption = new Option<bool>("--quick") { Description = "Short run (under 5 minutes on 2 cores): fewer batch sizes, steps, contexts and request rates" };
+var outOption = new Option<string?>("--out") { Description = "Output folder for latest.json and latest.md (default: bench-results at the repository root)" };
+var sectionsOption = new Option<string?>("--sections") { Description = $"Comma-separated subset of: {string.Join(",", Sections.Names)}" };
+var root = new RootCommand("Grid benchmarks: kernel efficiency, MLA, grid overhead, HTTP serving and routing on this machine")
 {
-    var d = ModelCoreBench.Decode(model, b, quick ? 64 : 512, quick ? 8 : 64);
-    Log($"decode batch {b}: {d.TokensPerSecond:F1} tok/s; split ms/step: {string.Join(", ", d.SplitMs.Select(kv => $"{kv.Key} {kv.Value:F1}"))}");
+    quickOption, outOption, sectionsOption,
+};
+root.SetAction(async (parse, ct) =>
+{
+    var total = Stopwatch.StartNew();
+    void Log(string m) => Console.Error.WriteLine($"[{DateTime.Now:HH:mm:ss} +{total.Elapsed.TotalSeconds,5:F0}s] {m}");
+    bool quick = parse.GetValue(quickOption);
+    var selected = (parse.GetValue(sectionsOption) ?? string.Join(",", Sections.Names))
+        .Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+    if (selected.FirstOrDefault(s => !Sections.Names.Contains(s)) is { } unknown)
+    {
+        Console.Error.WriteLine($"error: unknown section '{unknown}' (sections: {string.Join(", ", Sections.Names)})");
+        return 2;
+    }
+    var repoRoot = BenchContext.FindRepoRoot();
+    var outDir = Path.GetFullPath(parse.GetValue(outOption) ?? Path.Combine(repoRoot, "bench-results"));
+
+    var report = new Report();
+    report.DescribeMachine(repoRoot);
+    report.Options["quick"] = quick;
+    report.Options["sections"] = string.Join(",", selected);
+    Log($"Grid benchmark ({(quick ? "quick" : "full")}): sections {string.Join(", ", selected)}; results to {outDir}");
+
+    using var context = new BenchContext
+    {
+        Quick = quick,
+        ModelDir = BenchModel.Ensure(Log),
+        RepoRoot = repoRoot,
+        BuildConfig = BenchContext.OwnBuildConfig(),
+        Log = Log,
+    };
+    report.Options["model"] = context.ModelDir;
+    report.Options["build"] = context.BuildConfig;
+    foreach (var name in Sections.Names.Where(selected.Contains))
+    {
+        ct.ThrowIfCancellationRequested();
+        Log($"== {name}");
+        var sw = Stopwatch.StartNew();
+        Section section;
+        try
+        {
+            section = await Sections.Run(name, context, ct);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Log($"{name} failed: {e}");
+            section = new Section(name, name) { Error = e.GetType().Name + ": " + e.Message.Split('\n')[0] };
+        }
+        section.Seconds = sw.Elapsed.TotalSeconds;
+        report.Add(section);
+        Log($"== {name} done in {section.Seconds:F0} s");
+        report.Write(outDir); // after every section, so an interrupted run keeps what it measured
+    }
+    var (json, md) = report.Write(outDir);
+    Log($"wrote {json} and {md} in {total.Elapsed.TotalSeconds:F0} s");
+    Console.WriteLine(File.ReadAllText(md));
+    return 0;
+});
+return await root.Parse(args).InvokeAsync();
+
+namespace Grid.Benchmarks
+{
+    /// <summary>The report's sections, in run order.</summary>
+    public static class Sections
+    {
+        public static readonly string[] Names = ["kernel", "mla", "routing", "grid", "serving"];
+
+        public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
+        {
+            "kernel" => OnOwnThread(() => KernelBench.Run(c)),
+            "mla" => OnOwnThread(() => MlaBench.Run(c)),
+            "routing" => OnOwnThread(() => RoutingBench.Run(c)),
+            "grid" => ReleasingModel(c, () => GridOverheadBench.RunAsync(c, ct)),
+            "serving" => ReleasingModel(c, () => ServingBench.RunAsync(c, ct)),
+            _ => throw new ArgumentException($"unknown section {name}"),
+        };
+
+        /// <summary>In-process model-core work runs synchronously under no_grad on one thread (grad mode is thread-local).</summary>
+        static Task<Section> OnOwnThread(Func<Section> work) => Task.Run(() =>
+        {
+            using var noGrad = TorchSharp.torch.no_grad();
+            return work();
+        });
+
+        /// <summary>Sections that load the model elsewhere (grains, other processes) free this process's copy first.</summary>
+        static Task<Section> ReleasingModel(BenchContext c, Func<Task<Section>> work)
+        {
+            c.ReleaseModel();
+            return work();
+        }
+    }
 }
