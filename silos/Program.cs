@@ -9,7 +9,7 @@ using OpenTelemetry.Trace;
 
 // grid-silo: one Grid host. It serves the expert groups and/or attention work its configuration names,
 // loads only those tensors, joins the cluster and logs "ready" once its weights are loaded.
-// Configuration: appsettings.json, environment (Grid__Silo__ExpertGroups=0,1) and flags
+// Configuration: grid-silo.json, environment (Grid__Silo__ExpertGroups=0,1) and flags
 // (--model DIR --groups 0,1 --group-count 4 --attention true --clustering redis --redis HOST:PORT
 //  --silo-port N --gateway-port N --dtype float32).
 var switches = new Dictionary<string, string>
@@ -33,7 +33,14 @@ GridClusterOptions cluster;
 HostApplicationBuilder builder;
 try
 {
+    // grid-silo.json (not appsettings.json, which is the gateway's: both land in folders that reference both projects),
+    // then Grid__* environment variables, then flags.
     builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { ContentRootPath = AppContext.BaseDirectory });
+    builder.Configuration.Sources.Insert(0, new Microsoft.Extensions.Configuration.Json.JsonConfigurationSource
+    {
+        Path = "grid-silo.json", Optional = true, ReloadOnChange = false,
+        FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(AppContext.BaseDirectory),
+    });
     builder.Configuration.AddCommandLine(args, switches);
     var c = builder.Configuration;
     role = new SiloRoleOptions
