@@ -37,6 +37,11 @@ public static class KernelBench
         int prefillTokens = c.Quick ? 256 : 512;
         c.Log($"prefill {prefillTokens} tokens");
         var prefill = ModelCoreBench.Prefill(model, prefillTokens, c.Quick ? 2 : 5);
+        // Measure the ceiling again right after the prefill and keep the higher median, so a slow moment of the VM
+        // during one measurement cannot inflate the ratio.
+        gflops = Math.Max(gflops, ModelCoreBench.MatmulGflops(reps: c.Quick ? 10 : 30));
+        c.MatmulGflops = gflops;
+        c.Log($"matmul (higher of two medians): {gflops:F1} GFLOP/s");
         double efficiency = prefill.Gflops / gflops;
         c.Log($"prefill: {prefill.TokensPerSecond:F1} tok/s, {prefill.Gflops:F1} GFLOP/s = {efficiency:P0} of matmul");
         s.Data["matmul_gflops"] = Num(gflops, 2);
