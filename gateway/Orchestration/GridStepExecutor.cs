@@ -61,7 +61,13 @@ public sealed class GridStepExecutor : IStepExecutor
         _shardLoad = new int[topology.AttentionShards];
         _stepPipeline = new ResiliencePipelineBuilder().AddTimeout(topology.CallTimeout).Build();
         _readPipeline = new ResiliencePipelineBuilder()
-            .AddRetry(new RetryStrategyOptions { MaxRetryAttempts = 2, Delay = TimeSpan.FromMilliseconds(200), ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException) })
+            .AddRetry(new RetryStrategyOptions
+            {
+                MaxRetryAttempts = 3,
+                Delay = TimeSpan.FromMilliseconds(200),
+                BackoffType = DelayBackoffType.Exponential,
+                ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException),
+            })
             .AddTimeout(topology.CallTimeout)
             .Build();
     }
@@ -74,7 +80,7 @@ public sealed class GridStepExecutor : IStepExecutor
 
     /// <summary>
     /// Every grain call runs under a Polly timeout (a dead silo fails the step after <see cref="GridTopology.CallTimeout"/>
-    /// instead of Orleans' 30 s response timeout); read-only status calls are also retried briefly.
+    /// instead of Orleans' 30 s response timeout); idempotent calls (status, cache, expert forward) are also retried.
     /// </summary>
     async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false)
     {
@@ -172,7 +178,9 @@ public sealed class GridStepExecutor : IStepExecutor
             var request = new ExpertRequest(layer, input.SelectRows(sel), topK,
                 sel.SelectMany(r => ids.AsSpan(r * topK, topK).ToArray()).ToArray(),
                 sel.SelectMany(r => weights.AsSpan(r * topK, topK).ToArray()).ToArray());
-            return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken);
+            // Expert calls are pure functions of their payload, so they are retried: when the silo serving a group
+            // leaves, the grain re-activates on a replica that declares the same group and the step goes on.
+            return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken, idempotent: true);
         }));
 
         var sum = new float[rows * d];
