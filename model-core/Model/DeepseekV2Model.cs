@@ -101,7 +101,8 @@ public sealed class DeepseekV2Model : IDisposable
         var l = LayerAt(layer);
         var cache = Cache!;
         var x = l.InputNorm.Forward(h);
-        var (qNope, qRope, latent) = l.Attention.Project(x, batch.Positions, batch.MaxPosition, Rope);
+        var (cos, sin) = batch.Rotary(Rope);
+        var (qNope, qRope, latent) = l.Attention.Project(x, cos, sin, Rope);
         cache.Write(layer, batch.WriteRows, latent);
         var output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
         if (batch.DecodeRows is { } decodeRows)

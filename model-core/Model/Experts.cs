@@ -73,7 +73,8 @@ public sealed class Experts : IDisposable
             if (tokens[local] is not { } rows) continue;
             var index = tensor(rows.ToArray(), ScalarType.Int64);
             var gathered = x.index_select(0, index);                                 // [n_e, d]
-            var scale = tensor(weights[local].ToArray()).to(x.dtype).unsqueeze(1);   // [n_e, 1]
+            var scale = tensor(weights[local].ToArray(), [rows.Count, 1]);            // [n_e, 1]
+            if (x.dtype != ScalarType.Float32) scale = scale.to(x.dtype);
             output.index_add_(0, index, experts[local].Forward(gathered) * scale, 1.0);
         }
         return output;

@@ -75,11 +75,11 @@ public sealed class MlaAttention : IDisposable
     }
 
     /// <summary>
-    /// Projects hidden states x [N, d] (already input-normed) at <paramref name="positions"/> [N] into the
+    /// Projects hidden states x [N, d] (already input-normed), with its rows' rotary cos/sin [N, rope], into the
     /// query parts and the token latents to cache: qNope [N, H, nope], qRope [N, H, rope] (rotated),
     /// latent [N, kv_lora_rank + rope] = [c_KV normed, k_R rotated].
     /// </summary>
-    public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor positions, long maxPosition, YarnRope rope)
+    public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor cos, Tensor sin, YarnRope rope)
     {
         long n = x.shape[0];
         var q = _qProj is not null
@@ -87,10 +87,10 @@ public sealed class MlaAttention : IDisposable
             : linear(_qANorm!.Forward(linear(x, _qAProj!, _qABias)), _qBProj!);
         q = q.view(n, _heads, _nope + _rope);                          // [N, H, nope+rope]
         var qNope = q.narrow(2, 0, _nope);
-        var qRope = rope.Apply(q.narrow(2, _nope, _rope), positions, maxPosition);
+        var qRope = rope.Apply(q.narrow(2, _nope, _rope), cos, sin);
         var compressed = linear(x, _kvAProj, _kvABias);                  // [N, kv_lora_rank + rope]
         var cKV = _kvANorm.Forward(compressed.narrow(1, 0, _kvLoraRank));
-        var kRope = rope.Apply(compressed.narrow(1, _kvLoraRank, _rope), positions, maxPosition);
+        var kRope = rope.Apply(compressed.narrow(1, _kvLoraRank, _rope), cos, sin);
         return (qNope, qRope, cat([cKV, kRope], 1));
     }
 

@@ -9,9 +9,10 @@ public sealed class RmsNorm(Tensor weight, double eps) : IDisposable
 
     public Tensor Forward(Tensor x)
     {
-        var xf = x.to(ScalarType.Float32);
-        var variance = xf.pow(2).mean([-1L], keepdim: true);
-        return Weight * (xf * rsqrt(variance + eps)).to(x.dtype);
+        bool f32 = x.dtype == ScalarType.Float32;
+        var xf = f32 ? x : x.to(ScalarType.Float32);
+        var normed = xf * rsqrt(xf.pow(2).mean([-1L], keepdim: true) + eps);
+        return Weight * (f32 ? normed : normed.to(x.dtype));
     }
 
     public void Dispose() => Weight.Dispose();

@@ -81,6 +81,18 @@ public sealed class StepBatch : IDisposable
     }
 
     readonly List<Tensor> _owned = new();
+    (Tensor Cos, Tensor Sin)? _rotary;
+
+    /// <summary>The rows' rotary cos/sin [N, rope], gathered on first use and shared by every layer of the step.</summary>
+    public (Tensor Cos, Tensor Sin) Rotary(YarnRope rope)
+    {
+        if (_rotary is null)
+        {
+            var (cos, sin) = rope.Table(Positions, MaxPosition);
+            _rotary = (Keep(cos), Keep(sin));
+        }
+        return _rotary.Value;
+    }
 
     Tensor Keep(Tensor t)
     {

@@ -102,26 +102,28 @@ public sealed class YarnRope : IDisposable
         _capacity = capacity;
     }
 
-    /// <summary>
-    /// Rotates <paramref name="x"/> [N, ..., dim] whose rows sit at <paramref name="positions"/> [N].
-    /// The checkpoint stores rope dims interleaved (x0, y0, x1, y1, ...); they are first regrouped into
-    /// halves, as the reference does, then rotated.
-    /// </summary>
-    public Tensor Apply(Tensor x, Tensor positions, long maxPosition)
+    /// <summary>cos and sin [N, dim] for rows at <paramref name="positions"/> [N]; gathered once per step, used by every layer.</summary>
+    public (Tensor Cos, Tensor Sin) Table(Tensor positions, long maxPosition)
     {
         EnsureCapacity(maxPosition + 1);
+        return (_cos.index_select(0, positions), _sin.index_select(0, positions));
+    }
+
+    /// <summary>
+    /// Rotates <paramref name="x"/> [N, ..., dim] with the rows' <paramref name="cos"/> and <paramref name="sin"/> [N, dim]
+    /// from <see cref="Table"/>. The checkpoint stores rope dims interleaved (x0, y0, x1, y1, ...); they are first
+    /// regrouped into halves, as the reference does, then rotated: x * cos + rotate_half(x) * sin.
+    /// </summary>
+    public Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
         var shape = x.shape;
-        var n = shape[0];
         // [N, ..., dim] -> [N, ..., dim/2, 2] -> [N, ..., 2, dim/2] -> [N, ..., dim]
         var grouped = x.reshape([.. shape[..^1], _dim / 2, 2]).transpose(-1, -2).reshape(shape);
-        var cos = _cos.index_select(0, positions);  // [N, dim]
-        var sin = _sin.index_select(0, positions);
-        var broadcast = new long[shape.Length];
-        Array.Fill(broadcast, 1L);
-        broadcast[0] = n;
-        broadcast[^1] = _dim;
-        cos = cos.view(broadcast);
-        sin = sin.view(broadcast);
+        if (shape.Length == 3)
+        {
+            cos = cos.unsqueeze(1);   // broadcast over heads
+            sin = sin.unsqueeze(1);
+        }
         var halves = grouped.chunk(2, -1);
         var rotated = cat([-halves[1], halves[0]], -1);
         return grouped * cos + rotated * sin;
