@@ -47,6 +47,26 @@ public sealed class Expected(JsonObject json)
         r["experts"]!.AsArray().Select(e => e!.AsArray().Select(x => x!.GetValue<int>()).ToArray()).ToArray(),
         r["weights"]!.AsArray().Select(e => e!.AsArray().Select(x => x!.GetValue<double>()).ToArray()).ToArray()));
 
+    /// <summary>
+    /// Checks a legacy-completions <c>logprobs</c> object rendered with <c>return_tokens_as_token_ids</c>: the
+    /// greedy tokens are the golden ones, every step has 5 alternatives, and the golden top-5 logprobs (and the
+    /// chosen token's) agree within 1e-3.
+    /// </summary>
+    public void AssertLegacyLogprobs(JsonNode logprobs, string context = "")
+    {
+        var tokens = logprobs["tokens"]!.AsArray().Select(t => int.Parse(t!.GetValue<string>()["token_id:".Length..])).ToArray();
+        Xunit.Assert.Equal(GeneratedIds, tokens);
+        var top5 = StepTop5;
+        for (int step = 0; step < GeneratedIds.Length; step++)
+        {
+            var top = logprobs["top_logprobs"]![step]!.AsObject();
+            Xunit.Assert.Equal(5, top.Count);
+            foreach (var (id, logprob) in top5[step])
+                Xunit.Assert.True(Math.Abs(top[$"token_id:{id}"]!.GetValue<double>() - logprob) < 1e-3, $"{context} step {step} id {id}");
+            Xunit.Assert.True(Math.Abs(logprobs["token_logprobs"]![step]!.GetValue<double>() - top5[step][0].Logprob) < 1e-3, $"{context} step {step}");
+        }
+    }
+
     public double SoftmaxScale => Json["softmax_scale"]!.GetValue<double>();
     public double RopeCosSinScale => Json["rope_cos_sin_scale"]!.GetValue<double>();
 }
