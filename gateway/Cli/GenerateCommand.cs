@@ -51,7 +51,7 @@ public static class GenerateCommand
             string dir;
             try { dir = EngineFactory.ResolveModel(modelArg, m => Console.Error.WriteLine(m)); }
             catch (Exception e) { return Fail(e.Message); }
-            try { Dtypes.Parse(parse.GetValue(dtype)!); }
+            try { Grid.ModelCore.Runtime.DtypeNames.Parse(parse.GetValue(dtype)!); }
             catch (ArgumentException e) { return Fail(e.Message); }
             using var tokenizer = EngineFactory.LoadTokenizer(dir);
             int[] promptTokens;
@@ -67,8 +67,9 @@ public static class GenerateCommand
             await using var executor = await EngineFactory.CreateExecutorAsync(parse.GetValue(engine)!, dir, parse.GetValue(dtype)!,
                 Grid.Grains.Hosting.GridClusterOptions.From(configuration), CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct);
             var vocab = executor.Config.VocabSize;
-            if (promptTokens.FirstOrDefault(t => t < 0 || t >= vocab, -1) is var bad && bad != -1 && promptTokens.Contains(bad))
-                return Fail($"--prompt-ids: token id {bad} is outside the vocabulary (0..{vocab - 1})");
+            int badAt = Array.FindIndex(promptTokens, t => t < 0 || t >= vocab);
+            if (badAt >= 0)
+                return Fail($"--prompt-ids: token id {promptTokens[badAt]} is outside the vocabulary (0..{vocab - 1})");
             await using var scheduler = new Scheduler(executor, new SchedulerOptions(), NullLogger<Scheduler>.Instance, executor.Config.MaxPositionEmbeddings);
             var request = new GenerationRequest
             {
@@ -125,9 +126,7 @@ public static class CliLogging
 /// <summary>Progress lines on stderr.</summary>
 public static class Progress
 {
-    public static void Loading(Grid.ModelCore.Weights.LoadProgress p)
-    {
-        if (p.TensorsDone == p.TensorsTotal || p.TensorsDone % Math.Max(1, p.TensorsTotal / 10) == 0)
-            Console.Error.WriteLine($"loading weights: {p.TensorsDone}/{p.TensorsTotal} tensors, {p.BytesDone / (1 << 20)}/{p.BytesTotal / (1 << 20)} MiB (f32)");
-    }
+    /// <summary>One line per reported step (the loader reports tenths: <see cref="Grid.ModelCore.Weights.DecileProgress"/>).</summary>
+    public static void Loading(Grid.ModelCore.Weights.LoadProgress p) =>
+        Console.Error.WriteLine($"loading weights: {p.TensorsDone}/{p.TensorsTotal} tensors, {p.BytesDone / (1 << 20)}/{p.BytesTotal / (1 << 20)} MiB (f32)");
 }

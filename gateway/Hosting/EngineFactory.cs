@@ -7,12 +7,6 @@ using static TorchSharp.torch;
 
 namespace Grid.Gateway.Hosting;
 
-/// <summary>Compute dtype names accepted by <c>--dtype</c> / <c>Grid:Model:Dtype</c>.</summary>
-public static class Dtypes
-{
-    public static ScalarType Parse(string name) => Grid.ModelCore.Runtime.DtypeNames.Parse(name);
-}
-
 /// <summary>Resolves the model folder (the built-in tiny checkpoint when none is given) and loads what serving needs.</summary>
 public static class EngineFactory
 {
@@ -34,7 +28,7 @@ public static class EngineFactory
         try
         {
             var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory, new ModelLoadOptions { Dtype = dtype },
-                progress is null ? null : new SyncProgress<LoadProgress>(progress)), cancellationToken);
+                progress is null ? null : new DecileProgress(progress)), cancellationToken);
             return new LocalStepExecutor(model, thread, ownsThread: true);
         }
         catch
@@ -55,9 +49,9 @@ public static class EngineFactory
         switch (engine.ToLowerInvariant())
         {
             case "local":
-                return await LoadLocalAsync(directory, Dtypes.Parse(dtype), progress, cancellationToken);
+                return await LoadLocalAsync(directory, DtypeNames.Parse(dtype), progress, cancellationToken);
             case "grid":
-                Dtypes.Parse(dtype);
+                DtypeNames.Parse(dtype);
                 return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken));
             default:
                 throw new ArgumentException($"engine: '{engine}' is not supported (grid, local)");
@@ -65,10 +59,4 @@ public static class EngineFactory
     }
 
     public static GridTokenizer LoadTokenizer(string directory) => GridTokenizer.Load(directory);
-}
-
-/// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; posts to the thread pool, out of order).</summary>
-public sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
 }

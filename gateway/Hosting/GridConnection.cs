@@ -117,7 +117,6 @@ public sealed class GridConnection : IAsyncDisposable
 /// <summary>An executor that also owns the grid connection it runs on.</summary>
 public sealed class OwnedGridExecutor(GridConnection connection) : IStepExecutor
 {
-    public GridConnection Connection => connection;
     public ModelConfig Config => connection.Executor.Config;
     public Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) => connection.Executor.StepAsync(chunks, cancellationToken);
     public Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken) => connection.Executor.ReleaseAsync(sequenceId, cancellationToken);

@@ -85,7 +85,7 @@ public static class GridServer
         if (o.Scheduler.MaxRunningSequences < 1) throw new ArgumentException($"Grid:Scheduler:MaxRunningSequences must be at least 1, got {o.Scheduler.MaxRunningSequences}");
         if (o.Scheduler.MaxBatchedTokens < 1) throw new ArgumentException($"Grid:Scheduler:MaxBatchedTokens must be at least 1, got {o.Scheduler.MaxBatchedTokens}");
         if (o.Scheduler.PrefillChunkTokens < 1) throw new ArgumentException($"Grid:Scheduler:PrefillChunkTokens must be at least 1, got {o.Scheduler.PrefillChunkTokens}");
-        Dtypes.Parse(o.Model.Dtype);
+        Grid.ModelCore.Runtime.DtypeNames.Parse(o.Model.Dtype);
     }
 
     /// <summary>The addresses Kestrel bound (after StartAsync), e.g. http://127.0.0.1:41234.</summary>

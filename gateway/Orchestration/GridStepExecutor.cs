@@ -42,12 +42,9 @@ public sealed class GridStepExecutor : IStepExecutor
     readonly int[] _shardLoad;
     readonly object _lock = new();
     long _stepId;
-    long _calls;
 
     public ModelConfig Config { get; }
 
-    /// <summary>Grain calls made so far (all kinds).</summary>
-    public long CallCount => Interlocked.Read(ref _calls);
 
     public GridStepExecutor(IGrainFactory grains, ModelConfig config, GridTopology topology, ILogger<GridStepExecutor> logger)
     {
@@ -84,7 +81,6 @@ public sealed class GridStepExecutor : IStepExecutor
     /// </summary>
     async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false)
     {
-        Interlocked.Increment(ref _calls);
         GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
         var sw = Stopwatch.StartNew();
         try

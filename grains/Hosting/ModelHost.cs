@@ -71,20 +71,15 @@ public sealed class ModelHost : IHostedService, IDisposable
             try
             {
                 var ranges = _options.ExpertGroups.Select(g => GroupRanges[g]).ToArray();
-                int lastDecile = -1;
                 var model = await Thread.RunAsync(() => DeepseekV2Model.Load(_options.ModelPath, new ModelLoadOptions
                 {
                     Dtype = Dtype,
                     LoadAttention = _options.Attention,
                     ExpertRanges = ranges,
                     CacheBlockSize = _options.CacheBlockSize,
-                }, new SyncProgress(p =>
-                {
-                    int decile = p.TensorsTotal == 0 ? 10 : 10 * p.TensorsDone / p.TensorsTotal;
-                    if (decile == lastDecile) return;
-                    lastDecile = decile;
-                    _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20);
-                })), CancellationToken.None);
+                }, new DecileProgress(p =>
+                    _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
+                    CancellationToken.None);
                 Detail = $"attention={_options.Attention} groups=[{string.Join(",", _options.ExpertGroups)}] tensors={model.LoadedTensors.Count}";
                 _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
                 _loaded.TrySetResult(model);
@@ -119,10 +114,5 @@ public sealed class ModelHost : IHostedService, IDisposable
             Thread.RunAsync(() => model.Dispose()).Wait();
         }
         Thread.Dispose();
-    }
-
-    sealed class SyncProgress(Action<LoadProgress> report) : IProgress<LoadProgress>
-    {
-        public void Report(LoadProgress value) => report(value);
     }
 }

@@ -46,9 +46,6 @@ public sealed class InferenceThread : IDisposable
     public Task RunAsync(Action work, CancellationToken cancellationToken = default) =>
         RunAsync<bool>(() => { work(); return true; }, cancellationToken);
 
-    /// <summary>Runs <paramref name="work"/> synchronously on the inference thread (for non-async callers such as the CLI).</summary>
-    public T Run<T>(Func<T> work) => RunAsync(work).GetAwaiter().GetResult();
-
     public void Dispose()
     {
         _queue.CompleteAdding();

@@ -85,11 +85,13 @@ public class GenerateCliTests
         Assert.Contains(message, lines[0]);
     }
 
-    [Fact]
-    public void OutOfVocabularyPromptIdIsRejected()
+    [Theory]
+    [InlineData("1,99999", 99999)]
+    [InlineData("1,-1", -1)]
+    public void OutOfVocabularyPromptIdIsRejected(string ids, int bad)
     {
-        var (code, _, stderr) = RunGrid("generate", "--model", Golden.Dir("lite_f32"), "--prompt-ids", "1,99999");
+        var (code, _, stderr) = RunGrid("generate", "--model", Golden.Dir("lite_f32"), "--engine", "local", "--prompt-ids", ids);
         Assert.Equal(2, code);
-        Assert.Contains("token id 99999 is outside the vocabulary (0..511)", stderr);
+        Assert.Contains($"token id {bad} is outside the vocabulary (0..511)", stderr);
     }
 }

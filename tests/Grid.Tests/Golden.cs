@@ -54,7 +54,7 @@ public sealed class Expected(JsonObject json)
     /// </summary>
     public void AssertLegacyLogprobs(JsonNode logprobs, string context = "")
     {
-        var tokens = logprobs["tokens"]!.AsArray().Select(t => int.Parse(t!.GetValue<string>()["token_id:".Length..])).ToArray();
+        var tokens = logprobs["tokens"]!.AsArray().Select(Http.Json.TokenId).ToArray();
         Xunit.Assert.Equal(GeneratedIds, tokens);
         var top5 = StepTop5;
         for (int step = 0; step < GeneratedIds.Length; step++)
