@@ -23,7 +23,7 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
     readonly CancellationTokenSource _stopping = new();
     readonly object _statsLock = new();
     Task? _loading;
-    long _statsVersion, _statsApplied;
+    int _statsRefreshing, _statsDirty;
     volatile bool _ready;
     CacheStats _cacheStats;
 
@@ -99,12 +99,8 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
     /// </summary>
     async Task<IStepExecutor> CreateExecutorAsync(CancellationToken cancellationToken)
     {
-        int lastDecile = -1;
         return await EngineFactory.CreateExecutorAsync(_options.Model.Engine, ModelDirectory!, _options.Model.Dtype, _options.Cluster, _loggers, p =>
         {
-            int decile = p.TensorsTotal == 0 ? 10 : (int)(10L * p.TensorsDone / p.TensorsTotal);
-            if (decile == lastDecile) return;
-            lastDecile = decile;
             _logger.LogInformation("loading weights: {Done}/{Total} tensors, {MiBDone}/{MiBTotal} MiB",
                 p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20, p.BytesTotal >> 20);
         }, status => _logger.LogInformation("{Status}", status), cancellationToken);
@@ -115,23 +111,33 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
     {
         var executor = Executor;
         if (executor is null) return;
-        long version = Interlocked.Increment(ref _statsVersion);
-        _ = RefreshAsync();
+        // Single flight: at most one stats query is outstanding (in the grid it is a grain call that would otherwise
+        // queue between the steps of the hot path); requests made meanwhile are folded into one trailing query.
+        Volatile.Write(ref _statsDirty, 1);
+        if (Interlocked.CompareExchange(ref _statsRefreshing, 1, 0) == 0) _ = RefreshLoopAsync(executor);
+    }
 
-        async Task RefreshAsync()
+    async Task RefreshLoopAsync(IStepExecutor executor)
+    {
+        try
         {
-            try
+            while (Interlocked.Exchange(ref _statsDirty, 0) == 1)
             {
-                var stats = await executor.GetCacheStatsAsync(_stopping.Token);
-                lock (_statsLock)
+                try
                 {
-                    if (version < _statsApplied) return;
-                    _statsApplied = version;
-                    _cacheStats = stats;
+                    var stats = await executor.GetCacheStatsAsync(_stopping.Token);
+                    lock (_statsLock) _cacheStats = stats;
                 }
+                catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+                catch (Exception e) { _logger.LogWarning(e, "reading latent cache stats failed"); }
             }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
-            catch (Exception e) { _logger.LogWarning(e, "reading latent cache stats failed"); }
+        }
+        finally
+        {
+            Volatile.Write(ref _statsRefreshing, 0);
+            // A request that arrived between the last check and the release above still gets its query.
+            if (Volatile.Read(ref _statsDirty) == 1 && Interlocked.CompareExchange(ref _statsRefreshing, 1, 0) == 0)
+                _ = RefreshLoopAsync(executor);
         }
     }
 
