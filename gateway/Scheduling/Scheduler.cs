@@ -6,40 +6,6 @@ using Microsoft.Extensions.Logging;
 
 namespace Grid.Gateway.Scheduling;
 
-/// <summary>Scheduler limits (config <c>Grid:Scheduler:*</c>).</summary>
-public sealed record SchedulerOptions
-{
-    /// <summary>Most sequences in the running batch; more wait in the queue.</summary>
-    public int MaxRunningSequences { get; init; } = 64;
-    /// <summary>Most new tokens (decode + prefill) one step carries.</summary>
-    public int MaxBatchedTokens { get; init; } = 512;
-    /// <summary>Longest prefill chunk of one sequence per step, so running streams keep flowing.</summary>
-    public int PrefillChunkTokens { get; init; } = 256;
-    /// <summary>Log every step at Information (otherwise Debug).</summary>
-    public bool LogSteps { get; init; }
-}
-
-/// <summary>What to generate for one sequence.</summary>
-public sealed record GenerationRequest
-{
-    public required int[] PromptIds { get; init; }
-    public SamplingParams Sampling { get; init; } = SamplingParams.Greedy;
-    public int MaxTokens { get; init; } = 16;
-    /// <summary>Token ids that end the sequence (EOS unless IgnoreEos), reported as finish_reason "stop".</summary>
-    public IReadOnlyCollection<int> StopTokenIds { get; init; } = [];
-    /// <summary>Also return logprobs of the prompt tokens (for echo with logprobs).</summary>
-    public bool PromptLogprobs { get; init; }
-}
-
-/// <summary>A generated token, or the prompt's logprobs, or the end of the sequence.</summary>
-public abstract record GenerationEvent;
-public sealed record TokenEvent(SampledToken Token) : GenerationEvent;
-public sealed record PromptLogprobsEvent(SampledToken?[] Tokens) : GenerationEvent;
-public sealed record FinishedEvent(string Reason, int PromptTokens, int CompletionTokens) : GenerationEvent;
-
-/// <summary>One step as it ran: for the step log and the tests that check batching.</summary>
-public sealed record StepRecord(long Step, int DecodeSequences, int PrefillSequences, int PrefillTokens, double Milliseconds, long[] SequenceIds);
-
 /// <summary>
 /// Continuous batching: one loop runs steps over every running sequence together. Waiting requests join
 /// between steps while there is room; finished and cancelled ones leave; long prompts are prefilled in
