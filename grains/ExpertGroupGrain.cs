@@ -27,7 +27,7 @@ public sealed class ExpertGroupGrain(ModelHost host, SiloTelemetry telemetry) : 
             using var scope = NewDisposeScope();
             var x = request.Input.ToTensor();
             var routing = new Routing(request.Input.Rows, request.TopK, request.ExpertIds, request.Weights);
-            var output = TensorPayload.From(experts.Forward(request.Layer, x, routing));
+            var output = experts.Forward(request.Layer, x, routing).ToPayload();
             telemetry.ComputeMs.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("kind", "experts"));
             return output;
         }, cancellationToken);

@@ -47,6 +47,7 @@ public static class ChatEndpoint
                 {
                     PromptIds = prompt,
                     Sampling = fields.Sampling(j, wantLogprobs ? top ?? 0 : 0),
+                    Choice = j,
                     MaxTokens = maxTokens,
                     StopTokenIds = stopIds,
                 };

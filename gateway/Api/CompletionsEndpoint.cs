@@ -40,6 +40,7 @@ public static class CompletionsEndpoint
                     {
                         PromptIds = prompts[p],
                         Sampling = fields.Sampling(j, logprobs ?? 0),
+                        Choice = j,
                         MaxTokens = maxTokens[p],
                         StopTokenIds = stopIds,
                         PromptLogprobs = echo && logprobs is not null,

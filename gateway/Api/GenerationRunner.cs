@@ -41,7 +41,7 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
     public async IAsyncEnumerable<ChoiceUpdate> RunAsync(IReadOnlyList<ChoiceRun> choices, bool legacyLogprobs, bool chatLogprobs, bool tokensAsIds,
         long startTimestamp, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        var scheduler = engine.Scheduler ?? throw new InvalidOperationException("the model is not loaded");
+        var scheduler = engine.Loop ?? throw new InvalidOperationException("the model is not loaded");
         var tokenizer = engine.Tokenizer!;
         var merged = Channel.CreateUnbounded<ChoiceUpdate>(new UnboundedChannelOptions { SingleReader = true });
         var pumps = choices.Select(c => PumpAsync(c)).ToArray();

@@ -106,13 +106,13 @@ public sealed record RequestFields
     public static ApiException Unsupported(string what, string param) =>
         new(400, $"{what} is not supported by this server", param, "unsupported_parameter");
 
-    /// <summary>Sampling settings of choice <paramref name="choice"/>: seeded requests use seed + choice, so each choice is reproducible.</summary>
+    /// <summary>Sampling settings of choice <paramref name="choice"/>; its draws depend on (seed, choice, token index), see GenerationRequest.Choice.</summary>
     public SamplingParams Sampling(int choice, int logprobs) => new()
     {
         Temperature = Temperature,
         TopP = TopP,
         TopK = TopK,
-        Seed = Seed is long s ? unchecked(s + choice) : null,
+        Seed = Seed,
         Logprobs = logprobs,
     };
 

@@ -25,7 +25,7 @@ public static class SystemEndpoints
             ? Json(Model(engine))
             : OpenAiErrors.Result(404, $"The model '{id}' does not exist", OpenAiErrors.InvalidRequest, "model", "model_not_found"));
         if (!options.Http.DebugEndpoints) return;
-        app.MapGet("/debug/steps", (ServingEngine engine) => Results.Json(engine.Scheduler?.RecentSteps() ?? []));
+        app.MapGet("/debug/steps", (ServingEngine engine) => Results.Json(engine.Loop?.RecentSteps() ?? []));
         app.MapGet("/debug/cache", async (ServingEngine engine, CancellationToken cancellationToken) =>
         {
             if (engine.Executor is not { } executor) return OpenAiErrors.Result(503, "the model is still loading", OpenAiErrors.Unavailable, null, "model_not_ready");
@@ -36,8 +36,8 @@ public static class SystemEndpoints
                 tokens = stats.Tokens,
                 bytes_in_use = stats.BytesInUse,
                 bytes_reserved = stats.BytesReserved,
-                running = engine.Scheduler?.RunningCount ?? 0,
-                waiting = engine.Scheduler?.WaitingCount ?? 0,
+                running = engine.Loop?.RunningCount ?? 0,
+                waiting = engine.Loop?.WaitingCount ?? 0,
             });
         });
     }

@@ -70,7 +70,7 @@ public static class GenerateCommand
             int badAt = Array.FindIndex(promptTokens, t => t < 0 || t >= vocab);
             if (badAt >= 0)
                 return Fail($"--prompt-ids: token id {promptTokens[badAt]} is outside the vocabulary (0..{vocab - 1})");
-            await using var scheduler = new Scheduler(executor, new SchedulerOptions(), NullLogger<Scheduler>.Instance, executor.Config.MaxPositionEmbeddings);
+            await using var scheduler = new EngineLoop(executor, new SchedulerOptions(), NullLogger<EngineLoop>.Instance, executor.Config.MaxPositionEmbeddings);
             var request = new GenerationRequest
             {
                 PromptIds = promptTokens,

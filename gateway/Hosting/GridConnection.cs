@@ -118,8 +118,9 @@ public sealed class GridConnection : IAsyncDisposable
 public sealed class OwnedGridExecutor(GridConnection connection) : IStepExecutor
 {
     public ModelConfig Config => connection.Executor.Config;
-    public Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) => connection.Executor.StepAsync(chunks, cancellationToken);
-    public Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken) => connection.Executor.ReleaseAsync(sequenceId, cancellationToken);
+    public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) => connection.Executor.StepAsync(chunks, cancellationToken);
+    public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => connection.Executor.ReleaseAsync(sequenceIds, cancellationToken);
+    public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) => connection.Executor.GetBudgetsAsync(cancellationToken);
     public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => connection.Executor.GetCacheStatsAsync(cancellationToken);
     public ValueTask DisposeAsync() => connection.DisposeAsync();
 }

@@ -37,8 +37,9 @@ public sealed class GridTelemetry : IDisposable
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
         _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");
-        _meter.CreateObservableGauge("grid_running_sequences", () => engine.Scheduler?.RunningCount ?? 0, description: "Sequences in the running batch");
-        _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Scheduler?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");
+        _meter.CreateObservableGauge("grid_running_sequences", () => engine.Loop?.RunningCount ?? 0, description: "Sequences in the running batch");
+        _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Loop?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");
+        _meter.CreateObservableCounter("grid_preemptions", () => engine.Loop?.Preemptions ?? 0, description: "Sequences preempted for latent-cache room (recomputed later)");
         _meter.CreateObservableGauge("grid_model_ready", () => engine.Ready ? 1 : 0, description: "1 once the model's weights are loaded");
     }
 

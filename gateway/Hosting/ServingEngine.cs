@@ -11,7 +11,7 @@ namespace Grid.Gateway.Hosting;
 
 /// <summary>
 /// The one place that creates the model executor. Resolves the model folder, loads the tokenizer, creates the
-/// <see cref="IStepExecutor"/> and the <see cref="Scheduler"/>, in the background once the host has started
+/// <see cref="IStepExecutor"/> and the <see cref="EngineLoop"/> (planner + engine), in the background once the host has started
 /// (so /health answers at once and /ready turns 200 when the weights are loaded).
 /// </summary>
 public sealed class ServingEngine : IHostedService, IAsyncDisposable
@@ -46,7 +46,7 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
     public string? LoadError { get; private set; }
     public GridTokenizer? Tokenizer { get; private set; }
     public IStepExecutor? Executor { get; private set; }
-    public Scheduler? Scheduler { get; private set; }
+    public EngineLoop? Loop { get; private set; }
     /// <summary>Tokens the model may see: prompt plus generated (max_position_embeddings, capped by Grid:Model:MaxModelLen).</summary>
     public int ContextLength { get; private set; }
     public int VocabSize { get; private set; }
@@ -73,10 +73,10 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
             var config = executor.Config;
             VocabSize = config.VocabSize;
             ContextLength = _options.Model.MaxModelLen > 0 ? Math.Min(_options.Model.MaxModelLen, config.MaxPositionEmbeddings) : config.MaxPositionEmbeddings;
-            var scheduler = new Scheduler(executor, _options.Scheduler, _loggers.CreateLogger<Scheduler>(), ContextLength);
+            var scheduler = new EngineLoop(executor, _options.Scheduler, _loggers.CreateLogger<EngineLoop>(), ContextLength);
             scheduler.StepCompleted += _ => RefreshCacheStats();
             scheduler.SequenceReleased += _ => RefreshCacheStats();
-            Scheduler = scheduler;
+            Loop = scheduler;
             _ready = true;
             _logger.LogInformation("model {Model} ready in {Seconds:F1} s: context {Context} tokens, vocab {Vocab}, scheduler {@Scheduler}",
                 ModelName, sw.Elapsed.TotalSeconds, ContextLength, VocabSize, _options.Scheduler);
@@ -155,7 +155,7 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         _stopping.Cancel();
         if (_loading is not null) { try { await _loading; } catch { } }
         _ready = false;
-        if (Scheduler is not null) await Scheduler.DisposeAsync();
+        if (Loop is not null) await Loop.DisposeAsync();
         if (Executor is not null) await Executor.DisposeAsync();
         Tokenizer?.Dispose();
         _stopping.Dispose();

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using Grid.Grains;
 using Grid.Grains.Contracts;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Serving;
@@ -24,11 +25,12 @@ public sealed record GridTopology
 }
 
 /// <summary>
-/// The orchestrator: walks each step layer by layer across the grid. Per step every attention shard with
+/// The orchestrator (the engine's executor on the grid): walks each step layer by layer across the grid. Per step every attention shard with
 /// sequences in the batch embeds and runs attention up to the first MoE layer; per MoE layer the tokens of all
 /// shards are bundled into one call per expert group that any token routed to, the groups' outputs are summed
 /// (in group order) and handed back to the shards, which continue to the next MoE layer or the logits.
-/// Calls per layer therefore depend on the number of shards and groups, never on the number of sequences.
+/// Calls per layer therefore depend on the number of shards and groups, never on the number of sequences. The shards
+/// sample where the logits are, so a step returns tokens and logprobs, never vocabulary-sized rows.
 /// </summary>
 public sealed class GridStepExecutor : IStepExecutor
 {
@@ -38,9 +40,6 @@ public sealed class GridStepExecutor : IStepExecutor
     readonly IGrainFactory _grains;
     readonly GridTopology _topology;
     readonly ILogger _logger;
-    readonly Dictionary<long, int> _shardOf = new();
-    readonly int[] _shardLoad;
-    readonly object _lock = new();
     long _stepId;
 
     public ModelConfig Config { get; }
@@ -55,7 +54,6 @@ public sealed class GridStepExecutor : IStepExecutor
         Config = config;
         _topology = topology;
         _logger = logger;
-        _shardLoad = new int[topology.AttentionShards];
         _stepPipeline = new ResiliencePipelineBuilder().AddTimeout(topology.CallTimeout).Build();
         _readPipeline = new ResiliencePipelineBuilder()
             .AddRetry(new RetryStrategyOptions
@@ -97,33 +95,21 @@ public sealed class GridStepExecutor : IStepExecutor
         }
     }
 
-    /// <summary>Which shard owns a sequence: assigned on its first step to the least-loaded shard.</summary>
-    int ShardFor(long sequenceId)
-    {
-        lock (_lock)
-        {
-            if (_shardOf.TryGetValue(sequenceId, out var s)) return s;
-            s = Array.IndexOf(_shardLoad, _shardLoad.Min());
-            _shardOf[sequenceId] = s;
-            _shardLoad[s]++;
-            return s;
-        }
-    }
-
-    public async Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
     {
         long stepId = Interlocked.Increment(ref _stepId);
-        // Chunks per shard, remembering each chunk's place in the caller's order.
-        var byShard = new Dictionary<int, List<int>>();
+        // Chunks per shard (the planner placed each sequence), remembering each chunk's place in the caller's order.
+        var byShard = new SortedDictionary<int, List<int>>();
         for (int i = 0; i < chunks.Count; i++)
         {
-            int s = ShardFor(chunks[i].SequenceId);
+            int s = chunks[i].Shard;
+            if (s < 0 || s >= _topology.AttentionShards)
+                throw new ArgumentException($"sequence {chunks[i].SequenceId}: attention shard {s} does not exist ({_topology.AttentionShards} shards)");
             (byShard.TryGetValue(s, out var list) ? list : byShard[s] = new()).Add(i);
         }
-        var shards = byShard.Keys.Order().ToArray();
+        var shards = byShard.Keys.ToArray();
         var progress = await Task.WhenAll(shards.Select(s => CallAsync("attention.start", ct => Shard(s).StartStepAsync(new StepStart(stepId,
-            byShard[s].Select(i => new ChunkInput(chunks[i].SequenceId, chunks[i].Tokens, chunks[i].AllLogits)).ToArray(),
-            _topology.ExpertGroups, _topology.MaxGroupsPerToken), ct), cancellationToken)));
+            byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken), ct), cancellationToken)));
 
         while (!progress[0].Finished)
         {
@@ -131,22 +117,17 @@ public sealed class GridStepExecutor : IStepExecutor
             progress = await Task.WhenAll(shards.Select((s, k) =>
                 CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(stepId, routed[k], ct), cancellationToken)));
         }
+        if (progress.Any(p => !p.Finished)) throw new InvalidOperationException("attention shards are out of step");
 
-        // Logit rows come back per shard in that shard's chunk order: put them back in the caller's order.
-        var rowsOf = new float[chunks.Count][][];
+        // Results come back per shard in that shard's chunk order: put them back in the caller's order.
+        var results = new ChunkResult[chunks.Count];
         for (int k = 0; k < shards.Length; k++)
         {
-            var logits = progress[k].Logits!;
-            var values = logits.ToFloats();
-            int row = 0;
-            foreach (var i in byShard[shards[k]])
-            {
-                int n = chunks[i].AllLogits ? chunks[i].Tokens.Length : 1;
-                rowsOf[i] = new float[n][];
-                for (int r = 0; r < n; r++, row++) rowsOf[i][r] = values.AsSpan(row * logits.Cols, logits.Cols).ToArray();
-            }
+            var outputs = progress[k].Results!;
+            var order = byShard[shards[k]];
+            for (int j = 0; j < order.Count; j++) results[order[j]] = outputs[j].ToResult();
         }
-        return rowsOf.SelectMany(r => r).ToArray();
+        return results;
     }
 
     /// <summary>
@@ -202,15 +183,21 @@ public sealed class GridStepExecutor : IStepExecutor
         return result;
     }
 
-    public async Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken)
+    public async Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken)
     {
-        int shard;
-        lock (_lock)
-        {
-            if (!_shardOf.Remove(sequenceId, out shard)) return;
-            _shardLoad[shard]--;
-        }
-        await CallAsync("attention.release", async ct => { await Shard(shard).ReleaseAsync([sequenceId], ct); return true; }, cancellationToken);
+        if (sequenceIds.Count == 0) return;
+        // Release is idempotent on the shard, and the gateway does not track which shard held a sequence that
+        // failed mid-step: every shard is told (one call per shard, never one per sequence).
+        var ids = sequenceIds.ToArray();
+        await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
+            CallAsync("attention.release", async ct => { await Shard(s).ReleaseAsync(ids, ct); return true; }, cancellationToken)));
+    }
+
+    public async Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken)
+    {
+        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
+            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
+        return reports.Select((r, s) => new ShardBudget(s, r.BlockSize, r.TotalBlocks, r.UsedBlocks)).ToArray();
     }
 
     public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)

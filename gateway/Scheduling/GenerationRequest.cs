@@ -7,6 +7,8 @@ public sealed record GenerationRequest
 {
     public required int[] PromptIds { get; init; }
     public SamplingParams Sampling { get; init; } = SamplingParams.Greedy;
+    /// <summary>Which of the request's n choices this is: seeded draws depend on (seed, choice, token index) only.</summary>
+    public int Choice { get; init; }
     public int MaxTokens { get; init; } = 16;
     /// <summary>Token ids that end the sequence (EOS unless IgnoreEos), reported as finish_reason "stop".</summary>
     public IReadOnlyCollection<int> StopTokenIds { get; init; } = [];

@@ -1,11 +1,29 @@
 namespace Grid.Grains.Contracts;
 
-/// <summary>New tokens of one sequence in a step.</summary>
+/// <summary>How to sample the token after a chunk: the request's settings and where the draw sits (seed, choice, index).</summary>
+[GenerateSerializer, Immutable]
+public sealed record SamplingSpec(
+    [property: Id(0)] double Temperature,
+    [property: Id(1)] double TopP,
+    [property: Id(2)] int TopK,
+    [property: Id(3)] int Logprobs,
+    [property: Id(4)] long Seed,
+    [property: Id(5)] int Choice,
+    [property: Id(6)] int Index);
+
+/// <summary>
+/// New tokens of one sequence in a step, at cache positions [Position, + Tokens.Length): the shard refuses a
+/// chunk whose position is not its cache length. <see cref="Sample"/> asks for the next token;
+/// <see cref="ScoreNext"/> for prompt logprobs (row r scores ScoreNext[r], with ScoreTop alternatives).
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record ChunkInput(
     [property: Id(0)] long SequenceId,
-    [property: Id(1)] int[] Tokens,
-    [property: Id(2)] bool AllLogits);
+    [property: Id(1)] int Position,
+    [property: Id(2)] int[] Tokens,
+    [property: Id(3)] SamplingSpec? Sample,
+    [property: Id(4)] int[]? ScoreNext,
+    [property: Id(5)] int ScoreTop);
 
 /// <summary>Starts a step on an attention shard: its sequences' chunks and the deployment's device limit.</summary>
 [GenerateSerializer, Immutable]
@@ -15,9 +33,23 @@ public sealed record StepStart(
     [property: Id(2)] int DeviceGroups,
     [property: Id(3)] int MaxGroupsPerToken);
 
+/// <summary>A token with its logprob and the top alternatives (ids and logprobs, most likely first).</summary>
+[GenerateSerializer, Immutable]
+public sealed record TokenLogprobs(
+    [property: Id(0)] int Token,
+    [property: Id(1)] double Logprob,
+    [property: Id(2)] int[] TopIds,
+    [property: Id(3)] double[] TopLogprobs);
+
+/// <summary>One chunk's outcome: the sampled token (when asked) and its prompt rows' logprobs.</summary>
+[GenerateSerializer, Immutable]
+public sealed record ChunkOutput(
+    [property: Id(0)] TokenLogprobs? Next,
+    [property: Id(1)] TokenLogprobs[] Scored);
+
 /// <summary>
-/// Where a shard's step stands: either a MoE layer that needs its routed experts (input rows [n, d] with
-/// their top-K ids and weights), or the end of the step (logits [rows, V], float32).
+/// Where a shard's step stands: either a MoE layer that needs its routed experts (input rows [n, d] with their
+/// top-K ids and weights), or the end of the step: per chunk the sampled token and logprobs (never logit rows).
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StepProgress(
@@ -26,26 +58,31 @@ public sealed record StepProgress(
     [property: Id(2)] int TopK,
     [property: Id(3)] int[]? ExpertIds,
     [property: Id(4)] float[]? Weights,
-    [property: Id(5)] TensorPayload? Logits)
+    [property: Id(5)] ChunkOutput[]? Results)
 {
-    public bool Finished => Logits is not null;
+    public bool Finished => Results is not null;
 }
 
+/// <summary>A shard's latent cache: what it holds and its budget in blocks.</summary>
 [GenerateSerializer, Immutable]
 public sealed record CacheReport(
     [property: Id(0)] long Sequences,
     [property: Id(1)] long Tokens,
     [property: Id(2)] long BytesInUse,
-    [property: Id(3)] long BytesReserved);
+    [property: Id(3)] long BytesReserved,
+    [property: Id(4)] int BlockSize,
+    [property: Id(5)] int TotalBlocks,
+    [property: Id(6)] int UsedBlocks);
 
 /// <summary>
 /// An attention shard: owns the MLA latent caches of the sequences assigned to it for their whole life, on an
-/// attention host, and walks their steps layer by layer (attention, dense MLPs, gates, shared experts).
-/// Only hidden states cross the wire; caches never do. Key: the shard index.
+/// attention host, walks their steps layer by layer (attention, dense MLPs, gates, shared experts) and samples
+/// their next tokens where the logits are. Only hidden states, tokens and logprobs cross the wire; caches and
+/// logit rows never do. Key: the shard index.
 /// </summary>
 public interface IAttentionGrain : IGrainWithIntegerKey
 {
-    /// <summary>Embeds the chunks' tokens and runs layers up to the first MoE dispatch (or the logits).</summary>
+    /// <summary>Embeds the chunks' tokens and runs layers up to the first MoE dispatch (or the end of the step).</summary>
     Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default);
 
     /// <summary>Folds in the routed experts' output [n, d] of the pending MoE layer and runs on to the next dispatch.</summary>

@@ -1,25 +1,27 @@
-using Grid.ModelCore.Runtime;
-using static TorchSharp.torch;
-
 namespace Grid.Grains.Contracts;
 
+/// <summary>Element types a <see cref="TensorPayload"/> carries.</summary>
+public enum PayloadDtype
+{
+    Float32 = 0,
+    BFloat16 = 1,
+    Float16 = 2,
+}
+
 /// <summary>
-/// A [Rows, Cols] tensor as raw bytes in the compute dtype. Immutable: Orleans passes it by reference on local
-/// calls instead of deep-copying the array.
+/// A [Rows, Cols] tensor as raw little-endian bytes in the compute dtype. Immutable: Orleans passes it by
+/// reference on local calls instead of deep-copying the array. Tensors convert to and from it beside the grains.
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record TensorPayload(
     [property: Id(0)] int Rows,
     [property: Id(1)] int Cols,
-    [property: Id(2)] ScalarType Dtype,
+    [property: Id(2)] PayloadDtype Dtype,
     [property: Id(3)] byte[] Data)
 {
-    public static TensorPayload From(Tensor t) =>
-        new((int)t.shape[0], (int)t.shape[1], t.dtype, TensorBytes.ToBytes(t));
+    public static int ElementSize(PayloadDtype dtype) => dtype == PayloadDtype.Float32 ? 4 : 2;
 
-    public Tensor ToTensor() => TensorBytes.FromBytes(Data, Dtype, Rows, Cols);
-
-    int RowBytes => Cols * TensorBytes.ElementSize(Dtype);
+    int RowBytes => Cols * ElementSize(Dtype);
 
     /// <summary>The given rows, in order, as a new payload.</summary>
     public TensorPayload SelectRows(IReadOnlyList<int> rows)
@@ -50,13 +52,13 @@ public sealed record TensorPayload(
         var values = new float[n];
         switch (Dtype)
         {
-            case ScalarType.Float32:
+            case PayloadDtype.Float32:
                 Buffer.BlockCopy(Data, 0, values, 0, Data.Length);
                 break;
-            case ScalarType.BFloat16:
+            case PayloadDtype.BFloat16:
                 for (int i = 0; i < n; i++) values[i] = BitConverter.UInt32BitsToSingle((uint)BitConverter.ToUInt16(Data, 2 * i) << 16);
                 break;
-            case ScalarType.Float16:
+            case PayloadDtype.Float16:
                 for (int i = 0; i < n; i++) values[i] = (float)BitConverter.ToHalf(Data, 2 * i);
                 break;
             default:
@@ -65,24 +67,32 @@ public sealed record TensorPayload(
         return values;
     }
 
-    public static TensorPayload FromFloats(float[] values, int rows, int cols, ScalarType dtype)
+    /// <summary>float32 values narrowed to <paramref name="dtype"/> (bf16 rounds to nearest even, as torch does).</summary>
+    public static TensorPayload FromFloats(float[] values, int rows, int cols, PayloadDtype dtype)
     {
-        var size = TensorBytes.ElementSize(dtype);
-        var data = new byte[values.Length * size];
+        var data = new byte[values.Length * ElementSize(dtype)];
         switch (dtype)
         {
-            case ScalarType.Float32:
+            case PayloadDtype.Float32:
                 Buffer.BlockCopy(values, 0, data, 0, data.Length);
                 break;
-            case ScalarType.BFloat16:
-                for (int i = 0; i < values.Length; i++) BitConverter.TryWriteBytes(data.AsSpan(2 * i), Grid.ModelCore.Weights.SafetensorsWriter.ToBFloat16(values[i]));
+            case PayloadDtype.BFloat16:
+                for (int i = 0; i < values.Length; i++) BitConverter.TryWriteBytes(data.AsSpan(2 * i), ToBFloat16(values[i]));
                 break;
-            case ScalarType.Float16:
+            case PayloadDtype.Float16:
                 for (int i = 0; i < values.Length; i++) BitConverter.TryWriteBytes(data.AsSpan(2 * i), (Half)values[i]);
                 break;
             default:
                 throw new NotSupportedException($"payload dtype {dtype}");
         }
         return new TensorPayload(rows, cols, dtype, data);
+    }
+
+    static ushort ToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x40);
+        uint rounding = 0x7FFF + ((bits >> 16) & 1);
+        return (ushort)((bits + rounding) >> 16);
     }
 }

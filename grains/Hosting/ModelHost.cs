@@ -77,6 +77,7 @@ public sealed class ModelHost : IHostedService, IDisposable
                     LoadAttention = _options.Attention,
                     ExpertRanges = ranges,
                     CacheBlockSize = _options.CacheBlockSize,
+                    CacheMaxBytes = _options.CacheMaxBytes,
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);

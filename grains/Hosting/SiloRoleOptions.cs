@@ -17,6 +17,8 @@ public sealed class SiloRoleOptions
     public string Device { get; set; } = "cpu";
     /// <summary>Latent cache block size in tokens.</summary>
     public int CacheBlockSize { get; set; } = 16;
+    /// <summary>Latent-cache budget of this silo's attention shards in bytes (whole blocks); the planner admits and preempts against it.</summary>
+    public long CacheMaxBytes { get; set; } = Grid.ModelCore.Model.ModelLoadOptions.DefaultCacheMaxBytes;
     /// <summary>Torch intra-op threads for this silo's inference thread (0 = torch default).</summary>
     public int TorchThreads { get; set; }
 }

@@ -25,7 +25,8 @@ public sealed class LatentSequence
 /// The MLA latent cache of one host, paged: per layer one pool of fixed-size blocks, each row holding a
 /// token's <c>c_KV</c> (kv_lora_rank) followed by its rotated shared key <c>k_R</c> (qk_rope_head_dim).
 /// Sequences own whole blocks, taken from a free list and returned when the sequence is released; the pool
-/// doubles when it runs out. All methods must run on the inference thread.
+/// doubles when it runs out, up to <see cref="MaxBlocks"/> (the host's budget, which the planner plans against).
+/// All methods must run on the inference thread.
 /// </summary>
 public sealed class LatentCache : IDisposable
 {
@@ -47,9 +48,11 @@ public sealed class LatentCache : IDisposable
     /// <summary>Bytes one cached token takes across all layers: (kv_lora_rank + qk_rope_head_dim) * layers * element size.</summary>
     public long BytesPerToken => (long)LatentDim * _numLayers * ElementSize;
 
-    public LatentCache(int numLayers, int latentDim, ScalarType dtype, int blockSize = 16, int initialBlocks = 64)
+    public LatentCache(int numLayers, int latentDim, ScalarType dtype, int blockSize = 16, int initialBlocks = 64, int maxBlocks = int.MaxValue)
     {
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize));
+        if (maxBlocks < 1) throw new ArgumentOutOfRangeException(nameof(maxBlocks), "the latent cache needs at least one block");
+        MaxBlocks = maxBlocks;
         _numLayers = numLayers;
         LatentDim = latentDim;
         _dtype = dtype;
@@ -57,7 +60,17 @@ public sealed class LatentCache : IDisposable
         ElementSize = dtype == ScalarType.Float32 ? 4 : dtype == ScalarType.Float64 ? 8 : 2;
         _pools = new Tensor[numLayers];
         for (int l = 0; l < numLayers; l++) _pools[l] = zeros(0, latentDim, dtype).DetachFromDisposeScope();
-        Grow(Math.Max(1, initialBlocks));
+        Grow(Math.Clamp(initialBlocks, 1, maxBlocks));
+    }
+
+    /// <summary>Most blocks the pools may grow to: the host's latent-cache budget.</summary>
+    public int MaxBlocks { get; }
+
+    /// <summary>Blocks of <see cref="BlockSize"/> tokens that fit in <paramref name="bytes"/> for a model of this shape.</summary>
+    public static int BlocksFor(long bytes, int numLayers, int latentDim, ScalarType dtype, int blockSize)
+    {
+        long perBlock = (long)blockSize * latentDim * numLayers * (dtype == ScalarType.Float32 ? 4 : dtype == ScalarType.Float64 ? 8 : 2);
+        return (int)Math.Clamp(bytes / perBlock, 1, int.MaxValue);
     }
 
     public int LiveSequences => _live.Count;
@@ -89,7 +102,12 @@ public sealed class LatentCache : IDisposable
         int needed = (length + BlockSize - 1) / BlockSize;
         while (seq.Blocks.Count < needed)
         {
-            if (_freeBlocks.Count == 0) Grow(_capacityBlocks);
+            if (_freeBlocks.Count == 0)
+            {
+                if (_capacityBlocks >= MaxBlocks)
+                    throw new InvalidOperationException($"the latent cache is full: {MaxBlocks} blocks of {BlockSize} tokens are in use");
+                Grow(Math.Min(_capacityBlocks, MaxBlocks - _capacityBlocks));
+            }
             seq.Blocks.Add(_freeBlocks.Pop());
         }
     }
@@ -100,9 +118,6 @@ public sealed class LatentCache : IDisposable
         if (length > seq.Blocks.Count * BlockSize) throw new InvalidOperationException("commit past the reserved blocks");
         seq.Length = length;
     }
-
-    /// <summary>Drops the last positions from <paramref name="length"/> on (their blocks stay reserved).</summary>
-    public void Truncate(LatentSequence seq, int length) => seq.Length = Math.Min(seq.Length, length);
 
     /// <summary>Returns the sequence's blocks to the free list. Idempotent.</summary>
     public void Release(LatentSequence seq)

@@ -16,6 +16,10 @@ public sealed record ModelLoadOptions
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
     public int CacheBlockSize { get; init; } = 16;
     public int CacheInitialBlocks { get; init; } = 64;
+    /// <summary>The latent-cache budget of this host in bytes (rounded down to whole blocks).</summary>
+    public long CacheMaxBytes { get; init; } = DefaultCacheMaxBytes;
+
+    public const long DefaultCacheMaxBytes = 2L << 30;
 }
 
 /// <summary>
@@ -53,7 +57,8 @@ public sealed class DeepseekV2Model : IDisposable
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
             _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
             _lmHead = config.TieWordEmbeddings ? _embedTokens : w.Get("lm_head.weight");
-            Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks);
+            Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
+                LatentCache.BlocksFor(options.CacheMaxBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize));
         }
         else
         {
@@ -162,7 +167,7 @@ public sealed class DeepseekV2Model : IDisposable
 
     /// <summary>
     /// One forward step of this process over <paramref name="chunks"/>: returns logits [rows, V] (float32) for
-    /// each chunk's last token, or every token of AllLogits chunks, and per MoE layer the routing.
+    /// each chunk's last token, every token of AllLogits chunks, none of NoLogits chunks, and per MoE layer the routing.
     /// The routed experts run on this host's expert groups; the result is detached (the caller disposes it).
     /// </summary>
     public StepOutput Forward(IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, bool keepRouting = false, StepProfile? profile = null)

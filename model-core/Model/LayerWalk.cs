@@ -24,8 +24,6 @@ public sealed class LayerWalk : IDisposable
     Tensor? _logits;
     int _layer;
 
-    public int Rows => _batch.Rows;
-
     readonly StepProfile? _profile;
 
     public LayerWalk(DeepseekV2Model model, IReadOnlyList<SequenceChunk> chunks, AttentionMode mode = AttentionMode.Auto, DeviceLimit? limit = null, StepProfile? profile = null)

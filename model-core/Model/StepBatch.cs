@@ -3,8 +3,14 @@ using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Model;
 
-/// <summary>New tokens of one sequence for one forward step; they go at positions [Sequence.Length, +Tokens.Length).</summary>
-public sealed record SequenceChunk(LatentSequence Sequence, int[] Tokens, bool AllLogits = false);
+/// <summary>
+/// New tokens of one sequence for one forward step; they go at positions [Sequence.Length, +Tokens.Length).
+/// Logits are computed for the last token, for every token (<see cref="AllLogits"/>) or for none (<see cref="NoLogits"/>: a prefill chunk that neither samples nor scores).
+/// </summary>
+public sealed record SequenceChunk(LatentSequence Sequence, int[] Tokens, bool AllLogits = false)
+{
+    public bool NoLogits { get; init; }
+}
 
 /// <summary>
 /// The layout of one forward step over several sequences: the new tokens of every chunk concatenated
@@ -106,13 +112,14 @@ public sealed class StepBatch : IDisposable
         _owned.Clear();
     }
 
-    /// <summary>Rows whose logits the caller wants: the last row of each chunk, or all rows of AllLogits chunks.</summary>
+    /// <summary>Rows whose logits the caller wants: the last row of each chunk, all rows of AllLogits chunks, none of NoLogits chunks.</summary>
     public long[] LogitRows()
     {
         var rows = new List<long>();
         for (int i = 0; i < Chunks.Count; i++)
         {
             int n = Chunks[i].Tokens.Length;
+            if (Chunks[i].NoLogits) continue;
             if (Chunks[i].AllLogits) for (int r = 0; r < n; r++) rows.Add(Offsets[i] + r);
             else rows.Add(Offsets[i] + n - 1);
         }

@@ -6,6 +6,7 @@ public sealed record SamplingParams
     public double Temperature { get; init; } = 1.0;
     public double TopP { get; init; } = 1.0;
     public int TopK { get; init; }
+    /// <summary>The request's seed; without one the engine draws a random seed when the request arrives.</summary>
     public long? Seed { get; init; }
     /// <summary>How many top alternatives to report per token (0 = only the chosen token's logprob).</summary>
     public int Logprobs { get; init; }
@@ -15,30 +16,44 @@ public sealed record SamplingParams
     public static SamplingParams Greedy { get; } = new() { Temperature = 0 };
 }
 
+/// <summary>
+/// Where a draw sits: the request's seed, the choice (0..n-1) and the index of the generated token. The random
+/// number of a draw depends on these three alone, so a sequence that is recomputed on another shard, preempted
+/// or retried draws the same tokens, whatever else runs in its batch.
+/// </summary>
+public readonly record struct DrawKey(long Seed, int Choice, int Index)
+{
+    /// <summary>A uniform number in [0, 1) that is a pure function of (seed, choice, index).</summary>
+    public double Uniform()
+    {
+        ulong z = SplitMix64.Mix((ulong)Seed);
+        z = SplitMix64.Mix(z ^ (0x9E3779B97F4A7C15UL * (ulong)(uint)(Choice + 1)));
+        z = SplitMix64.Mix(z ^ (0xC2B2AE3D27D4EB4FUL * (ulong)(uint)(Index + 1)));
+        return (z >> 11) * (1.0 / (1UL << 53));
+    }
+}
+
 /// <summary>One sampled token with its log-probability and the top alternatives (log-softmax of the raw logits).</summary>
 public sealed record SampledToken(int Token, double Logprob, (int Id, double Logprob)[] Top);
 
 /// <summary>
-/// Samples one sequence's tokens from float32 logits on the CPU in double precision: greedy (ties to the
-/// lowest id), or temperature, then top-k, then top-p (nucleus), then a draw from the sequence's own seeded
-/// generator, so the same seed gives the same tokens whatever else is in the batch.
+/// Samples tokens from float32 logits on the CPU in double precision: greedy (ties to the lowest id), or
+/// temperature, then top-k, then top-p (nucleus), then one position-addressed draw (<see cref="DrawKey"/>).
+/// Runs where the logits are: on the attention shard.
 /// </summary>
-public sealed class Sampler
+public static class Sampler
 {
-    readonly SamplingParams _p;
-    readonly SplitMix64 _rng;
-
-    public Sampler(SamplingParams p)
+    public static SampledToken Sample(ReadOnlySpan<float> logits, SamplingParams p, DrawKey key)
     {
-        _p = p;
-        _rng = new SplitMix64(p.Seed is long s ? (ulong)s : (ulong)Random.Shared.NextInt64());
+        int token = p.IsGreedy ? Argmax(logits) : Draw(logits, p, key.Uniform());
+        return Score(logits, token, p.Logprobs);
     }
 
-    public SampledToken Sample(ReadOnlySpan<float> logits)
+    /// <summary>The logprob of <paramref name="token"/> under <paramref name="logits"/> and the <paramref name="top"/> most likely tokens.</summary>
+    public static SampledToken Score(ReadOnlySpan<float> logits, int token, int top)
     {
-        int token = _p.IsGreedy ? Argmax(logits) : Draw(logits);
         var logZ = LogSumExp(logits);
-        return new SampledToken(token, logits[token] - logZ, TopLogprobs(logits, _p.Logprobs, logZ));
+        return new SampledToken(token, logits[token] - logZ, TopLogprobs(logits, top, logZ));
     }
 
     public static int Argmax(ReadOnlySpan<float> logits)
@@ -82,10 +97,11 @@ public sealed class Sampler
         return best.ToArray();
     }
 
-    int Draw(ReadOnlySpan<float> logits)
+    /// <summary>Temperature, top-k, top-p, then the candidate where <paramref name="uniform"/> falls in the kept mass.</summary>
+    static int Draw(ReadOnlySpan<float> logits, SamplingParams p, double uniform)
     {
-        double t = _p.Temperature;
-        int k = _p.TopK > 0 ? Math.Min(_p.TopK, logits.Length) : logits.Length;
+        double t = p.Temperature;
+        int k = p.TopK > 0 ? Math.Min(p.TopK, logits.Length) : logits.Length;
         // Candidates in descending logit order (only the top k are needed).
         int[] candidates = k < logits.Length ? TopIds(logits, k) : SortedIds(logits);
         double max = logits[candidates[0]] / t;
@@ -93,18 +109,18 @@ public sealed class Sampler
         double total = 0;
         for (int i = 0; i < candidates.Length; i++) total += probs[i] = Math.Exp(logits[candidates[i]] / t - max);
         int keep = candidates.Length;
-        if (_p.TopP < 1.0)
+        if (p.TopP < 1.0)
         {
             double cumulative = 0;
             for (int i = 0; i < candidates.Length; i++)
             {
                 cumulative += probs[i] / total;
-                if (cumulative >= _p.TopP) { keep = i + 1; break; }
+                if (cumulative >= p.TopP) { keep = i + 1; break; }
             }
         }
         double mass = 0;
         for (int i = 0; i < keep; i++) mass += probs[i];
-        double u = _rng.NextDouble() * mass;
+        double u = uniform * mass;
         for (int i = 0; i < keep; i++)
         {
             u -= probs[i];
@@ -122,17 +138,25 @@ public sealed class Sampler
     }
 }
 
-/// <summary>SplitMix64: a small, fast, portable generator, so seeded sampling is identical on every platform.</summary>
+/// <summary>SplitMix64: a small, fast, portable generator and mixer, so seeded sampling is identical on every platform.</summary>
 public sealed class SplitMix64(ulong seed)
 {
     ulong _state = seed;
 
-    public ulong Next()
+    /// <summary>The SplitMix64 finaliser: a bijective mix of 64 bits.</summary>
+    public static ulong Mix(ulong z)
     {
-        ulong z = _state += 0x9E3779B97F4A7C15UL;
+        z += 0x9E3779B97F4A7C15UL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
         return z ^ (z >> 31);
+    }
+
+    public ulong Next()
+    {
+        ulong z = Mix(_state);
+        _state += 0x9E3779B97F4A7C15UL;
+        return z;
     }
 
     /// <summary>Uniform in [0, 1) with 53 random bits.</summary>

@@ -1,27 +1,71 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Sampling;
 
 namespace Grid.ModelCore.Serving;
 
-/// <summary>New tokens of one sequence for one step; <see cref="AllLogits"/> asks for every position's logits (prompt logprobs).</summary>
-public sealed record StepChunk(long SequenceId, int[] Tokens, bool AllLogits = false);
+/// <summary>What to sample after a chunk's last token: the sequence's settings and where the draw sits.</summary>
+public sealed record TokenSampling(SamplingParams Params, DrawKey Key);
+
+/// <summary>
+/// New tokens of one sequence for one step, at cache positions [<see cref="Position"/>, + Tokens.Length) on
+/// attention shard <see cref="Shard"/>. The shard refuses a chunk whose position is not the length of the
+/// sequence's cache (position 0 creates the sequence).
+/// </summary>
+public sealed record StepChunk(long SequenceId, int Position, int[] Tokens, int Shard = 0)
+{
+    /// <summary>Sample the token after the last one (the chunk reaches the end of the known tokens).</summary>
+    public TokenSampling? Sample { get; init; }
+
+    /// <summary>
+    /// Prompt logprobs: row r of the chunk scores token <c>ScoreNext[r]</c> (the prompt token after it), with
+    /// <see cref="ScoreTop"/> alternatives. Covers every row, or every row but the last when <see cref="Sample"/> is set.
+    /// </summary>
+    public int[]? ScoreNext { get; init; }
+
+    public int ScoreTop { get; init; }
+
+    /// <summary>Rows of the chunk whose logits the step needs (the last ones).</summary>
+    public int LogitRows => ScoreNext is { Length: > 0 } ? Tokens.Length : Sample is not null ? 1 : 0;
+
+    public void Validate()
+    {
+        if (Tokens.Length == 0) throw new ArgumentException($"sequence {SequenceId}: a chunk needs at least one token");
+        if (Position < 0) throw new ArgumentException($"sequence {SequenceId}: position {Position} is negative");
+        if (ScoreNext is { } s && s.Length != Tokens.Length - (Sample is null ? 0 : 1))
+            throw new ArgumentException($"sequence {SequenceId}: {s.Length} prompt-logprob targets for a chunk of {Tokens.Length} tokens");
+    }
+}
+
+/// <summary>What a step returns for one chunk: the sampled token (when asked) and the prompt rows' logprobs.</summary>
+public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored);
 
 /// <summary>Latent cache occupancy of the hosts an executor drives.</summary>
 public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved);
 
+/// <summary>An attention shard's latent-cache budget: blocks of <see cref="BlockSize"/> tokens, how many it may hold and how many are in use.</summary>
+public readonly record struct ShardBudget(int Shard, int BlockSize, int TotalBlocks, int UsedBlocks)
+{
+    public int FreeBlocks => TotalBlocks - UsedBlocks;
+}
+
 /// <summary>
 /// Runs forward steps of the model over batches of sequences, wherever the model lives: in this process
 /// (<see cref="LocalStepExecutor"/>) or across a grid of silos. Sequences are created on their first chunk
-/// and keep their latent cache until <see cref="ReleaseAsync"/>.
+/// and keep their latent cache until <see cref="ReleaseAsync"/>. Sampling happens where the logits are: a step
+/// returns tokens and logprobs, never vocabulary-sized rows.
 /// </summary>
 public interface IStepExecutor : IAsyncDisposable
 {
     ModelConfig Config { get; }
 
-    /// <summary>One step: logits (float32, vocab-sized) per requested row: each chunk's last token, or all its tokens.</summary>
-    Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken);
+    /// <summary>One step over the chunks; one result per chunk, in order.</summary>
+    Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken);
 
-    /// <summary>Frees the sequence's latent cache. Unknown ids are ignored.</summary>
-    Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken);
+    /// <summary>Frees the sequences' latent caches. Unknown ids are ignored.</summary>
+    Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken);
 
     Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken);
+
+    /// <summary>Every attention shard's latent-cache budget, by shard index.</summary>
+    Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken);
 }

@@ -1,4 +1,3 @@
-using Grid.ModelCore.Cache;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Runtime;
@@ -6,12 +5,12 @@ using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Serving;
 
-/// <summary>Runs the whole model in this process, on one inference thread.</summary>
+/// <summary>Runs the whole model in this process, on one inference thread: one attention shard and every expert group.</summary>
 public sealed class LocalStepExecutor : IStepExecutor
 {
     readonly InferenceThread _thread;
     readonly DeepseekV2Model _model;
-    readonly Dictionary<long, LatentSequence> _sequences = new();   // touched only on the inference thread
+    readonly AttentionShard _shard;   // touched only on the inference thread
     readonly bool _ownsThread;
 
     public ModelConfig Config => _model.Config;
@@ -23,47 +22,36 @@ public sealed class LocalStepExecutor : IStepExecutor
         _model = model;
         _thread = thread;
         _ownsThread = ownsThread;
+        _shard = new AttentionShard(model);
     }
 
-    public Task<float[][]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) =>
+    public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) =>
         _thread.RunAsync(() =>
         {
-            var cache = _model.Cache!;
-            var batch = chunks.Select(c =>
+            if (chunks.FirstOrDefault(c => c.Shard != 0) is { } other)
+                throw new ArgumentException($"sequence {other.SequenceId}: shard {other.Shard} does not exist (one local shard)");
+            var dispatch = _shard.Start(chunks, DeviceLimit);
+            while (dispatch is not null)
             {
-                if (!_sequences.TryGetValue(c.SequenceId, out var seq)) _sequences[c.SequenceId] = seq = cache.Create();
-                return new SequenceChunk(seq, c.Tokens, c.AllLogits);
-            }).ToList();
-            using var output = _model.Forward(batch, AttentionMode.Auto, DeviceLimit);
-            return ToRows(output.Logits);
+                using var scope = NewDisposeScope();
+                var routed = _model.Experts(dispatch.Layer, dispatch.Input, dispatch.Routing);
+                dispatch = _shard.Continue(routed);
+            }
+            return _shard.Finish();
         }, cancellationToken);
 
-    /// <summary>Logits [rows, V] -> one float[] per row.</summary>
-    public static float[][] ToRows(Tensor logits)
-    {
-        var all = logits.contiguous().data<float>().ToArray();
-        int rows = (int)logits.shape[0], v = (int)logits.shape[1];
-        var result = new float[rows][];
-        for (int r = 0; r < rows; r++) result[r] = all.AsSpan(r * v, v).ToArray();
-        return result;
-    }
-
-    public Task ReleaseAsync(long sequenceId, CancellationToken cancellationToken) =>
-        _thread.RunAsync(() =>
-        {
-            if (_sequences.Remove(sequenceId, out var seq)) _model.Cache!.Release(seq);
-        }, CancellationToken.None);
+    public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) =>
+        _thread.RunAsync(() => _shard.Release(sequenceIds), CancellationToken.None);
 
     public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) =>
-        _thread.RunAsync(() =>
-        {
-            var c = _model.Cache!;
-            return new CacheStats(c.LiveSequences, c.TokensCached, c.BytesInUse, c.BytesReserved);
-        }, cancellationToken);
+        _thread.RunAsync(_shard.Stats, cancellationToken);
+
+    public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) =>
+        _thread.RunAsync(() => new[] { _shard.Budget(0) }, cancellationToken);
 
     public async ValueTask DisposeAsync()
     {
-        await _thread.RunAsync(() => _model.Dispose());
+        await _thread.RunAsync(() => { _shard.Dispose(); _model.Dispose(); });
         if (_ownsThread) _thread.Dispose();
     }
 }

@@ -16,6 +16,8 @@ public static class GridOverheadBench
 {
     public sealed record Run(int Batch, double TokensPerSecond, double StepMs);
 
+    static readonly TokenSampling Greedy = new(SamplingParams.Greedy, default);
+
     /// <summary>Prefills <paramref name="batch"/> prompts, then times greedy decode steps of all of them through the executor.</summary>
     public static async Task<Run> DecodeAsync(IStepExecutor executor, int batch, int promptTokens, int steps, long idBase, CancellationToken ct)
     {
@@ -28,22 +30,22 @@ public static class GridOverheadBench
             for (int at = 0; at < batch; at += perStep)
             {
                 var part = Enumerable.Range(at, Math.Min(perStep, batch - at)).ToArray();
-                var rows = await executor.StepAsync(part.Select(b => new StepChunk(ids[b], ModelCoreBench.Prompt(executor.Config, promptTokens, b))).ToList(), ct);
-                for (int i = 0; i < part.Length; i++) next[part[i]] = Sampler.Argmax(rows[i]);
+                var results = await executor.StepAsync(part.Select(b => new StepChunk(ids[b], 0, ModelCoreBench.Prompt(executor.Config, promptTokens, b)) { Sample = Greedy }).ToList(), ct);
+                for (int i = 0; i < part.Length; i++) next[part[i]] = results[i].Next!.Token;
             }
             var sw = new Stopwatch();
             for (int s = 0; s < steps + 1; s++)
             {
                 if (s == 1) sw.Restart(); // step 0 warms up
-                var rows = await executor.StepAsync(ids.Select((id, b) => new StepChunk(id, [next[b]])).ToList(), ct);
-                for (int b = 0; b < batch; b++) next[b] = Sampler.Argmax(rows[b]);
+                var results = await executor.StepAsync(ids.Select((id, b) => new StepChunk(id, promptTokens + s, [next[b]]) { Sample = Greedy }).ToList(), ct);
+                for (int b = 0; b < batch; b++) next[b] = results[b].Next!.Token;
             }
             sw.Stop();
             return new Run(batch, batch * steps / sw.Elapsed.TotalSeconds, sw.Elapsed.TotalMilliseconds / steps);
         }
         finally
         {
-            foreach (var id in ids) await executor.ReleaseAsync(id, CancellationToken.None);
+            await executor.ReleaseAsync(ids, CancellationToken.None);
         }
     }
 

@@ -137,8 +137,9 @@ public static class ModelCoreBench
             if (s == 1) { sw.Restart(); profile.Clear(); sampling = TimeSpan.Zero; } // step 0 warms up
             using var o = model.Forward(seqs.Select((q, b) => new SequenceChunk(q, [next[b]])).ToList(), mode, profile: profile);
             var sample = Stopwatch.StartNew();
-            var rows = Grid.ModelCore.Serving.LocalStepExecutor.ToRows(o.Logits);
-            for (int b = 0; b < batch; b++) next[b] = Sampler.Argmax(rows[b]);
+            var logits = o.Logits.contiguous().data<float>().ToArray();
+            int v = (int)o.Logits.shape[1];
+            for (int b = 0; b < batch; b++) next[b] = Sampler.Sample(logits.AsSpan(b * v, v), SamplingParams.Greedy, default).Token;
             sampling += sample.Elapsed;
         }
         sw.Stop();

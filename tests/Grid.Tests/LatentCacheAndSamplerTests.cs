@@ -53,21 +53,33 @@ public class LatentCacheAndSamplerTests
     public void GreedyPicksTheLowestIdOnTies()
     {
         var l = new float[] { 1, 3, 3, 2 };
-        Assert.Equal(1, new Sampler(SamplingParams.Greedy).Sample(l).Token);
+        Assert.Equal(1, Sampler.Sample(l, SamplingParams.Greedy, default).Token);
+    }
+
+    static int[] Draws(float[] l, SamplingParams p, long seed, int choice, int count) =>
+        Enumerable.Range(0, count).Select(i => Sampler.Sample(l, p, new DrawKey(seed, choice, i)).Token).ToArray();
+
+    [Fact]
+    public void SeededDrawsArePositionAddressed()
+    {
+        var l = Logits(300, 1);
+        var p = new SamplingParams { Temperature = 1.0 };
+        var a = Draws(l, p, 42, 0, 50);
+        Assert.Equal(a, Draws(l, p, 42, 0, 50));
+        // The draw of token i depends on (seed, choice, i) only: asking in any order gives the same tokens.
+        Assert.Equal(a.Reverse(), Enumerable.Range(0, 50).Reverse().Select(i => Sampler.Sample(l, p, new DrawKey(42, 0, i)).Token));
+        Assert.NotEqual(a, Draws(l, p, 43, 0, 50));       // another seed
+        Assert.NotEqual(a, Draws(l, p, 42, 1, 50));       // another choice of the same request
+        Assert.NotEqual(Draws(l, p, 42, 1, 50), Draws(l, p, 43, 0, 50));   // (seed 42, choice 1) is not (seed 43, choice 0)
     }
 
     [Fact]
-    public void SeededSamplingIsReproducibleAndSeedsDiffer()
+    public void DrawKeyUniformsAreUniform()
     {
-        var l = Logits(300, 1);
-        var p = new SamplingParams { Temperature = 1.0, Seed = 42 };
-        var a = new Sampler(p);
-        var b = new Sampler(p);
-        var seqA = Enumerable.Range(0, 50).Select(_ => a.Sample(l).Token).ToArray();
-        var seqB = Enumerable.Range(0, 50).Select(_ => b.Sample(l).Token).ToArray();
-        Assert.Equal(seqA, seqB);
-        var c = new Sampler(p with { Seed = 43 });
-        Assert.NotEqual(seqA, Enumerable.Range(0, 50).Select(_ => c.Sample(l).Token).ToArray());
+        var u = Enumerable.Range(0, 20000).Select(i => new DrawKey(7, 0, i).Uniform()).ToArray();
+        Assert.All(u, x => Assert.InRange(x, 0.0, 1.0 - 1e-12));
+        Assert.InRange(u.Average(), 0.49, 0.51);
+        Assert.InRange(u.Count(x => x < 0.1) / 20000.0, 0.09, 0.11);
     }
 
     [Fact]
@@ -75,20 +87,17 @@ public class LatentCacheAndSamplerTests
     {
         var l = Logits(200, 2);
         var order = Enumerable.Range(0, 200).OrderByDescending(i => l[i]).ToArray();
-        var topK = new Sampler(new SamplingParams { Temperature = 1.5, TopK = 3, Seed = 1 });
-        var seen = Enumerable.Range(0, 400).Select(_ => topK.Sample(l).Token).ToHashSet();
+        var seen = Draws(l, new SamplingParams { Temperature = 1.5, TopK = 3 }, 1, 0, 400).ToHashSet();
         Assert.Subset(order.Take(3).ToHashSet(), seen);
         Assert.Equal(3, seen.Count);
-        var tiny = new Sampler(new SamplingParams { Temperature = 1, TopP = 1e-6, Seed = 1 });
-        Assert.All(Enumerable.Range(0, 50), _ => Assert.Equal(order[0], tiny.Sample(l).Token));
+        Assert.All(Draws(l, new SamplingParams { Temperature = 1, TopP = 1e-6 }, 1, 0, 50), t => Assert.Equal(order[0], t));
     }
 
     [Fact]
     public void SamplingFollowsTheSoftmaxDistribution()
     {
         var l = new float[] { 0, (float)Math.Log(3) };   // probabilities 1/4, 3/4
-        var s = new Sampler(new SamplingParams { Temperature = 1, Seed = 7 });
-        int ones = Enumerable.Range(0, 20000).Count(_ => s.Sample(l).Token == 1);
+        int ones = Draws(l, new SamplingParams { Temperature = 1 }, 7, 0, 20000).Count(t => t == 1);
         Assert.InRange(ones / 20000.0, 0.735, 0.765);
     }
 
@@ -96,7 +105,7 @@ public class LatentCacheAndSamplerTests
     public void LogprobsAreLogSoftmaxOfRawLogits()
     {
         var l = new float[] { 1, 2, 3 };
-        var r = new Sampler(new SamplingParams { Temperature = 0, Logprobs = 2 }).Sample(l);
+        var r = Sampler.Sample(l, new SamplingParams { Temperature = 0, Logprobs = 2 }, default);
         double z = Math.Log(Math.Exp(1) + Math.Exp(2) + Math.Exp(3));
         Assert.Equal(2, r.Token);
         Assert.Equal(3 - z, r.Logprob, 9);
@@ -105,5 +114,8 @@ public class LatentCacheAndSamplerTests
         Assert.Equal(3 - z, r.Top[0].Logprob, 9);
         Assert.Equal(1, r.Top[1].Id);
         Assert.Equal(2 - z, r.Top[1].Logprob, 9);
+        var scored = Sampler.Score(l, 0, 1);
+        Assert.Equal(1 - z, scored.Logprob, 9);
+        Assert.Equal(2, scored.Top.Single().Id);
     }
 }

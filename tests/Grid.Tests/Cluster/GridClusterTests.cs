@@ -15,15 +15,17 @@ public abstract class GridClusterTestsBase<TCluster>(TCluster cluster) where TCl
     {
         var tokens = new List<int>();
         var top = new List<(int, double)[]>();
-        var logits = (await executor.StepAsync([new StepChunk(seqId, prompt)], CancellationToken.None))[0];
+        // The shard samples (greedy) and returns the top-5 logprobs: no logit rows cross the wire.
+        var greedy = new TokenSampling(SamplingParams.Greedy with { Logprobs = 5 }, default);
+        var next = (await executor.StepAsync([new StepChunk(seqId, 0, prompt) { Sample = greedy }], CancellationToken.None))[0].Next!;
         for (int i = 0; i < steps; i++)
         {
-            int next = Sampler.Argmax(logits);
-            tokens.Add(next);
-            top.Add(Sampler.TopLogprobs(logits, 5, Sampler.LogSumExp(logits)));
-            if (i + 1 < steps) logits = (await executor.StepAsync([new StepChunk(seqId, [next])], CancellationToken.None))[0];
+            tokens.Add(next.Token);
+            top.Add(next.Top);
+            if (i + 1 < steps)
+                next = (await executor.StepAsync([new StepChunk(seqId, prompt.Length + i, [next.Token]) { Sample = greedy }], CancellationToken.None))[0].Next!;
         }
-        await executor.ReleaseAsync(seqId, CancellationToken.None);
+        await executor.ReleaseAsync([seqId], CancellationToken.None);
         return (tokens.ToArray(), top.ToArray());
     }
 
@@ -87,11 +89,13 @@ public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<Fu
         var prompt = Golden.Load("full_f32", "long").PromptIds;
         var ids = Enumerable.Range(0, n).Select(i => firstId + i).ToArray();
         // Prefill sequences of different lengths in one step, then count one decode step.
-        var prefill = await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, prompt[..(3 + 37 * i % 190)])).ToList(), CancellationToken.None);
+        var greedy = new TokenSampling(SamplingParams.Greedy, default);
+        int Length(int i) => 3 + 37 * i % 190;
+        var prefill = await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, 0, prompt[..Length(i)]) { Sample = greedy }).ToList(), CancellationToken.None);
         long before = GridTestCluster.Calls.Values.Sum();
-        await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, [Sampler.Argmax(prefill[i])])).ToList(), CancellationToken.None);
+        await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, Length(i), [prefill[i].Next!.Token]) { Sample = greedy }).ToList(), CancellationToken.None);
         long calls = GridTestCluster.Calls.Values.Sum() - before;
-        foreach (var id in ids) await Grid.Executor.ReleaseAsync(id, CancellationToken.None);
+        await Grid.Executor.ReleaseAsync(ids, CancellationToken.None);
         return calls;
     }
 

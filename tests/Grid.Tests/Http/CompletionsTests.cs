@@ -147,7 +147,7 @@ public sealed class CompletionsTests(LiteServer lite)
     }
 
     [Fact]
-    public async Task SeededSamplingIsReproducibleAndNChoicesEachMatchTheirOwnSeed()
+    public async Task SeededSamplingIsReproducibleAndChoiceIDrawsFromSeedChoiceAndIndex()
     {
         var prompt = Golden.Load("lite_f32", "text").PromptIds;
         var body = Body(prompt, 12, ("temperature", 0.9), ("top_p", 0.95), ("top_k", 50), ("seed", 1234), ("n", 3), ("ignore_eos", true),
@@ -177,7 +177,7 @@ public sealed class CompletionsTests(LiteServer lite)
             var choice = a["choices"]!.AsArray().Single(c => c!["index"]!.GetValue<int>() == i)!;
             var ids = choice["logprobs"]!["tokens"]!.AsArray().Select(Json.TokenId).ToArray();
             var offline = await Offline.GenerateAsync("lite_f32", prompt, 12,
-                new SamplingParams { Temperature = 0.9, TopP = 0.95, TopK = 50, Seed = 1234 + i }, 0);
+                new SamplingParams { Temperature = 0.9, TopP = 0.95, TopK = 50, Seed = 1234 }, 0, choice: i);
             Assert.Equal(offline.Select(t => t.Token), ids);
             distinct.Add(string.Join(",", ids));
         }

@@ -161,12 +161,13 @@ public static class Offline
     }
 
     /// <summary>The sampled tokens (with top-<paramref name="logprobs"/>) for one prompt, alone.</summary>
-    public static async Task<List<SampledToken>> GenerateAsync(string checkpoint, int[] prompt, int maxTokens, SamplingParams? sampling = null, int logprobs = 5, int[]? stopIds = null)
+    public static async Task<List<SampledToken>> GenerateAsync(string checkpoint, int[] prompt, int maxTokens, SamplingParams? sampling = null, int logprobs = 5, int[]? stopIds = null, int choice = 0)
     {
         var executor = await ExecutorAsync(checkpoint);
-        await using var scheduler = new Scheduler(executor, new SchedulerOptions(), NullLogger<Scheduler>.Instance, GridServerFixture.ContextLength);
+        await using var scheduler = new EngineLoop(executor, new SchedulerOptions(), NullLogger<EngineLoop>.Instance, GridServerFixture.ContextLength);
         var request = new GenerationRequest
         {
+            Choice = choice,
             PromptIds = prompt,
             MaxTokens = maxTokens,
             Sampling = (sampling ?? SamplingParams.Greedy) with { Logprobs = logprobs },

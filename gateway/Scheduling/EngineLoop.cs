@@ -1,0 +1,247 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
+using Microsoft.Extensions.Logging;
+
+namespace Grid.Gateway.Scheduling;
+
+/// <summary>
+/// Continuous batching, the doing half: one loop asks the <see cref="Planner"/> for each step, executes it on the
+/// <see cref="IStepExecutor"/> (which samples on the attention shards) and applies the results: tokens and logprobs
+/// are streamed to their requests, finished and cancelled sequences leave and free their caches, preempted ones
+/// wait to be recomputed. Waiting requests join between steps while their shard has latent-cache room.
+/// </summary>
+public sealed class EngineLoop : IAsyncDisposable
+{
+    /// <summary>A request in flight: the planner's view plus what the engine needs to answer it.</summary>
+    sealed class Sequence(long id, GenerationRequest request, long seed, Channel<GenerationEvent> events, CancellationToken cancel)
+        : SequenceState(id, request.PromptIds)
+    {
+        public readonly GenerationRequest Request = request;
+        public readonly long Seed = seed;
+        public readonly Channel<GenerationEvent> Events = events;
+        public readonly CancellationToken Cancel = cancel;
+        public readonly List<SampledToken?> PromptLogprobs = new();
+        /// <summary>The shard may hold a cache for it (it took part in a step since it was last released).</summary>
+        public bool InCache;
+    }
+
+    readonly IStepExecutor _executor;
+    readonly SchedulerOptions _options;
+    readonly Planner _planner;
+    readonly ILogger _logger;
+    readonly Channel<Sequence> _incoming = Channel.CreateUnbounded<Sequence>();
+    readonly List<Sequence> _running = new();
+    readonly List<Sequence> _waiting = new();
+    readonly CancellationTokenSource _stop = new();
+    readonly Task _loop;
+    readonly Queue<StepRecord> _recentSteps = new();
+    ShardBudget[]? _budgets;
+    long _nextId;
+    long _steps;
+
+    public int ContextLength { get; }
+    public int RunningCount { get; private set; }
+    public int WaitingCount { get; private set; }
+    /// <summary>Sequences preempted so far (their caches released, recomputed later).</summary>
+    public long Preemptions { get; private set; }
+    public event Action<StepRecord>? StepCompleted;
+    /// <summary>After a sequence left the running batch and its latent cache was released (finished, stopped or cancelled).</summary>
+    public event Action<long>? SequenceReleased;
+
+    public EngineLoop(IStepExecutor executor, SchedulerOptions options, ILogger<EngineLoop> logger, int contextLength)
+    {
+        _executor = executor;
+        _options = options;
+        _planner = new Planner(options);
+        _logger = logger;
+        ContextLength = contextLength;
+        _loop = Task.Run(RunAsync);
+    }
+
+    /// <summary>The last steps (up to 1000), oldest first.</summary>
+    public StepRecord[] RecentSteps() { lock (_recentSteps) return _recentSteps.ToArray(); }
+
+    /// <summary>Queues a request; events stream until a <see cref="FinishedEvent"/>. Cancelling frees its cache.</summary>
+    public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
+    {
+        if (request.PromptIds.Length == 0) throw new ArgumentException("the prompt is empty");
+        if (request.MaxTokens < 1) throw new ArgumentException("max_tokens must be at least 1");
+        var events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        // Without a seed the request gets one now: every draw is then a function of the gateway's own state.
+        long seed = request.Sampling.Seed ?? Random.Shared.NextInt64();
+        var seq = new Sequence(Interlocked.Increment(ref _nextId), request, seed, events, cancellationToken)
+        {
+            ScorePrompt = request.PromptLogprobs,
+            ScoreTop = request.Sampling.Logprobs,
+        };
+        if (!_incoming.Writer.TryWrite(seq)) throw new ObjectDisposedException(nameof(EngineLoop));
+        return events.Reader;
+    }
+
+    async Task RunAsync()
+    {
+        var ct = _stop.Token;
+        while (!ct.IsCancellationRequested)
+        {
+            while (_incoming.Reader.TryRead(out var s)) _waiting.Add(s);
+            await DropCancelledAsync();
+            RunningCount = _running.Count;
+            WaitingCount = _waiting.Count;
+            if (_running.Count == 0 && _waiting.Count == 0)
+            {
+                try { if (!await _incoming.Reader.WaitToReadAsync(ct)) return; }
+                catch (OperationCanceledException) { return; }
+                continue;
+            }
+            try
+            {
+                _budgets ??= await _executor.GetBudgetsAsync(ct);
+                var plan = _planner.Plan(_running, _waiting, _budgets);
+                await ApplyAdmissionsAsync(plan);
+                if (plan.Chunks.Count > 0) await StepAsync(plan, ct);
+                else if (plan.Admitted.Count == 0 && plan.Refused.Count == 0 && plan.Preempted.Count == 0)
+                {
+                    // Nothing can run until something changes (a cancel, or a new request): wait for it.
+                    try { await _incoming.Reader.WaitToReadAsync(ct).AsTask().WaitAsync(TimeSpan.FromMilliseconds(50), ct); }
+                    catch (TimeoutException) { }
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+            catch (Exception e)
+            {
+                // A failed step fails the sequences in it, never the loop.
+                _logger.LogError(e, "step failed; failing {Count} sequences", _running.Count);
+                foreach (var s in _running.ToArray()) await FinishAsync(s, "error", e);
+            }
+        }
+    }
+
+    async Task DropCancelledAsync()
+    {
+        foreach (var s in _running.Where(s => s.Cancel.IsCancellationRequested).ToArray())
+            await FinishAsync(s, "cancelled", null);
+        foreach (var s in _waiting.Where(s => s.Cancel.IsCancellationRequested).ToArray())
+        {
+            _waiting.Remove(s);
+            if (s.InCache) await ReleaseAsync([s]);
+            s.Events.Writer.TryComplete();
+        }
+    }
+
+    /// <summary>Moves the plan's admissions, preemptions and refusals between the queues before the step runs.</summary>
+    async Task ApplyAdmissionsAsync(StepPlan plan)
+    {
+        foreach (var s in plan.Refused.Cast<Sequence>())
+        {
+            var error = new InvalidOperationException(
+                $"sequence {s.Id} needs more latent cache ({s.Tokens.Count + 1} tokens) than an attention shard holds");
+            if (_running.Contains(s)) await FinishAsync(s, "error", error);
+            else { _waiting.Remove(s); s.Events.Writer.TryComplete(error); }
+        }
+        if (plan.Preempted.Count > 0)
+        {
+            var victims = plan.Preempted.Cast<Sequence>().ToList();
+            await ReleaseAsync(victims);
+            foreach (var s in victims)
+            {
+                _running.Remove(s);
+                s.Computed = 0;
+                s.Shard = -1;
+                if (s.ScorePrompt) s.PromptLogprobs.Clear();
+            }
+            _waiting.InsertRange(0, victims.OrderBy(s => s.Id));
+            Preemptions += victims.Count;
+            _logger.LogInformation("preempted {Count} sequences for latent-cache room (recomputed when room returns)", victims.Count);
+        }
+        foreach (var s in plan.Admitted.Cast<Sequence>())
+        {
+            _waiting.Remove(s);
+            _running.Add(s);
+        }
+    }
+
+    async Task StepAsync(StepPlan plan, CancellationToken ct)
+    {
+        var chunks = plan.Chunks.Select(c =>
+        {
+            var s = (Sequence)c.Sequence;
+            s.InCache = true;
+            return Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
+        }).ToList();
+        var sw = Stopwatch.StartNew();
+        var results = await _executor.StepAsync(chunks, ct);
+        int decode = plan.Chunks.Count(c => c.Count == 1 && c.Sample);
+        var record = new StepRecord(++_steps, decode, plan.Chunks.Count - decode,
+            plan.Chunks.Where(c => !(c.Count == 1 && c.Sample)).Sum(c => c.Count), sw.Elapsed.TotalMilliseconds,
+            plan.Chunks.Select(c => c.Sequence.Id).ToArray());
+        lock (_recentSteps)
+        {
+            _recentSteps.Enqueue(record);
+            while (_recentSteps.Count > 1000) _recentSteps.Dequeue();
+        }
+        _logger.Log(_options.LogSteps ? LogLevel.Information : LogLevel.Debug,
+            "step {Step}: {Decode} decode + {Prefill} prefill sequences ({PrefillTokens} prefill tokens) in {Ms:F1} ms",
+            record.Step, record.DecodeSequences, record.PrefillSequences, record.PrefillTokens, record.Milliseconds);
+        StepCompleted?.Invoke(record);
+
+        for (int i = 0; i < plan.Chunks.Count; i++)
+            await ApplyAsync((Sequence)plan.Chunks[i].Sequence, plan.Chunks[i], results[i]);
+    }
+
+    async Task ApplyAsync(Sequence s, PlannedChunk chunk, ChunkResult result)
+    {
+        s.Computed += chunk.Count;
+        if (chunk.ScoreNext is not null)
+        {
+            if (chunk.Start == 0) s.PromptLogprobs.Add(null);   // the first prompt token has no logprob
+            s.PromptLogprobs.AddRange(result.Scored);
+        }
+        if (!chunk.Sample) return;
+        if (s.Cancel.IsCancellationRequested) { await FinishAsync(s, "cancelled", null); return; }
+        if (s.ScorePrompt)
+        {
+            s.Events.Writer.TryWrite(new PromptLogprobsEvent(s.PromptLogprobs.ToArray()));
+            s.ScorePrompt = false;
+        }
+        var token = result.Next ?? throw new InvalidOperationException($"sequence {s.Id}: the step returned no token");
+        s.Tokens.Add(token.Token);
+        s.Events.Writer.TryWrite(new TokenEvent(token));
+        if (s.Request.StopTokenIds.Contains(token.Token)) await FinishAsync(s, "stop", null);
+        else if (s.Generated >= s.Request.MaxTokens || s.Tokens.Count >= ContextLength) await FinishAsync(s, "length", null);
+    }
+
+    async Task ReleaseAsync(IReadOnlyList<Sequence> sequences)
+    {
+        var held = sequences.Where(s => s.InCache).ToList();
+        if (held.Count == 0) return;
+        try { await _executor.ReleaseAsync(held.Select(s => s.Id).ToArray(), CancellationToken.None); }
+        catch (Exception e) { _logger.LogWarning(e, "releasing sequences {Ids} failed", held.Select(s => s.Id)); }
+        foreach (var s in held)
+        {
+            s.InCache = false;
+            SequenceReleased?.Invoke(s.Id);
+        }
+    }
+
+    async Task FinishAsync(Sequence s, string reason, Exception? error)
+    {
+        _running.Remove(s);
+        await ReleaseAsync([s]);
+        if (error is not null) s.Events.Writer.TryComplete(error);
+        else
+        {
+            if (reason != "cancelled") s.Events.Writer.TryWrite(new FinishedEvent(reason, s.Prompt.Length, s.Generated));
+            s.Events.Writer.TryComplete();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _incoming.Writer.TryComplete();
+        _stop.Cancel();
+        try { await _loop; } catch (OperationCanceledException) { }
+        foreach (var s in _running.Concat(_waiting)) s.Events.Writer.TryComplete(new ObjectDisposedException(nameof(EngineLoop)));
+    }
+}

@@ -1,0 +1,56 @@
+using Grid.Grains.Contracts;
+using Grid.ModelCore.Runtime;
+using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
+using static TorchSharp.torch;
+
+namespace Grid.Grains;
+
+/// <summary>Between the wire contract (no TorchSharp) and model-core: tensors, chunks and sampled tokens.</summary>
+public static class TensorPayloads
+{
+    public static TensorPayload ToPayload(this Tensor t) =>
+        new((int)t.shape[0], (int)t.shape[1], ToPayloadDtype(t.dtype), TensorBytes.ToBytes(t));
+
+    public static Tensor ToTensor(this TensorPayload p) => TensorBytes.FromBytes(p.Data, ToScalarType(p.Dtype), p.Rows, p.Cols);
+
+    public static PayloadDtype ToPayloadDtype(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float32 => PayloadDtype.Float32,
+        ScalarType.BFloat16 => PayloadDtype.BFloat16,
+        ScalarType.Float16 => PayloadDtype.Float16,
+        _ => throw new NotSupportedException($"no wire form for {dtype}"),
+    };
+
+    public static ScalarType ToScalarType(PayloadDtype dtype) => dtype switch
+    {
+        PayloadDtype.Float32 => ScalarType.Float32,
+        PayloadDtype.BFloat16 => ScalarType.BFloat16,
+        PayloadDtype.Float16 => ScalarType.Float16,
+        _ => throw new NotSupportedException($"payload dtype {dtype}"),
+    };
+
+    public static ChunkInput ToInput(this StepChunk c) => new(c.SequenceId, c.Position, c.Tokens,
+        c.Sample is { } s ? new SamplingSpec(s.Params.Temperature, s.Params.TopP, s.Params.TopK, s.Params.Logprobs, s.Key.Seed, s.Key.Choice, s.Key.Index) : null,
+        c.ScoreNext, c.ScoreTop);
+
+    public static StepChunk ToChunk(this ChunkInput c) => new(c.SequenceId, c.Position, c.Tokens)
+    {
+        Sample = c.Sample is { } s
+            ? new TokenSampling(new SamplingParams { Temperature = s.Temperature, TopP = s.TopP, TopK = s.TopK, Logprobs = s.Logprobs, Seed = s.Seed },
+                new DrawKey(s.Seed, s.Choice, s.Index))
+            : null,
+        ScoreNext = c.ScoreNext,
+        ScoreTop = c.ScoreTop,
+    };
+
+    public static ChunkOutput ToOutput(this ChunkResult r) => new(r.Next?.ToWire(), r.Scored.Select(ToWire).ToArray());
+
+    public static ChunkResult ToResult(this ChunkOutput o) => new(o.Next?.ToToken(), o.Scored.Select(ToToken).ToArray());
+
+    static TokenLogprobs ToWire(this SampledToken t) =>
+        new(t.Token, t.Logprob, t.Top.Select(x => x.Id).ToArray(), t.Top.Select(x => x.Logprob).ToArray());
+
+    static SampledToken ToToken(this TokenLogprobs t) =>
+        new(t.Token, t.Logprob, t.TopIds.Zip(t.TopLogprobs, (id, lp) => (id, lp)).ToArray());
+}
