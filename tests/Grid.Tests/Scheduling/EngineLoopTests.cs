@@ -1,0 +1,177 @@
+using Grid.Gateway.Scheduling;
+using Grid.ModelCore.Config;
+using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
+using Microsoft.Extensions.Logging.Abstractions;
+using Xunit;
+
+namespace Grid.Tests.Scheduling;
+
+/// <summary>
+/// A fake shard: keeps each sequence's tokens as its "cache", refuses chunks that do not continue it exactly (as
+/// the real shard does), and "samples" a token that is a pure function of the sequence's tokens and the draw key,
+/// so any recompute must reproduce the same output.
+/// </summary>
+sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
+{
+    public readonly Dictionary<long, List<int>> Caches = new();
+    public readonly List<IReadOnlyList<StepChunk>> Steps = new();
+    public readonly List<long> Released = new();
+    readonly object _lock = new();
+
+    public ModelConfig Config => throw new NotSupportedException();
+
+    public static int NextToken(IReadOnlyList<int> tokens, DrawKey key) =>
+        (int)((tokens.Aggregate(17L, (h, t) => h * 31 + t) + key.Seed * 7 + key.Choice * 13 + key.Index) & 0x3FF) + 10;
+
+    public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            Steps.Add(chunks);
+            int used = Caches.Values.Sum(c => (c.Count + blockSize - 1) / blockSize);
+            var results = new ChunkResult[chunks.Count];
+            for (int i = 0; i < chunks.Count; i++)
+            {
+                var c = chunks[i];
+                c.Validate();
+                if (!Caches.TryGetValue(c.SequenceId, out var cache)) Caches[c.SequenceId] = cache = new();
+                if (cache.Count != c.Position) throw new InvalidOperationException($"sequence {c.SequenceId}: position {c.Position}, cache {cache.Count}");
+                used += (cache.Count + c.Tokens.Length + blockSize - 1) / blockSize - (cache.Count + blockSize - 1) / blockSize;
+                var scored = (c.ScoreNext ?? []).Select((t, r) => new SampledToken(t, -1.0 - (c.Position + r), [])).ToArray();
+                cache.AddRange(c.Tokens);
+                var next = c.Sample is { } s ? new SampledToken(NextToken(cache, s.Key), -0.5, []) : null;
+                results[i] = new ChunkResult(next, scored);
+            }
+            if (used > totalBlocks) throw new InvalidOperationException($"latent cache over budget: {used} > {totalBlocks} blocks");
+            return Task.FromResult(results);
+        }
+    }
+
+    public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+            foreach (var id in sequenceIds)
+            {
+                Caches.Remove(id);
+                Released.Add(id);
+            }
+        return Task.CompletedTask;
+    }
+
+    public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => Task.FromResult(default(CacheStats));
+
+    public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) =>
+        Task.FromResult(new[] { new ShardBudget(0, blockSize, totalBlocks, 0) });
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}
+
+/// <summary>The engine loop over the fake executor: it executes plans and applies their results.</summary>
+public sealed class EngineLoopTests
+{
+    static EngineLoop Loop(FakeExecutor executor, int chunk = 256, int maxBatched = 512) =>
+        new(executor, new SchedulerOptions { PrefillChunkTokens = chunk, MaxBatchedTokens = maxBatched }, NullLogger<EngineLoop>.Instance, contextLength: 1 << 20);
+
+    static GenerationRequest Request(int[] prompt, int maxTokens, long seed = 5, int choice = 0, bool promptLogprobs = false) => new()
+    {
+        PromptIds = prompt,
+        MaxTokens = maxTokens,
+        Sampling = new SamplingParams { Temperature = 1, Seed = seed },
+        Choice = choice,
+        PromptLogprobs = promptLogprobs,
+    };
+
+    static async Task<List<GenerationEvent>> DrainAsync(EngineLoop loop, GenerationRequest request, CancellationToken ct = default)
+    {
+        var events = new List<GenerationEvent>();
+        await foreach (var e in loop.Submit(request, ct).ReadAllAsync(CancellationToken.None)) events.Add(e);
+        return events;
+    }
+
+    static int[] Tokens(IEnumerable<GenerationEvent> events) => events.OfType<TokenEvent>().Select(t => t.Token.Token).ToArray();
+
+    /// <summary>What the fake generates for a request alone: the reference every batching and preemption must reproduce.</summary>
+    static int[] Expected(GenerationRequest r, long seed)
+    {
+        var tokens = r.PromptIds.ToList();
+        for (int i = 0; i < r.MaxTokens; i++) tokens.Add(FakeExecutor.NextToken(tokens, new DrawKey(seed, r.Choice, i)));
+        return tokens.Skip(r.PromptIds.Length).ToArray();
+    }
+
+    [Fact]
+    public async Task PromptLogprobsArriveOnceWithANullFirstRowAcrossChunks()
+    {
+        await using var loop = Loop(new FakeExecutor(4, 100), chunk: 3);
+        var prompt = new[] { 11, 12, 13, 14, 15, 16, 17 };
+        var events = await DrainAsync(loop, Request(prompt, 2, promptLogprobs: true));
+        var rows = Assert.Single(events.OfType<PromptLogprobsEvent>()).Tokens;
+        Assert.Equal(prompt.Length, rows.Length);
+        Assert.Null(rows[0]);
+        Assert.Equal(prompt[1..], rows[1..].Select(r => r!.Token));
+        Assert.Equal(Enumerable.Range(0, 6).Select(p => -1.0 - p), rows[1..].Select(r => r!.Logprob));
+        Assert.IsType<PromptLogprobsEvent>(events[0]);
+        Assert.Equal(new FinishedEvent("length", 7, 2), events[^1]);
+    }
+
+    [Fact]
+    public async Task CancellingFreesTheCacheAndAdmitsWhatWasWaitingForIt()
+    {
+        // Room for one 30-token sequence at a time (8 blocks of 4 tokens).
+        var executor = new FakeExecutor(4, 8);
+        await using var loop = Loop(executor);
+        using var cancel = new CancellationTokenSource();
+        var endless = loop.Submit(Request(Enumerable.Range(20, 24).ToArray(), int.MaxValue / 2), cancel.Token);
+        Assert.True(await endless.WaitToReadAsync());              // it runs: the first token is out
+        var second = DrainAsync(loop, Request(Enumerable.Range(60, 24).ToArray(), 3));
+        Assert.False(second.IsCompleted);
+        cancel.Cancel();
+        var seen = new List<GenerationEvent>();
+        await foreach (var e in endless.ReadAllAsync()) seen.Add(e);
+        Assert.DoesNotContain(seen, e => e is FinishedEvent);      // cancelled: no finish event
+        Assert.Contains(1L, executor.Released);
+        var events = await second;                                 // admitted once the first's blocks came back
+        Assert.Equal(new FinishedEvent("length", 24, 3), events[^1]);
+    }
+
+    [Fact]
+    public async Task PreemptedSequencesAreRecomputedAndProduceTheSameTokens()
+    {
+        // 6 blocks of 4 tokens; three requests of 4 + 12 tokens (4 blocks each at the end) cannot all stay resident.
+        var executor = new FakeExecutor(4, 6);
+        await using var loop = Loop(executor);
+        var requests = Enumerable.Range(0, 3).Select(i => Request([1 + i, 2, 3, 4], 12, seed: 100 + i)).ToArray();
+        var runs = await Task.WhenAll(requests.Select(r => DrainAsync(loop, r)));
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(Expected(requests[i], 100 + i), Tokens(runs[i]));
+            Assert.Equal(new FinishedEvent("length", 4, 12), runs[i][^1]);
+        }
+        Assert.True(loop.Preemptions > 0, "the budget forces preemption");
+        Assert.Empty(executor.Caches);                             // every cache released at the end
+    }
+
+    [Fact]
+    public async Task SeededOutputDoesNotDependOnBatchOrChunking()
+    {
+        var request = Request(Enumerable.Range(30, 20).ToArray(), 10, seed: 9, choice: 2);
+        var alone = Tokens(await DrainAsync(Loop(new FakeExecutor(4, 1000)), request));
+        Assert.Equal(Expected(request, 9), alone);
+        await using var chunked = Loop(new FakeExecutor(4, 1000), chunk: 3, maxBatched: 5);
+        var others = Enumerable.Range(0, 31).Select(i => DrainAsync(chunked, Request([i + 1, 5, 6], 10, seed: i))).ToList();
+        Assert.Equal(alone, Tokens(await DrainAsync(chunked, request)));
+        await Task.WhenAll(others);
+    }
+
+    [Fact]
+    public async Task AStepThatFailsFailsItsSequencesAndTheLoopGoesOn()
+    {
+        var executor = new FakeExecutor(4, 100);
+        await using var loop = Loop(executor);
+        executor.Caches[1] = [99];   // the shard holds a stale cache under the id the next request gets: the step is refused
+        var failed = loop.Submit(Request([1, 2, 3], 4), CancellationToken.None);
+        await Assert.ThrowsAsync<InvalidOperationException>(async () => { await foreach (var _ in failed.ReadAllAsync()) { } });
+        var events = await DrainAsync(loop, Request([1, 2, 3], 4));
+        Assert.Equal(new FinishedEvent("length", 3, 4), events[^1]);
+    }
+}
