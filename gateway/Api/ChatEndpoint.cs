@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grid.Gateway.Scheduling;
+using Grid.ChatTemplates;
 using Grid.ModelCore.Tokenization;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
