@@ -4,33 +4,8 @@ using System.Text.Json.Nodes;
 using System.Threading.Channels;
 using Grid.Gateway.Hosting;
 using Grid.Gateway.Scheduling;
-using Grid.ModelCore.Sampling;
-using Grid.ModelCore.Tokenization;
 
 namespace Grid.Gateway.Api;
-
-/// <summary>One choice of a request: its prompt, its sequence in the scheduler and what it produced so far.</summary>
-public sealed class ChoiceRun(int index, int[] promptIds, GenerationRequest request, CompletionBuilder builder, bool echo, CancellationToken requestAborted) : IDisposable
-{
-    public int Index { get; } = index;
-    public int[] PromptIds { get; } = promptIds;
-    public GenerationRequest Request { get; } = request;
-    public CompletionBuilder Builder { get; } = builder;
-    public bool Echo { get; } = echo;
-    /// <summary>Cancels this choice's sequence: on a stop string, or when the client goes away (linked).</summary>
-    public CancellationTokenSource Cancel { get; } = CancellationTokenSource.CreateLinkedTokenSource(requestAborted);
-    /// <summary>Legacy logprobs text offset of the next token (streaming fragments).</summary>
-    public int TextOffset { get; set; }
-    public bool Finished { get; set; }
-    public void Dispose() => Cancel.Dispose();
-}
-
-public abstract record ChoiceUpdate(ChoiceRun Choice);
-/// <summary>Echo: the prompt's text, with its legacy logprobs when asked.</summary>
-public sealed record EchoUpdate(ChoiceRun Choice, string Text, JsonObject? Logprobs) : ChoiceUpdate(Choice);
-/// <summary>A generated token: the text it completed (may be empty) and its logprobs in the form asked.</summary>
-public sealed record TokenUpdate(ChoiceRun Choice, string Delta, SampledToken Token, JsonObject? LegacyLogprobs, JsonObject? ChatLogprobs) : ChoiceUpdate(Choice);
-public sealed record FinishUpdate(ChoiceRun Choice, string Delta, string Reason) : ChoiceUpdate(Choice);
 
 /// <summary>
 /// Runs a request's choices through the scheduler and merges their events into one ordered stream of updates.

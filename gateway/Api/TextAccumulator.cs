@@ -13,7 +13,6 @@ public sealed class TextAccumulator(GridTokenizer tokenizer, IReadOnlyList<strin
 
     public bool Stopped { get; private set; }
     public string Text => _emitted;
-    public IReadOnlyList<int> Ids => _ids;
 
     /// <summary>Adds a token; returns the newly final text (may be empty).</summary>
     public string Add(int id)

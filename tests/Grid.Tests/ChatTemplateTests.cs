@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Grid.ModelCore.Tokenization;
+using Grid.ChatTemplates;
 using Xunit;
 
 namespace Grid.Tests;

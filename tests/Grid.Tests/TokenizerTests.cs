@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Grid.ChatTemplates;
 using Grid.ModelCore.Tokenization;
 using Xunit;
 

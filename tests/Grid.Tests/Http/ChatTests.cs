@@ -96,7 +96,7 @@ public sealed class LiteChatTests(LiteServer lite) : ChatGoldenTests(lite)
     [Fact]
     public async Task TemplatedPromptMatchesTheTokenizerAndOfflineOutputWithSystemAndHistory()
     {
-        var messages = new List<Grid.ModelCore.Tokenization.ChatMessage>
+        var messages = new List<Grid.ChatTemplates.ChatMessage>
         {
             new("system", "Be brief."), new("user", "Hi"), new("assistant", "Hello"), new("user", Question),
         };

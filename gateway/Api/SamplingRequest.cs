@@ -4,11 +4,16 @@ using Grid.ModelCore.Sampling;
 
 namespace Grid.Gateway.Api;
 
-/// <summary>The fields that /v1/completions and /v1/chat/completions share, parsed and range-checked.</summary>
-public sealed record RequestFields
+/// <summary>
+/// The part of a request that /v1/completions and /v1/chat/completions share, parsed and range-checked: the model
+/// name, the sampling settings, stops, <c>n</c>, streaming, and how tokens are rendered.
+/// </summary>
+public sealed record SamplingRequest
 {
     public required string Model { get; init; }
+    /// <summary><c>max_tokens</c> as asked (null: the endpoint's default); see <see cref="ResolveMaxTokens"/>.</summary>
     public int? MaxTokens { get; init; }
+    /// <summary>The field <see cref="MaxTokens"/> came from (chat also takes <c>max_completion_tokens</c>), for errors.</summary>
     public string MaxTokensParam { get; init; } = "max_tokens";
     public double Temperature { get; init; } = 1.0;
     public double TopP { get; init; } = 1.0;
@@ -25,7 +30,7 @@ public sealed record RequestFields
     public const int MaxStops = 16;
 
     /// <summary>Parses the shared fields; <paramref name="logprobs"/> (the endpoint's own top-N) takes part in the range checks.</summary>
-    public static RequestFields Parse(JsonElement body, ServingEngine engine, HttpOptions http, bool chat, int? logprobs)
+    public static SamplingRequest Parse(JsonElement body, ServingEngine engine, HttpOptions http, bool chat, int? logprobs)
     {
         var model = body.OptString("model");
         if (model is not null && model != engine.ModelName)
@@ -48,7 +53,7 @@ public sealed record RequestFields
 
         var seed = body.OptLong("seed");
         var stops = body.Stops("stop", MaxStops);
-        var stopIds = body.Field("stop_token_ids", out var ids) ? RequestParsing.TokenIds(ids, "stop_token_ids", engine.VocabSize) : [];
+        var stopIds = body.Field("stop_token_ids", out var ids) ? JsonFields.TokenIds(ids, "stop_token_ids", engine.VocabSize) : [];
         var ignoreEos = body.OptBool("ignore_eos") ?? false;
         var n = body.OptInt("n", int.MinValue, int.MaxValue) ?? 1;
         if (n < 1 || n > http.MaxChoices) throw ApiException.OutOfRange($"'n' must be between 1 and {http.MaxChoices}, got {n}", "n");
@@ -56,35 +61,35 @@ public sealed record RequestFields
         {
             var bestOf = body.OptInt("best_of", int.MinValue, int.MaxValue);
             if (bestOf < 1) throw ApiException.OutOfRange($"'best_of' must be at least 1, got {bestOf}", "best_of");
-            if (bestOf != n) throw Unsupported("best_of other than n", "best_of");
+            if (bestOf != n) throw ApiException.Unsupported("best_of other than n", "best_of");
         }
         foreach (var penalty in new[] { "presence_penalty", "frequency_penalty" })
         {
             var value = body.OptDouble(penalty);
             if (value is < -2 or > 2) throw ApiException.OutOfRange($"'{penalty}' must be between -2 and 2, got {value}", penalty);
-            if (value is not null and not 0) throw Unsupported($"a non-zero {penalty}", penalty);
+            if (value is not null and not 0) throw ApiException.Unsupported($"a non-zero {penalty}", penalty);
         }
         if (body.OptDouble("repetition_penalty") is { } rep)
         {
             if (rep <= 0) throw ApiException.OutOfRange($"'repetition_penalty' must be positive, got {rep}", "repetition_penalty");
-            if (rep != 1) throw Unsupported("a repetition_penalty other than 1", "repetition_penalty");
+            if (rep != 1) throw ApiException.Unsupported("a repetition_penalty other than 1", "repetition_penalty");
         }
         if (body.Field("logit_bias", out var bias))
         {
-            if (bias.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType("logit_bias", $"an object, got {RequestParsing.Kind(bias.ValueKind)}");
-            if (bias.EnumerateObject().Any()) throw Unsupported("logit_bias", "logit_bias");
+            if (bias.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType("logit_bias", $"an object, got {JsonFields.Kind(bias.ValueKind)}");
+            if (bias.EnumerateObject().Any()) throw ApiException.Unsupported("logit_bias", "logit_bias");
         }
         body.OptString("user");
         var stream = body.OptBool("stream") ?? false;
         bool includeUsage = false;
         if (body.Field("stream_options", out var so))
         {
-            if (so.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType("stream_options", $"an object, got {RequestParsing.Kind(so.ValueKind)}");
+            if (so.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType("stream_options", $"an object, got {JsonFields.Kind(so.ValueKind)}");
             if (!stream) throw ApiException.Invalid("'stream_options' is only allowed when 'stream' is true", "stream_options");
             includeUsage = so.OptBool("include_usage") ?? false;
         }
         var tokensAsIds = body.OptBool("return_tokens_as_token_ids") ?? false;
-        return new RequestFields
+        return new SamplingRequest
         {
             Model = engine.ModelName,
             MaxTokens = maxTokens,
@@ -103,11 +108,8 @@ public sealed record RequestFields
         };
     }
 
-    public static ApiException Unsupported(string what, string param) =>
-        new(400, $"{what} is not supported by this server", param, "unsupported_parameter");
-
-    /// <summary>Sampling settings of choice <paramref name="choice"/>; its draws depend on (seed, choice, token index), see GenerationRequest.Choice.</summary>
-    public SamplingParams Sampling(int choice, int logprobs) => new()
+    /// <summary>Sampling settings of every choice; a choice's draws depend on (seed, choice, token index), see <see cref="Grid.Gateway.Scheduling.GenerationRequest.Choice"/>.</summary>
+    public SamplingParams Params(int logprobs) => new()
     {
         Temperature = Temperature,
         TopP = TopP,

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 
-namespace Grid.ModelCore.Tokenization.Jinja;
+namespace Grid.ChatTemplates;
 
 /// <summary>Filters, tests, global functions and str/dict methods available to templates.</summary>
 internal static class ChatTemplateBuiltins

@@ -1,45 +1,14 @@
 using System.Text.Json;
-using Microsoft.AspNetCore.Http;
 
 namespace Grid.Gateway.Api;
 
-/// <summary>Reads a request body as JSON and its fields with precise OpenAI errors for every kind of bad input.</summary>
-public static class RequestParsing
+/// <summary>
+/// Typed reads of a request's JSON fields, with a precise OpenAI error (<c>invalid_type</c>, <c>out_of_range</c>)
+/// for every kind of bad input. An absent field and a null field both mean "default".
+/// </summary>
+public static class JsonFields
 {
-    static readonly JsonDocumentOptions DocumentOptions = new() { MaxDepth = 64, AllowDuplicateProperties = false };
-
-    /// <summary>The body as a JSON object; 413 over <paramref name="maxBytes"/>, 400 when it is not a JSON object.</summary>
-    public static async Task<JsonDocument> ReadObjectAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
-    {
-        if (request.ContentLength > maxBytes) throw TooLarge(maxBytes);
-        JsonDocument doc;
-        try
-        {
-            // Buffer first so that a body cut short by the size limit is told apart from malformed JSON.
-            using var buffer = new MemoryStream();
-            await request.Body.CopyToAsync(buffer, cancellationToken);
-            if (buffer.Length > maxBytes) throw TooLarge(maxBytes);
-            if (buffer.Length == 0) throw ApiException.Invalid("the request body is empty; send a JSON object", null, "invalid_json");
-            buffer.Position = 0;
-            doc = await JsonDocument.ParseAsync(buffer, DocumentOptions, cancellationToken);
-        }
-        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge) { throw TooLarge(maxBytes); }
-        catch (JsonException e)
-        {
-            throw ApiException.Invalid($"the request body is not valid JSON: {e.Message.Split('\n')[0]}", null, "invalid_json");
-        }
-        var kind = doc.RootElement.ValueKind;
-        if (kind != JsonValueKind.Object)
-        {
-            doc.Dispose();
-            throw ApiException.Invalid($"the request body must be a JSON object, got {Kind(kind)}", null, "invalid_json");
-        }
-        return doc;
-    }
-
-    static ApiException TooLarge(long maxBytes) =>
-        new(StatusCodes.Status413PayloadTooLarge, $"the request body is larger than {maxBytes} bytes", null, "request_too_large");
-
+    /// <summary>A JSON value's kind as error messages name it ("a string", "an array", ...).</summary>
     public static string Kind(JsonValueKind kind) => kind switch
     {
         JsonValueKind.Object => "an object",

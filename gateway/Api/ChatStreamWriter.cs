@@ -1,0 +1,60 @@
+using System.Text.Json.Nodes;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>
+/// A streamed <c>/v1/chat/completions</c> response (SSE): a first chunk per choice with <c>delta.role</c>, then
+/// <c>delta.content</c> chunks (with chat-form logprobs when asked), a chunk with <c>finish_reason</c>, the usage
+/// chunk when <c>stream_options.include_usage</c>, then <c>[DONE]</c>.
+/// </summary>
+public static class ChatStreamWriter
+{
+    public static async Task WriteAsync(ApiContext ctx, ChatRequest request, ChoiceSet choices, IAsyncEnumerable<ChoiceUpdate> updates)
+    {
+        var id = ChatRequest.IdPrefix + ctx.RequestId;
+        var created = OpenAiJson.Now();
+        var includeUsage = request.Sampling.IncludeUsage;
+        JsonObject Chunk(int index, JsonObject delta, JsonObject? logprobs, string? finish)
+        {
+            var chunk = new JsonObject
+            {
+                ["id"] = id,
+                ["object"] = "chat.completion.chunk",
+                ["created"] = created,
+                ["model"] = request.Sampling.Model,
+                ["choices"] = new JsonArray(new JsonObject
+                {
+                    ["index"] = index,
+                    ["delta"] = delta,
+                    ["logprobs"] = logprobs,
+                    ["finish_reason"] = finish,
+                }),
+            };
+            if (includeUsage) chunk["usage"] = null;
+            return chunk;
+        }
+        var response = ctx.Http.Response;
+        await Sse.StartAsync(response, ctx.Aborted);
+        foreach (var c in choices.Choices)
+            await Sse.WriteAsync(response, Chunk(c.Index, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null, null), ctx.Aborted);
+        await foreach (var update in updates.WithCancellation(ctx.Aborted))
+        {
+            JsonObject? chunk = update switch
+            {
+                TokenUpdate t when t.Delta.Length > 0 || t.ChatLogprobs is not null => Chunk(t.Choice.Index, new JsonObject { ["content"] = t.Delta },
+                    t.ChatLogprobs is null ? null : new JsonObject { ["content"] = new JsonArray(t.ChatLogprobs) }, null),
+                FinishUpdate f => Chunk(f.Choice.Index, f.Delta.Length > 0 ? new JsonObject { ["content"] = f.Delta } : new JsonObject(), null, f.Reason),
+                _ => null,
+            };
+            if (chunk is not null) await Sse.WriteAsync(response, chunk, ctx.Aborted);
+        }
+        if (includeUsage)
+        {
+            var last = Chunk(0, new JsonObject(), null, null);
+            last["choices"] = new JsonArray();
+            last["usage"] = choices.Usage();
+            await Sse.WriteAsync(response, last, ctx.Aborted);
+        }
+        await Sse.DoneAsync(response, ctx.Aborted);
+    }
+}

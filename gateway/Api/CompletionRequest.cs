@@ -1,0 +1,105 @@
+using System.Text.Json;
+using Grid.Gateway.Hosting;
+using Grid.Gateway.Scheduling;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>
+/// A <c>POST /v1/completions</c> body, parsed and validated: the prompts as token ids, each with its generation
+/// budget checked against the context length, plus the legacy-completions fields (<c>logprobs</c>, <c>echo</c>).
+/// </summary>
+public sealed record CompletionRequest
+{
+    public const int MaxPrompts = 64;
+    /// <summary>Response ids are this prefix plus the request id.</summary>
+    public const string IdPrefix = "cmpl-";
+    public const int DefaultMaxTokens = 16;
+
+    public required SamplingRequest Sampling { get; init; }
+    /// <summary>One or more prompts (strings are tokenized with BOS); each gets <c>n</c> choices.</summary>
+    public required IReadOnlyList<int[]> Prompts { get; init; }
+    /// <summary>The generation budget of each prompt: <c>max_tokens</c>, or the default within the context.</summary>
+    public required IReadOnlyList<int> ResolvedMaxTokens { get; init; }
+    /// <summary>Top-N legacy logprobs (0..20); null when not asked.</summary>
+    public int? Logprobs { get; init; }
+    public bool Echo { get; init; }
+
+    /// <summary>Prompt tokens, counted once per prompt (not per choice), as <c>usage</c> reports them.</summary>
+    public int PromptTokens => Prompts.Sum(p => p.Length);
+
+    /// <summary>Parses and validates the body; every refusal is an <see cref="ApiException"/>.</summary>
+    public static CompletionRequest Parse(JsonElement body, ServingEngine engine, HttpOptions http)
+    {
+        int? logprobs = body.OptInt("logprobs", 0, 20);
+        var sampling = SamplingRequest.Parse(body, engine, http, chat: false, logprobs);
+        var echo = body.OptBool("echo") ?? false;
+        if (body.Field("suffix", out _)) throw ApiException.Unsupported("suffix", "suffix");
+        var prompts = ParsePrompts(body, engine);
+        if (prompts.Count * sampling.N > MaxPrompts * 4)
+            throw ApiException.OutOfRange($"{prompts.Count} prompts x n {sampling.N} is more than {MaxPrompts * 4} choices", "n");
+        return new CompletionRequest
+        {
+            Sampling = sampling,
+            Prompts = prompts,
+            ResolvedMaxTokens = prompts.Select(p => sampling.ResolveMaxTokens(p.Length, engine.ContextLength, DefaultMaxTokens, "prompt")).ToArray(),
+            Logprobs = logprobs,
+            Echo = echo,
+        };
+    }
+
+    /// <summary>One generation request per choice, in choice order: prompt by prompt, <c>n</c> for each.</summary>
+    public IReadOnlyList<GenerationRequest> GenerationRequests(int? eosId)
+    {
+        var stopIds = Sampling.StopTokenSet(eosId);
+        var requests = new List<GenerationRequest>(Prompts.Count * Sampling.N);
+        for (int p = 0; p < Prompts.Count; p++)
+            for (int j = 0; j < Sampling.N; j++)
+                requests.Add(new GenerationRequest
+                {
+                    PromptIds = Prompts[p],
+                    Sampling = Sampling.Params(Logprobs ?? 0),
+                    Choice = j,
+                    MaxTokens = ResolvedMaxTokens[p],
+                    StopTokenIds = stopIds,
+                    PromptLogprobs = Echo && Logprobs is not null,
+                });
+        return requests;
+    }
+
+    /// <summary><c>prompt</c>: a string, a list of token ids, or a list of either (several prompts).</summary>
+    static List<int[]> ParsePrompts(JsonElement body, ServingEngine engine)
+    {
+        if (!body.Field("prompt", out var prompt)) throw ApiException.Invalid("'prompt' is required", "prompt", "missing_required_parameter");
+        var tokenizer = engine.Tokenizer!;
+        var vocab = engine.VocabSize;
+        var prompts = new List<int[]>();
+        switch (prompt.ValueKind)
+        {
+            case JsonValueKind.String:
+                prompts.Add(tokenizer.Encode(prompt.GetString()!));
+                break;
+            case JsonValueKind.Array:
+                if (prompt.GetArrayLength() == 0) throw ApiException.Invalid("'prompt' must not be empty", "prompt");
+                var first = prompt[0].ValueKind;
+                if (first == JsonValueKind.Number) prompts.Add(JsonFields.TokenIds(prompt, "prompt", vocab));
+                else if (first == JsonValueKind.String || first == JsonValueKind.Array)
+                {
+                    if (prompt.GetArrayLength() > MaxPrompts) throw ApiException.OutOfRange($"'prompt' may hold at most {MaxPrompts} prompts", "prompt");
+                    int i = 0;
+                    foreach (var p in prompt.EnumerateArray())
+                    {
+                        if (p.ValueKind == JsonValueKind.String) prompts.Add(tokenizer.Encode(p.GetString()!));
+                        else if (p.ValueKind == JsonValueKind.Array) prompts.Add(JsonFields.TokenIds(p, $"prompt[{i}]", vocab));
+                        else throw ApiException.InvalidType($"prompt[{i}]", $"a string or a list of token ids, got {JsonFields.Kind(p.ValueKind)}");
+                        i++;
+                    }
+                }
+                else throw ApiException.InvalidType("prompt", "a string, a list of token ids, or a list of strings or token-id lists");
+                break;
+            default:
+                throw ApiException.InvalidType("prompt", $"a string, a list of token ids, or a list of prompts, got {JsonFields.Kind(prompt.ValueKind)}");
+        }
+        if (prompts.Any(p => p.Length == 0)) throw ApiException.Invalid("a prompt is empty (no tokens)", "prompt");
+        return prompts;
+    }
+}

@@ -1,0 +1,42 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>Reads a request body as a JSON object, with OpenAI errors for an oversized, empty or malformed body.</summary>
+public static class RequestBody
+{
+    static readonly JsonDocumentOptions DocumentOptions = new() { MaxDepth = 64, AllowDuplicateProperties = false };
+
+    /// <summary>The body as a JSON object; 413 over <paramref name="maxBytes"/>, 400 when it is not a JSON object.</summary>
+    public static async Task<JsonDocument> ReadObjectAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
+    {
+        if (request.ContentLength > maxBytes) throw TooLarge(maxBytes);
+        JsonDocument doc;
+        try
+        {
+            // Buffer first so that a body cut short by the size limit is told apart from malformed JSON.
+            using var buffer = new MemoryStream();
+            await request.Body.CopyToAsync(buffer, cancellationToken);
+            if (buffer.Length > maxBytes) throw TooLarge(maxBytes);
+            if (buffer.Length == 0) throw ApiException.Invalid("the request body is empty; send a JSON object", null, "invalid_json");
+            buffer.Position = 0;
+            doc = await JsonDocument.ParseAsync(buffer, DocumentOptions, cancellationToken);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge) { throw TooLarge(maxBytes); }
+        catch (JsonException e)
+        {
+            throw ApiException.Invalid($"the request body is not valid JSON: {e.Message.Split('\n')[0]}", null, "invalid_json");
+        }
+        var kind = doc.RootElement.ValueKind;
+        if (kind != JsonValueKind.Object)
+        {
+            doc.Dispose();
+            throw ApiException.Invalid($"the request body must be a JSON object, got {JsonFields.Kind(kind)}", null, "invalid_json");
+        }
+        return doc;
+    }
+
+    static ApiException TooLarge(long maxBytes) =>
+        new(StatusCodes.Status413PayloadTooLarge, $"the request body is larger than {maxBytes} bytes", null, "request_too_large");
+}
