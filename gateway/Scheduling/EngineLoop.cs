@@ -50,8 +50,11 @@ public sealed class EngineLoop : IAsyncDisposable
     /// <summary>After a sequence left the running batch and its latent cache was released (finished, stopped or cancelled).</summary>
     public event Action<long>? SequenceReleased;
 
-    public EngineLoop(IStepExecutor executor, SchedulerOptions options, ILogger<EngineLoop> logger, int contextLength)
+    /// <param name="firstSequenceId">Ids count up from here; by default a random 64-bit base, so that two gateways (or a
+    /// restarted one) driving the same shards never name the same sequence.</param>
+    public EngineLoop(IStepExecutor executor, SchedulerOptions options, ILogger<EngineLoop> logger, int contextLength, long? firstSequenceId = null)
     {
+        _nextId = (firstSequenceId ?? (Random.Shared.NextInt64(1L << 62) << 1)) - 1;
         _executor = executor;
         _options = options;
         _planner = new Planner(options);

@@ -67,7 +67,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         try
         {
             using var logits = _walk.TakeLogits();                      // [rows, V] float32
-            var values = logits.contiguous().data<float>().ToArray();
+            var values = logits.numel() == 0 ? [] : logits.contiguous().data<float>().ToArray();
             int v = (int)logits.shape[1], row = 0;
             var results = new ChunkResult[_chunks.Count];
             for (int i = 0; i < _chunks.Count; i++)

@@ -2,6 +2,7 @@ using Grid.Gateway.Orchestration;
 using Grid.ModelCore.Sampling;
 using Grid.ModelCore.Serving;
 using Grid.ModelCore.Weights;
+using Grid.Tests;
 using Xunit;
 
 namespace Grid.Tests.Cluster;
@@ -76,6 +77,24 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
 {
     [Fact] public Task GoldenThroughThreeSiloGrid() => MatchesGoldenAsync("lite_f32");
     [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
+
+    [Fact]
+    public async Task SeededSamplingOnTheShardMatchesModelCoreAloneAndInABatchOf32()
+    {
+        // The grid's attention shard samples; model-core in process is the reference.
+        await using var local = await global::Grid.Gateway.Hosting.EngineFactory.LoadLocalAsync(Golden.Dir("lite_f32"), TorchSharp.torch.ScalarType.Float32, null, CancellationToken.None);
+        SampledToken[] reference, alone, batched;
+        await using (var loop = Scheduling.SeededRuns.Loop(local))
+            reference = await Scheduling.SeededRuns.RunAsync(loop, Scheduling.SeededRuns.Target);
+        await using (var loop = Scheduling.SeededRuns.Loop(Grid.Executor))
+        {
+            alone = await Scheduling.SeededRuns.RunAsync(loop, Scheduling.SeededRuns.Target);
+            batched = await Scheduling.SeededRuns.InABatchOf32Async(loop);
+        }
+        Scheduling.SeededRuns.AssertSameTokens(reference, alone);
+        Scheduling.SeededRuns.AssertSameTokens(reference, batched);
+        Assert.Equal(0, (await Grid.Executor.GetCacheStatsAsync(CancellationToken.None)).Tokens);
+    }
 }
 
 public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<FullCluster>(cluster), IClassFixture<FullCluster>

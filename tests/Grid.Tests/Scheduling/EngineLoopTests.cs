@@ -21,10 +21,24 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
 
     public ModelConfig Config => throw new NotSupportedException();
 
+    readonly SemaphoreSlim _gate = new(0);
+    volatile bool _gated;
+
+    /// <summary>While gated, each step waits for <see cref="AllowSteps"/>: the test decides when the engine may go on.</summary>
+    public void Gate() => _gated = true;
+    public void AllowSteps(int n) => _gate.Release(n);
+    public void Ungate() { _gated = false; _gate.Release(1000); }
+
     public static int NextToken(IReadOnlyList<int> tokens, DrawKey key) =>
         (int)((tokens.Aggregate(17L, (h, t) => h * 31 + t) + key.Seed * 7 + key.Choice * 13 + key.Index) & 0x3FF) + 10;
 
-    public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    {
+        if (_gated) await _gate.WaitAsync(cancellationToken);
+        return Step(chunks);
+    }
+
+    ChunkResult[] Step(IReadOnlyList<StepChunk> chunks)
     {
         lock (_lock)
         {
@@ -44,7 +58,7 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
                 results[i] = new ChunkResult(next, scored);
             }
             if (used > totalBlocks) throw new InvalidOperationException($"latent cache over budget: {used} > {totalBlocks} blocks");
-            return Task.FromResult(results);
+            return results;
         }
     }
 
@@ -71,7 +85,7 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
 public sealed class EngineLoopTests
 {
     static EngineLoop Loop(FakeExecutor executor, int chunk = 256, int maxBatched = 512) =>
-        new(executor, new SchedulerOptions { PrefillChunkTokens = chunk, MaxBatchedTokens = maxBatched }, NullLogger<EngineLoop>.Instance, contextLength: 1 << 20);
+        new(executor, new SchedulerOptions { PrefillChunkTokens = chunk, MaxBatchedTokens = maxBatched }, NullLogger<EngineLoop>.Instance, contextLength: 1 << 20, firstSequenceId: 1);
 
     static GenerationRequest Request(int[] prompt, int maxTokens, long seed = 5, int choice = 0, bool promptLogprobs = false) => new()
     {
@@ -117,21 +131,28 @@ public sealed class EngineLoopTests
     [Fact]
     public async Task CancellingFreesTheCacheAndAdmitsWhatWasWaitingForIt()
     {
-        // Room for one 30-token sequence at a time (8 blocks of 4 tokens).
+        // Room for one 24-token prompt at a time (8 blocks of 4 tokens; each needs 7 with its first token).
         var executor = new FakeExecutor(4, 8);
+        executor.Gate();
         await using var loop = Loop(executor);
         using var cancel = new CancellationTokenSource();
         var endless = loop.Submit(Request(Enumerable.Range(20, 24).ToArray(), int.MaxValue / 2), cancel.Token);
+        executor.AllowSteps(1);
         Assert.True(await endless.WaitToReadAsync());              // it runs: the first token is out
         var second = DrainAsync(loop, Request(Enumerable.Range(60, 24).ToArray(), 3));
-        Assert.False(second.IsCompleted);
+        executor.AllowSteps(3);                                   // three more steps: the second still waits for room
+        while (executor.Steps.Count < 4) await Task.Yield();
+        Assert.All(executor.Steps, s => Assert.Equal([1L], s.Select(c => c.SequenceId)));
+        Assert.Equal(1, loop.WaitingCount);
         cancel.Cancel();
+        executor.Ungate();
         var seen = new List<GenerationEvent>();
         await foreach (var e in endless.ReadAllAsync()) seen.Add(e);
         Assert.DoesNotContain(seen, e => e is FinishedEvent);      // cancelled: no finish event
         Assert.Contains(1L, executor.Released);
         var events = await second;                                 // admitted once the first's blocks came back
         Assert.Equal(new FinishedEvent("length", 24, 3), events[^1]);
+        Assert.Empty(executor.Caches);
     }
 
     [Fact]
