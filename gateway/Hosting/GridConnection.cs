@@ -18,6 +18,8 @@ public sealed class GridConnection : IAsyncDisposable
     readonly IHost _host;
 
     public GridStepExecutor Executor { get; }
+    /// <summary>The Orleans host's services (its serializer, grain factory).</summary>
+    public IServiceProvider Services => _host.Services;
     public GridClusterOptions Cluster { get; }
 
     GridConnection(IHost host, GridStepExecutor executor, GridClusterOptions cluster)

@@ -44,6 +44,9 @@ public sealed class GridStepExecutor : IStepExecutor
 
     public ModelConfig Config { get; }
 
+    /// <summary>When set, every step's call payloads are serialized and counted (benchmarks and tests; off in serving).</summary>
+    public WireMeter? Wire { get; set; }
+
 
     public GridStepExecutor(IGrainFactory grains, ModelConfig config, GridTopology topology, ILogger<GridStepExecutor> logger)
     {
@@ -108,16 +111,24 @@ public sealed class GridStepExecutor : IStepExecutor
             (byShard.TryGetValue(s, out var list) ? list : byShard[s] = new()).Add(i);
         }
         var shards = byShard.Keys.ToArray();
-        var progress = await Task.WhenAll(shards.Select(s => CallAsync("attention.start", ct => Shard(s).StartStepAsync(new StepStart(stepId,
-            byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken), ct), cancellationToken)));
+        var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken)).ToArray();
+        var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken)));
+        if (Wire is { } wire) foreach (var start in starts) wire.Chunks(start);
 
         while (!progress[0].Finished)
         {
+            Wire?.Hidden(progress);
             var routed = await DispatchExpertsAsync(progress, cancellationToken);
+            Wire?.Hidden(routed);
             progress = await Task.WhenAll(shards.Select((s, k) =>
                 CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(stepId, routed[k], ct), cancellationToken)));
         }
         if (progress.Any(p => !p.Finished)) throw new InvalidOperationException("attention shards are out of step");
+        if (Wire is { } meter)
+        {
+            meter.Results(progress);
+            meter.EndStep();
+        }
 
         // Results come back per shard in that shard's chunk order: put them back in the caller's order.
         var results = new ChunkResult[chunks.Count];
@@ -157,8 +168,10 @@ public sealed class GridStepExecutor : IStepExecutor
                 sel.SelectMany(r => weights.AsSpan(r * topK, topK).ToArray()).ToArray());
             // Expert calls are pure functions of their payload, so they are retried: when the silo serving a group
             // leaves, the grain re-activates on a replica that declares the same group and the step goes on.
+            Wire?.Hidden(request);
             return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken, idempotent: true);
         }));
+        Wire?.Hidden(outputs);
 
         var sum = new float[rows * d];
         for (int k = 0; k < groups.Length; k++)

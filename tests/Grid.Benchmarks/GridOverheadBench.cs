@@ -71,6 +71,7 @@ public static class GridOverheadBench
         int prompt = c.Quick ? 16 : 64, steps = c.Quick ? 4 : 16;
         var engines = new Dictionary<string, List<Run>>();
         var errors = new JsonObject();
+        List<WireBytesBench.Row>? wire = null;
 
         c.Log("model-core in process: loading");
         await using (var local = await EngineFactory.LoadLocalAsync(c.ModelDir, TorchSharp.torch.ScalarType.Float32, null, ct))
@@ -82,6 +83,7 @@ public static class GridOverheadBench
             await using var embedded = await GridConnection.StartAsync(c.ModelDir, "float32",
                 new GridClusterOptions { Clustering = "embedded", ExpertGroups = 4 }, null, m => c.Log("embedded: " + m), ct);
             engines["embedded"] = await MeasureAsync(c, "embedded", embedded.Executor, batches, prompt, steps, ct);
+            wire = await WireBytesBench.MeasureAsync(c, embedded, [1, batches[^1]], prompt, ct);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -137,6 +139,7 @@ public static class GridOverheadBench
         s.Notes.Add("Dispatch ms/step is derived: the engine's step time minus model-core's at the same batch (orchestration, grain calls, payload copies, serialization, and for the cluster loopback TCP and the silos' share of the cores). It is not instrumented per call.");
         s.Notes.Add("Cluster: deploy/local/cluster.sh up --silos 3 (Redis membership; silo 0 attention + groups 0 and 3, silos 1 and 2 one group each; 1 torch thread per silo since 3 silos share 2 cores); this process connects as an Orleans client.");
         foreach (var (k, v) in errors) s.Notes.Add($"{k} failed: {v}");
+        if (wire is not null) WireBytesBench.Describe(s, wire, Grid.ModelCore.Config.ModelConfig.Load(Path.Combine(c.ModelDir, "config.json")).VocabSize);
 
         int mid = Array.IndexOf(batches, 8);
         foreach (var name in engines.Keys.Where(n => n != "model-core"))

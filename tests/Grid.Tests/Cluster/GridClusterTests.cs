@@ -79,6 +79,33 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
     [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
 
     [Fact]
+    public async Task NoVocabularySizedRowsCrossTheWireInADecodeStep()
+    {
+        var serializer = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Orleans.Serialization.Serializer>(Grid.Cluster.Client.ServiceProvider);
+        var meter = new WireMeter(serializer);
+        var prompt = Golden.Load("lite_f32", "long").PromptIds;
+        var ids = Enumerable.Range(0, 32).Select(i => 9000L + i).ToArray();
+        var greedy = new TokenSampling(SamplingParams.Greedy, default);
+        var prefill = await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, 0, prompt[..(4 + i)]) { Sample = greedy }).ToList(), CancellationToken.None);
+        Grid.Executor.Wire = meter;
+        try
+        {
+            await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, 4 + i, [prefill[i].Next!.Token]) { Sample = greedy }).ToList(), CancellationToken.None);
+        }
+        finally
+        {
+            Grid.Executor.Wire = null;
+            await Grid.Executor.ReleaseAsync(ids, CancellationToken.None);
+        }
+        var bytes = meter.LastStep;
+        int rowBytes = Grid.Config.VocabSize * sizeof(float);
+        // 32 sampled tokens with their logprob come back: a few bytes each, where logit rows would be 32 x V floats.
+        Assert.InRange(bytes.Results, 32 * 8, 32 * 64);
+        Assert.True(bytes.Results * 20 < 32 * rowBytes, $"{bytes.Results} result bytes vs {32 * rowBytes} of logit rows");
+        Assert.True(bytes.HiddenStates > 0 && bytes.Chunks > 0);
+    }
+
+    [Fact]
     public async Task SeededSamplingOnTheShardMatchesModelCoreAloneAndInABatchOf32()
     {
         // The grid's attention shard samples; model-core in process is the reference.
