@@ -43,7 +43,7 @@ public static class EngineFactory
     /// configures a cluster; "local" runs model-core in this process without Orleans.
     /// </summary>
     public static async Task<IStepExecutor> CreateExecutorAsync(string engine, string directory, string dtype,
-        Grid.Grains.Hosting.GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
+        GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
         Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken)
     {
         switch (engine.ToLowerInvariant())

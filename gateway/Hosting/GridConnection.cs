@@ -44,15 +44,17 @@ public sealed class GridConnection : IAsyncDisposable
         builder.Logging.AddFilter("Polly", LogLevel.Warning);
         if (cluster.IsEmbedded)
         {
-            var role = new SiloRoleOptions
+            var silo = new GridOptions
             {
-                ModelPath = modelPath,
-                Dtype = dtype,
-                Attention = true,
-                ExpertGroupCount = config.NRoutedExperts > 0 ? cluster.ExpertGroups : 1,
-                ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],
+                Model = new ModelOptions { Path = modelPath, Dtype = dtype },
+                Cluster = cluster,
+                Silo = new SiloOptions
+                {
+                    Attention = true,
+                    ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],
+                },
             };
-            builder.UseOrleans(silo => silo.UseGridClustering(cluster).AddGridSilo(role));
+            builder.UseOrleans(s => s.UseGridClustering(cluster).AddGridSilo(silo));
         }
         else
         {
