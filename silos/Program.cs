@@ -1,3 +1,4 @@
+using Grid.Configuration;
 using Grid.Grains.Hosting;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -9,27 +10,10 @@ using OpenTelemetry.Trace;
 
 // grid-silo: one Grid host. It serves the expert groups and/or attention work its configuration names,
 // loads only those tensors, joins the cluster and logs "ready" once its weights are loaded.
-// Configuration: grid-silo.json, environment (Grid__Silo__ExpertGroups=0,1) and flags
-// (--model DIR --groups 0,1 --group-count 4 --attention true --clustering redis --redis HOST:PORT
-//  --silo-port N --gateway-port N --dtype float32).
-var switches = new Dictionary<string, string>
-{
-    ["--model"] = "Grid:Model:Path",
-    ["--dtype"] = "Grid:Model:Dtype",
-    ["--groups"] = "Grid:Silo:ExpertGroups",
-    ["--group-count"] = "Grid:Silo:ExpertGroupCount",
-    ["--attention"] = "Grid:Silo:Attention",
-    ["--clustering"] = "Grid:Cluster:Clustering",
-    ["--redis"] = "Grid:Cluster:Redis",
-    ["--silo-port"] = "Grid:Cluster:SiloPort",
-    ["--gateway-port"] = "Grid:Cluster:GatewayPort",
-    ["--primary-port"] = "Grid:Cluster:PrimarySiloPort",
-    ["--torch-threads"] = "Grid:Silo:TorchThreads",
-    ["--metrics-port"] = "Grid:Silo:MetricsPort",
-    ["--device"] = "Grid:Silo:Device",
-};
-SiloRoleOptions role;
-GridClusterOptions cluster;
+// Configuration: the Grid:* tree (docs/configuration.md) from grid-silo.json, then environment variables
+// (Grid__Silo__ExpertGroups=0,1), then flags (GridFlags: --model DIR --groups 0,1 --expert-groups 4 --attention true
+// --clustering redis --redis HOST:PORT --silo-port N --gateway-port N --dtype float32 ...).
+GridOptions grid;
 HostApplicationBuilder builder;
 try
 {
@@ -41,44 +25,30 @@ try
         Path = "grid-silo.json", Optional = true, ReloadOnChange = false,
         FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(AppContext.BaseDirectory),
     });
-    builder.Configuration.AddCommandLine(args, switches);
-    var c = builder.Configuration;
-    role = new SiloRoleOptions
-    {
-        ModelPath = c["Grid:Model:Path"] ?? "",
-        Dtype = c["Grid:Model:Dtype"] ?? "float32",
-        Attention = bool.Parse(c["Grid:Silo:Attention"] ?? "false"),
-        ExpertGroupCount = int.Parse(c["Grid:Silo:ExpertGroupCount"] ?? "1"),
-        ExpertGroups = (c["Grid:Silo:ExpertGroups"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray(),
-        CacheBlockSize = int.Parse(c["Grid:Silo:CacheBlockSize"] ?? "16"),
-        TorchThreads = int.Parse(c["Grid:Silo:TorchThreads"] ?? "0"),
-        Device = c["Grid:Silo:Device"] ?? "cpu",
-    };
-    if (string.IsNullOrEmpty(role.ModelPath) || !Directory.Exists(role.ModelPath))
-        throw new ArgumentException($"Grid:Model:Path (--model): '{role.ModelPath}' is not a folder");
-    ModelHost.ValidateDevice(role.Device);
-    cluster = GridClusterOptions.From(c);
-    if (cluster.IsEmbedded) cluster.Clustering = "localhost";
+    builder.Configuration.AddCommandLine(args, GridFlags.SwitchMappings(GridExecutable.Silo));
+    builder.Services.AddGridOptions(builder.Configuration, GridExecutable.Silo);
+    // Bound and validated now: membership, ports and the silo's metadata are set up from it before the host is built.
+    grid = GridOptionsSetup.Load(builder.Configuration, GridExecutable.Silo);
 }
-catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
+catch (Exception e) when (e is GridConfigurationException or ArgumentException or FormatException)
 {
     Console.Error.WriteLine("error: " + e.Message);
     return 2;
 }
+var cluster = grid.Cluster;
 builder.Logging.ClearProviders();
-if (builder.Configuration["Grid:Logging:Json"] == "true") builder.Logging.AddJsonConsole();
+if (grid.Logging.Json) builder.Logging.AddJsonConsole();
 else builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
-builder.UseOrleans(silo => silo.UseGridClustering(cluster).AddGridSilo(role));
-// Metrics: Prometheus text on http://+:MetricsPort/metrics when Grid:Silo:MetricsPort is set; OTLP (metrics and
-// traces) when OTEL_EXPORTER_OTLP_ENDPOINT is set.
-int metricsPort = int.Parse(builder.Configuration["Grid:Silo:MetricsPort"] ?? "0");
+builder.UseOrleans(silo => silo.UseGridClustering(cluster).AddGridSilo(grid));
+// Metrics: Prometheus text on http://MetricsHost:MetricsPort/metrics when Grid:Silo:MetricsPort is set; OTLP (metrics
+// and traces) when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 var otlp = !string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
 builder.Services.AddOpenTelemetry()
     .ConfigureResource(r => r.AddService("grid-silo", serviceInstanceId: $"{cluster.AdvertisedAddress}:{cluster.SiloPort}"))
     .WithMetrics(m =>
     {
         m.AddMeter(SiloTelemetry.Name, "Microsoft.Orleans");
-        if (metricsPort > 0) m.AddPrometheusHttpListener(o => { o.Host = builder.Configuration["Grid:Silo:MetricsHost"] ?? "127.0.0.1"; o.Port = metricsPort; o.ScrapeResponseCacheDurationMilliseconds = 0; });
+        if (grid.Silo.MetricsPort > 0) m.AddPrometheusHttpListener(o => { o.Host = grid.Silo.MetricsHost; o.Port = grid.Silo.MetricsPort; o.ScrapeResponseCacheDurationMilliseconds = 0; });
         if (otlp) m.AddOtlpExporter();
     })
     .WithTracing(t =>

@@ -119,7 +119,7 @@ for i in $(seq 0 $((silos - 1))); do
   done
   attention=false; [ "$i" -lt "$attention_silos" ] && attention=true
   echo "silo $i: attention=$attention expert groups [$mine] of $groups"
-  OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$threads" --model "$model" --groups "$mine" --group-count "$groups" \
+  OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$threads" --model "$model" --groups "$mine" --expert-groups "$groups" \
     --attention "$attention" --clustering redis --redis "127.0.0.1:$redis_port" \
     --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) \
     --metrics-port $([ "$metrics_port" -gt 0 ] && echo $((metrics_port + i)) || echo 0) > "$state/silo$i.log" 2>&1 &

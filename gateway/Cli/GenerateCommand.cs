@@ -14,7 +14,6 @@ public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "Checkpoint folder (Hugging Face layout); default: the built-in tiny model" };
         var prompt = new Option<string?>("--prompt") { Description = "Prompt text (BOS is added)" };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, used as given" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens to generate", DefaultValueFactory = _ => 16 };
@@ -26,12 +25,13 @@ public static class GenerateCommand
         var tokensAsIds = new Option<bool>("--return-tokens-as-token-ids") { Description = "Render logprob tokens as token_id:N" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the EOS token" };
         var json = new Option<bool>("--json") { Description = "Print an OpenAI text_completion JSON object" };
-        var dtype = new Option<string>("--dtype") { Description = "Compute dtype: float32 (default), bfloat16, float16", DefaultValueFactory = _ => "float32" };
-        var engine = new Option<string>("--engine") { Description = "grid (default: the embedded grid, or the cluster Grid:Cluster configures) or local (model-core in process)", DefaultValueFactory = _ => "grid" };
         var cmd = new Command("generate", "Generate one completion offline")
         {
-            model, engine, prompt, promptIds, maxTokens, temperature, topP, topK, seed, logprobs, tokensAsIds, ignoreEos, json, dtype,
+            prompt, promptIds, maxTokens, temperature, topP, topK, seed, logprobs, tokensAsIds, ignoreEos, json,
         };
+        // --model, --dtype, --engine, scheduler and cluster flags: the Grid:* keys, read like `grid serve` reads them.
+        var flags = new GridFlagOptions(GridExecutable.Generate);
+        flags.AddTo(cmd);
         cmd.SetAction(async (parse, ct) =>
         {
             var p = parse.GetValue(prompt);
@@ -47,12 +47,14 @@ public static class GenerateCommand
             };
             var error = Validation.Sampling(sampling.Temperature, sampling.TopP, sampling.TopK, parse.GetValue(logprobs), parse.GetValue(maxTokens));
             if (error is not null) return Fail(error.Value.Message);
-            var modelArg = parse.GetValue(model);
+            // appsettings.json < Grid__* environment variables < flags, bound and validated as `grid serve` does.
+            GridOptions options;
+            try { options = GridOptionsSetup.Load(GridServer.CreateBuilder(flags.Overrides(parse)).Configuration, GridExecutable.Generate); }
+            catch (GridConfigurationException e) { return Fail(e.Message); }
+            var modelArg = options.Model.Path;
             string dir;
             try { dir = EngineFactory.ResolveModel(modelArg, m => Console.Error.WriteLine(m)); }
             catch (Exception e) { return Fail(e.Message); }
-            try { Grid.ModelCore.Runtime.DtypeNames.Parse(parse.GetValue(dtype)!); }
-            catch (ArgumentException e) { return Fail(e.Message); }
             using var tokenizer = EngineFactory.LoadTokenizer(dir);
             int[] promptTokens;
             try
@@ -63,14 +65,15 @@ public static class GenerateCommand
             }
             catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
-            var configuration = new Microsoft.Extensions.Configuration.ConfigurationBuilder().AddEnvironmentVariables().Build();
-            await using var executor = await EngineFactory.CreateExecutorAsync(parse.GetValue(engine)!, dir, parse.GetValue(dtype)!,
-                Grid.Grains.Hosting.GridClusterOptions.From(configuration), CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct);
+            await using var executor = await EngineFactory.CreateExecutorAsync(options.Model.Engine, dir, options.Model.Dtype,
+                options.Cluster, CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct, options.Silo);
             var vocab = executor.Config.VocabSize;
             int badAt = Array.FindIndex(promptTokens, t => t < 0 || t >= vocab);
             if (badAt >= 0)
                 return Fail($"--prompt-ids: token id {promptTokens[badAt]} is outside the vocabulary (0..{vocab - 1})");
-            await using var scheduler = new EngineLoop(executor, new SchedulerOptions(), NullLogger<EngineLoop>.Instance, executor.Config.MaxPositionEmbeddings);
+            var maxPositions = executor.Config.MaxPositionEmbeddings;
+            var contextLength = options.Model.MaxModelLen > 0 ? Math.Min(options.Model.MaxModelLen, maxPositions) : maxPositions;
+            await using var scheduler = new EngineLoop(executor, options.Scheduler, NullLogger<EngineLoop>.Instance, contextLength);
             var request = new GenerationRequest
             {
                 PromptIds = promptTokens,
@@ -83,7 +86,7 @@ public static class GenerateCommand
                 completion.Add(ev);
             if (parse.GetValue(json))
             {
-                var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], EngineFactory.ModelName(modelArg, dir),
+                var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], string.IsNullOrWhiteSpace(options.Model.ServedName) ? EngineFactory.ModelName(modelArg, dir) : options.Model.ServedName,
                     [completion.ChoiceJson(0)], completion.Usage());
                 Console.WriteLine(obj.ToJsonString(OpenAiJson.Options));
             }

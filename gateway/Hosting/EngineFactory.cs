@@ -22,12 +22,16 @@ public static class EngineFactory
         string.IsNullOrEmpty(path) ? "grid-tiny" : new DirectoryInfo(resolved).Name;
 
     /// <summary>Loads the whole model into this process on a new inference thread.</summary>
-    public static async Task<LocalStepExecutor> LoadLocalAsync(string directory, ScalarType dtype, Action<LoadProgress>? progress, CancellationToken cancellationToken)
+    /// <param name="cache">Latent cache block size and budget (Grid:Silo:CacheBlockSize, CacheMaxBytes); defaults when null.</param>
+    public static async Task<LocalStepExecutor> LoadLocalAsync(string directory, ScalarType dtype, Action<LoadProgress>? progress, CancellationToken cancellationToken,
+        SiloOptions? cache = null)
     {
+        cache ??= new SiloOptions();
         var thread = new InferenceThread();
         try
         {
-            var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory, new ModelLoadOptions { Dtype = dtype },
+            var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory,
+                new ModelLoadOptions { Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes },
                 progress is null ? null : new DecileProgress(progress)), cancellationToken);
             return new LocalStepExecutor(model, thread, ownsThread: true);
         }
@@ -43,16 +47,16 @@ public static class EngineFactory
     /// configures a cluster; "local" runs model-core in this process without Orleans.
     /// </summary>
     public static async Task<IStepExecutor> CreateExecutorAsync(string engine, string directory, string dtype,
-        Grid.Grains.Hosting.GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
-        Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken)
+        GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
+        Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken, SiloOptions? silo = null)
     {
         switch (engine.ToLowerInvariant())
         {
             case "local":
-                return await LoadLocalAsync(directory, DtypeNames.Parse(dtype), progress, cancellationToken);
+                return await LoadLocalAsync(directory, DtypeNames.Parse(dtype), progress, cancellationToken, silo);
             case "grid":
                 DtypeNames.Parse(dtype);
-                return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken));
+                return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken, silo));
             default:
                 throw new ArgumentException($"engine: '{engine}' is not supported (grid, local)");
         }

@@ -31,7 +31,7 @@ public sealed class GridConnection : IAsyncDisposable
 
     /// <summary>Starts the embedded silo or connects to the cluster, then waits until every shard and group reports its weights loaded.</summary>
     public static async Task<GridConnection> StartAsync(string modelPath, string dtype, GridClusterOptions cluster, ILoggerFactory? loggerFactory,
-        Action<string>? status, CancellationToken cancellationToken)
+        Action<string>? status, CancellationToken cancellationToken, SiloOptions? embeddedSilo = null)
     {
         var config = ModelConfig.Load(Path.Combine(modelPath, "config.json"));
         if (cluster.IsEmbedded)
@@ -46,15 +46,20 @@ public sealed class GridConnection : IAsyncDisposable
         builder.Logging.AddFilter("Polly", LogLevel.Warning);
         if (cluster.IsEmbedded)
         {
-            var role = new SiloRoleOptions
+            var silo = new GridOptions
             {
-                ModelPath = modelPath,
-                Dtype = dtype,
-                Attention = true,
-                ExpertGroupCount = config.NRoutedExperts > 0 ? cluster.ExpertGroups : 1,
-                ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],
+                Model = new ModelOptions { Path = modelPath, Dtype = dtype },
+                Cluster = cluster,
+                Silo = new SiloOptions
+                {
+                    CacheBlockSize = embeddedSilo?.CacheBlockSize ?? new SiloOptions().CacheBlockSize,
+                    CacheMaxBytes = embeddedSilo?.CacheMaxBytes ?? new SiloOptions().CacheMaxBytes,
+                    TorchThreads = embeddedSilo?.TorchThreads ?? 0,
+                    Attention = true,
+                    ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],
+                },
             };
-            builder.UseOrleans(silo => silo.UseGridClustering(cluster).AddGridSilo(role));
+            builder.UseOrleans(s => s.UseGridClustering(cluster).AddGridSilo(silo));
         }
         else
         {

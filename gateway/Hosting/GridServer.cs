@@ -22,25 +22,31 @@ namespace Grid.Gateway.Hosting;
 public static class GridServer
 {
     /// <summary>
-    /// Configuration, lowest to highest precedence: appsettings.json (next to the executable), environment variables
-    /// (<c>Grid__Model__Path</c>), then <paramref name="overrides"/> (command-line flags, tests).
+    /// The gateway's configuration, lowest to highest precedence: appsettings.json (next to the executable), environment
+    /// variables (<c>Grid__Model__Path</c>), then <paramref name="overrides"/> (command-line flags, tests). <c>grid
+    /// serve</c> and <c>grid generate</c> both start here, so they read the same sources and keys.
     /// </summary>
-    public static WebApplication Build(IReadOnlyDictionary<string, string?> overrides, Action<ILoggingBuilder>? logging = null)
+    public static WebApplicationBuilder CreateBuilder(IReadOnlyDictionary<string, string?> overrides)
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
         builder.Configuration.AddInMemoryCollection(overrides);
-        var section = builder.Configuration.GetSection(GridOptions.Section);
-        var options = section.Get<GridOptions>() ?? new GridOptions();
-        Validate(options);
-        builder.Services.Configure<GridOptions>(section);
+        return builder;
+    }
+
+    /// <summary>Builds <c>grid serve</c> from <see cref="CreateBuilder"/>'s configuration.</summary>
+    /// <exception cref="GridConfigurationException">Bad <c>Grid:*</c> configuration.</exception>
+    public static WebApplication Build(IReadOnlyDictionary<string, string?> overrides, Action<ILoggingBuilder>? logging = null)
+    {
+        var builder = CreateBuilder(overrides);
+        builder.Services.AddGridOptions(builder.Configuration, GridExecutable.Serve);
+        var options = GridOptionsSetup.Load(builder.Configuration, GridExecutable.Serve);
+        if (options.Logging.Json) builder.Logging.ClearProviders().AddJsonConsole();
         logging?.Invoke(builder.Logging);
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
         builder.WebHost.ConfigureKestrel(k =>
         {
             var host = options.Http.Host;
-            if (host is "localhost") k.Listen(IPAddress.Loopback, options.Http.Port);
-            else if (IPAddress.TryParse(host, out var ip)) k.Listen(ip, options.Http.Port);
-            else throw new ArgumentException($"Grid:Http:Host: '{host}' is not an IP address");
+            k.Listen(host is "localhost" ? IPAddress.Loopback : IPAddress.Parse(host), options.Http.Port);
             k.Limits.MaxRequestBodySize = options.Http.MaxRequestBodyBytes;
             k.AddServerHeader = false;
         });
@@ -73,19 +79,6 @@ public static class GridServer
         SystemEndpoints.Map(app, options);
         app.MapPrometheusScrapingEndpoint("/metrics");
         return app;
-    }
-
-    static void Validate(GridOptions o)
-    {
-        if (o.Http.Port is < 0 or > 65535) throw new ArgumentException($"Grid:Http:Port must be between 0 and 65535, got {o.Http.Port}");
-        if (o.Http.MaxRequestBodyBytes < 1024) throw new ArgumentException($"Grid:Http:MaxRequestBodyBytes must be at least 1024, got {o.Http.MaxRequestBodyBytes}");
-        if (o.Http.MaxChoices < 1) throw new ArgumentException($"Grid:Http:MaxChoices must be at least 1, got {o.Http.MaxChoices}");
-        if (o.Http.ChatDefaultMaxTokens < 1) throw new ArgumentException($"Grid:Http:ChatDefaultMaxTokens must be at least 1, got {o.Http.ChatDefaultMaxTokens}");
-        if (o.Model.MaxModelLen < 0) throw new ArgumentException($"Grid:Model:MaxModelLen must not be negative, got {o.Model.MaxModelLen}");
-        if (o.Scheduler.MaxRunningSequences < 1) throw new ArgumentException($"Grid:Scheduler:MaxRunningSequences must be at least 1, got {o.Scheduler.MaxRunningSequences}");
-        if (o.Scheduler.MaxBatchedTokens < 1) throw new ArgumentException($"Grid:Scheduler:MaxBatchedTokens must be at least 1, got {o.Scheduler.MaxBatchedTokens}");
-        if (o.Scheduler.PrefillChunkTokens < 1) throw new ArgumentException($"Grid:Scheduler:PrefillChunkTokens must be at least 1, got {o.Scheduler.PrefillChunkTokens}");
-        Grid.ModelCore.Runtime.DtypeNames.Parse(o.Model.Dtype);
     }
 
     /// <summary>The addresses Kestrel bound (after StartAsync), e.g. http://127.0.0.1:41234.</summary>

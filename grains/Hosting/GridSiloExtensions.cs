@@ -1,6 +1,8 @@
+using Grid.Configuration;
 using Grid.Grains.Placement;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Orleans.Configuration;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -12,12 +14,13 @@ public static class GridSiloExtensions
     /// Makes this silo a Grid host: publishes what it serves as silo metadata, loads that model part at start
     /// (<see cref="ModelHost"/>), and registers the placement director that pins expert-group and attention grains.
     /// Grid grains are never collected while the silo lives (their state is the latent caches).
+    /// <paramref name="options"/> is the silo's validated <c>Grid:*</c> tree: <c>Grid:Model</c> (checkpoint, dtype),
+    /// <c>Grid:Cluster:ExpertGroups</c> (how the experts are split) and <c>Grid:Silo</c> (what this silo serves).
     /// </summary>
-    public static ISiloBuilder AddGridSilo(this ISiloBuilder silo, SiloRoleOptions role)
+    public static ISiloBuilder AddGridSilo(this ISiloBuilder silo, GridOptions options)
     {
-        silo.UseSiloMetadata(SiloMetadataKeys.For(role));
-        silo.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(role));
-        silo.Services.AddSingleton<ModelHost>();
+        silo.UseSiloMetadata(SiloMetadataKeys.For(options.Silo));
+        silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>()));
         silo.Services.AddSingleton<SiloTelemetry>();
         silo.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         silo.Services.AddPlacementDirector<ExpertGroupPlacement, GridPlacementDirector>();

@@ -1,11 +1,11 @@
 using System.Diagnostics;
+using Grid.Configuration;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Runtime;
 using Grid.ModelCore.Weights;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Options;
 using static TorchSharp.torch;
 
 namespace Grid.Grains.Hosting;
@@ -17,7 +17,8 @@ namespace Grid.Grains.Hosting;
 /// </summary>
 public sealed class ModelHost : IHostedService, IDisposable
 {
-    readonly SiloRoleOptions _options;
+    readonly GridOptions _grid;
+    readonly SiloOptions _options;
     readonly ILogger<ModelHost> _logger;
     readonly TaskCompletionSource<DeepseekV2Model> _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -25,20 +26,25 @@ public sealed class ModelHost : IHostedService, IDisposable
     public ModelConfig Config { get; }
     public ScalarType Dtype { get; }
     public ExpertRange[] GroupRanges { get; }
-    public SiloRoleOptions Options => _options;
+    /// <summary>What this silo serves (<c>Grid:Silo</c>).</summary>
+    public SiloOptions Options => _options;
     public string Detail { get; private set; } = "loading";
+    string ModelPath => _grid.Model.Path ?? "";
 
-    public ModelHost(IOptions<SiloRoleOptions> options, ILogger<ModelHost> logger)
+    /// <param name="options">The silo's <c>Grid:*</c> tree (<c>grid-silo</c> validates it before the host starts).</param>
+    public ModelHost(GridOptions options, ILogger<ModelHost> logger)
     {
-        _options = options.Value;
+        _grid = options;
+        _options = options.Silo;
         _logger = logger;
-        if (string.IsNullOrEmpty(_options.ModelPath)) throw new ArgumentException("Grid:Model:Path is not set for this silo");
-        Config = ModelConfig.Load(Path.Combine(_options.ModelPath, "config.json"));
-        Dtype = Grid.ModelCore.Runtime.DtypeNames.Parse(_options.Dtype);
-        GroupRanges = Config.NRoutedExperts > 0 ? ExpertRange.Partition(Config.NRoutedExperts, _options.ExpertGroupCount) : [];
+        if (string.IsNullOrEmpty(ModelPath)) throw new ArgumentException("Grid:Model:Path is not set for this silo");
+        Config = ModelConfig.Load(Path.Combine(ModelPath, "config.json"));
+        Dtype = Grid.ModelCore.Runtime.DtypeNames.Parse(options.Model.Dtype);
+        int groups = options.Cluster.ExpertGroups;
+        GroupRanges = Config.NRoutedExperts > 0 ? ExpertRange.Partition(Config.NRoutedExperts, groups) : [];
         foreach (var g in _options.ExpertGroups)
-            if (g < 0 || g >= _options.ExpertGroupCount)
-                throw new ArgumentException($"Grid:Silo:ExpertGroups: group {g} is outside 0..{_options.ExpertGroupCount - 1}");
+            if (g < 0 || g >= groups)
+                throw new ArgumentException($"Grid:Silo:ExpertGroups: group {g} is outside 0..{groups - 1} (Grid:Cluster:ExpertGroups is {groups})");
         ValidateDevice(_options.Device);
         Thread = new InferenceThread("grid-silo-inference", _options.TorchThreads > 0 ? _options.TorchThreads : null);
     }
@@ -71,7 +77,7 @@ public sealed class ModelHost : IHostedService, IDisposable
             try
             {
                 var ranges = _options.ExpertGroups.Select(g => GroupRanges[g]).ToArray();
-                var model = await Thread.RunAsync(() => DeepseekV2Model.Load(_options.ModelPath, new ModelLoadOptions
+                var model = await Thread.RunAsync(() => DeepseekV2Model.Load(ModelPath, new ModelLoadOptions
                 {
                     Dtype = Dtype,
                     LoadAttention = _options.Attention,

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Grid.Gateway.Hosting;
-using Grid.Grains.Hosting;
+using Grid.Configuration;
 using Grid.ModelCore.Sampling;
 using Grid.ModelCore.Serving;
 using static Grid.Benchmarks.Report;

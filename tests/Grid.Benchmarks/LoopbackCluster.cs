@@ -1,5 +1,6 @@
 using System.Diagnostics;
-using Grid.Grains.Hosting;
+using Grid.Configuration;
+using Microsoft.Extensions.Configuration;
 
 namespace Grid.Benchmarks;
 
@@ -14,13 +15,13 @@ public sealed class LoopbackCluster : IAsyncDisposable
     readonly EventHandler _onExit;
     int _down;
 
-    public GridClusterOptions Options { get; }
+    /// <summary>The cluster's Grid:Cluster settings (what a client needs), as cluster.sh wrote them.</summary>
+    public GridClusterOptions Options { get; private set; } = new();
 
-    LoopbackCluster(BenchContext c, string state, GridClusterOptions options)
+    LoopbackCluster(BenchContext c, string state)
     {
         _c = c;
         _state = state;
-        Options = options;
         _onExit = (_, _) => Down();
         AppDomain.CurrentDomain.ProcessExit += _onExit;
     }
@@ -32,24 +33,20 @@ public sealed class LoopbackCluster : IAsyncDisposable
         var state = Path.Combine(Path.GetTempPath(), $"grid-bench-cluster-{Environment.ProcessId}");
         int port = GridClusterOptions.FreePort(), redis = GridClusterOptions.FreePort();
         int basePort = 22000 + Random.Shared.Next(0, 60) * 100;
-        var cluster = new LoopbackCluster(c, state, new GridClusterOptions());
+        var cluster = new LoopbackCluster(c, state);
         c.Log($"cluster: up --silos {silos} ({c.BuildConfig} builds, state {state})");
         try
         {
             int rc = await cluster.RunScriptAsync(["up", "--silos", silos.ToString(), "--model", c.ModelDir, "--port", port.ToString(),
                 "--redis-port", redis.ToString(), "--base-port", basePort.ToString(), "--no-build", "--timeout", "240"], ct);
             if (rc != 0) throw new InvalidOperationException($"cluster.sh up exited with {rc}; see {state}/*.log");
-            // The env file holds the Grid__Cluster__* values a client needs.
-            var values = File.ReadAllText(Path.Combine(state, "env")).Replace("export ", "")
+            // The env file holds the Grid__Cluster__* environment variables a client needs: bound and validated as the
+            // Grid:* tree (the same keys, binding and validation as every Grid executable).
+            var variables = File.ReadAllText(Path.Combine(state, "env")).Replace("export ", "")
                 .Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries)
-                .Select(kv => kv.Split('=', 2)).ToDictionary(kv => kv[0].Replace("Grid__Cluster__", ""), kv => kv[1]);
-            var o = cluster.Options;
-            o.Clustering = values["Clustering"];
-            o.Redis = values["Redis"];
-            o.ClusterId = values["ClusterId"];
-            o.ExpertGroups = int.Parse(values["ExpertGroups"]);
-            o.AttentionShards = int.Parse(values["AttentionShards"]);
-            o.MaxGroupsPerToken = int.Parse(values["MaxGroupsPerToken"]);
+                .Select(kv => kv.Split('=', 2)).ToDictionary(kv => kv[0].Replace("__", ":"), kv => (string?)kv[1]);
+            var configuration = new ConfigurationBuilder().AddInMemoryCollection(variables).Build();
+            cluster.Options = GridOptionsSetup.Load(configuration, GridExecutable.Benchmark).Cluster;
             return cluster;
         }
         catch

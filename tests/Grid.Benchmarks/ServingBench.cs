@@ -3,7 +3,7 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Grid.Grains.Hosting;
+using Grid.Configuration;
 using Grid.ModelCore.Config;
 using static Grid.Benchmarks.Report;
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Grid.Configuration;
 using Grid.Gateway.Orchestration;
 using Grid.Grains;
 using Grid.Grains.Hosting;
@@ -62,12 +63,11 @@ public abstract class GridTestCluster : IAsyncLifetime
         {
             var name = silo.Configuration["Orleans:Name"] ?? throw new InvalidOperationException("the test cluster gave the silo no name");
             int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new SiloRoleOptions
+            silo.AddGridSilo(new GridOptions
             {
-                ModelPath = silo.Configuration["GridModelPath"]!,
-                Attention = index == 0,
-                ExpertGroupCount = Groups,
-                ExpertGroups = GroupsOfSilo[index],
+                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
+                Cluster = new GridClusterOptions { ExpertGroups = Groups },
+                Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
             });
             silo.AddIncomingGrainCallFilter(async ctx =>
             {

@@ -39,8 +39,8 @@ public sealed class LoopbackClusterTests
     public async Task GoldenThroughThreeSiloProcessesWithRedisMembership(string checkpoint)
     {
         var state = ModelTestKit.TempDir("cluster");
-        int port = Grid.Grains.Hosting.GridClusterOptions.FreePort();
-        int redisPort = Grid.Grains.Hosting.GridClusterOptions.FreePort();
+        int port = Grid.Configuration.GridClusterOptions.FreePort();
+        int redisPort = Grid.Configuration.GridClusterOptions.FreePort();
         int basePort = checkpoint == "full_f32" ? 23000 : 24000;
         int metricsPort = basePort + 300;
         try
@@ -90,7 +90,7 @@ public sealed class LoopbackClusterTests
     /// <summary>A real Prometheus scrapes the gateway and the three silos; the served work shows in its queries.</summary>
     static async Task PrometheusScrapesTheClusterAsync(string state, int gatewayPort, int metricsPort)
     {
-        int promPort = Grid.Grains.Hosting.GridClusterOptions.FreePort();
+        int promPort = Grid.Configuration.GridClusterOptions.FreePort();
         var config = Path.Combine(state, "prometheus.yml");
         File.WriteAllText(config, $$"""
             global: { scrape_interval: 1s }

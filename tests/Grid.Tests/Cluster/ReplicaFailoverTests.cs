@@ -1,3 +1,4 @@
+using Grid.Configuration;
 using Grid.Gateway.Orchestration;
 using Grid.Grains;
 using Grid.Grains.Contracts;
@@ -42,12 +43,11 @@ public sealed class ReplicaFailoverTests : IAsyncLifetime
         {
             var name = silo.Configuration["Orleans:Name"]!;
             int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new SiloRoleOptions
+            silo.AddGridSilo(new GridOptions
             {
-                ModelPath = silo.Configuration["GridModelPath"]!,
-                Attention = index == 0,
-                ExpertGroupCount = 4,
-                ExpertGroups = GroupsOfSilo[index],
+                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
+                Cluster = new GridClusterOptions { ExpertGroups = 4 },
+                Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
             });
         }
     }

@@ -25,6 +25,9 @@ public class SiloCliTests
     [InlineData(new[] { "--device", "cuda:0" }, "Grid:Silo:Device: 'cuda:0' requested, but this build has no CUDA backend")]
     [InlineData(new[] { "--device", "tpu" }, "Grid:Silo:Device: 'tpu' is not a device (cpu or cuda:N)")]
     [InlineData(new[] { "--groups", "0,x" }, "error: ")]
+    [InlineData(new[] { "--groups", "0,3", "--expert-groups", "2" }, "Grid:Silo:ExpertGroups: group 3 is outside 0..1 (Grid:Cluster:ExpertGroups is 2)")]
+    [InlineData(new[] { "--groups", "2", "--group-count", "2" }, "Grid:Silo:ExpertGroups: group 2 is outside 0..1")]
+    [InlineData(new[] { "--clustering", "zookeeper" }, "Grid:Cluster:Clustering: 'zookeeper' is not supported")]
     public void BadConfigurationIsOneLineAndExitCodeTwo(string[] args, string message)
     {
         var all = args.Contains("--model") ? args : ["--model", Golden.Dir("lite_f32"), .. args];

@@ -125,7 +125,7 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
     [InlineData(new[] { "serve", "--port", "abc" }, "abc")]
     [InlineData(new[] { "serve", "--port", "70000" }, "Port must be between 0 and 65535")]
     [InlineData(new[] { "serve", "--model", "/nonexistent" }, "model folder not found")]
-    [InlineData(new[] { "serve", "--dtype", "int3" }, "dtype: 'int3' is not supported")]
+    [InlineData(new[] { "serve", "--dtype", "int3" }, "Grid:Model:Dtype: 'int3' is not supported")]
     [InlineData(new[] { "serve", "--bogus" }, "--bogus")]
     public void BadServeFlagsGiveAOneLineErrorAndNonZeroExit(string[] args, string message)
     {

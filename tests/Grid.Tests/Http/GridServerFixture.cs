@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
+using Grid.Configuration;
 using Grid.Gateway.Hosting;
 using Grid.Gateway.Scheduling;
 using Grid.ModelCore.Sampling;

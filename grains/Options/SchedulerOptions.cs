@@ -1,4 +1,4 @@
-namespace Grid.Gateway.Scheduling;
+namespace Grid.Configuration;
 
 /// <summary>Scheduler limits (config <c>Grid:Scheduler:*</c>).</summary>
 public sealed record SchedulerOptions

@@ -1,0 +1,45 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace Grid.Configuration;
+
+/// <summary>How silos and the gateway find each other, and the deployment's shape (<c>Grid:Cluster:*</c>).</summary>
+public sealed class GridClusterOptions
+{
+    /// <summary>"embedded" (the gateway co-hosts one silo), "localhost" (development membership on loopback) or "redis".</summary>
+    public string Clustering { get; set; } = "embedded";
+    /// <summary>Redis connection string for membership (Clustering = redis).</summary>
+    public string Redis { get; set; } = "127.0.0.1:6379";
+    public string ClusterId { get; set; } = "grid";
+    public string ServiceId { get; set; } = "grid";
+    public string AdvertisedAddress { get; set; } = "127.0.0.1";
+    /// <summary>Silo-to-silo port (0 = pick a free one).</summary>
+    public int SiloPort { get; set; }
+    /// <summary>Client gateway port of a silo (0 = pick a free one).</summary>
+    public int GatewayPort { get; set; }
+    /// <summary>Primary silo's silo port for "localhost" development clustering.</summary>
+    public int PrimarySiloPort { get; set; } = 11111;
+    /// <summary>Client gateway ports for "localhost" clustering (the gateway as an external client).</summary>
+    public int[] GatewayPorts { get; set; } = [30000];
+    /// <summary>Attention shards (silos hosting attention serve them).</summary>
+    public int AttentionShards { get; set; } = 1;
+    /// <summary>
+    /// Into how many contiguous groups the routed experts are split across the deployment: the one key silos (which
+    /// partition their experts by it) and the gateway (which routes by it) both read.
+    /// </summary>
+    public int ExpertGroups { get; set; } = 1;
+    /// <summary>Device-limited routing: most expert groups a token may reach (0 = off).</summary>
+    public int MaxGroupsPerToken { get; set; }
+    /// <summary>Orchestrator deadline per grain call, seconds.</summary>
+    public double CallTimeoutSeconds { get; set; } = 20;
+
+    public static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    public bool IsEmbedded => string.Equals(Clustering, "embedded", StringComparison.OrdinalIgnoreCase);
+    public bool IsRedis => string.Equals(Clustering, "redis", StringComparison.OrdinalIgnoreCase);
+}

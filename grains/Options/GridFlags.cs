@@ -1,0 +1,117 @@
+using System.Reflection;
+
+namespace Grid.Configuration;
+
+/// <summary>The executables that read the <c>Grid:*</c> tree (each binds and validates the sections it uses).</summary>
+[Flags]
+public enum GridExecutable
+{
+    /// <summary><c>grid serve</c>: the HTTP gateway.</summary>
+    Serve = 1,
+    /// <summary><c>grid generate</c>: one offline completion.</summary>
+    Generate = 2,
+    /// <summary><c>grid-silo</c>: one silo of a cluster.</summary>
+    Silo = 4,
+    /// <summary><c>Grid.Benchmarks</c> (the cluster client settings it reads back from deploy/local/cluster.sh).</summary>
+    Benchmark = 8,
+}
+
+/// <summary>One command-line flag and the <c>Grid:*</c> key it sets.</summary>
+/// <param name="Name">The flag, e.g. <c>--model</c>.</param>
+/// <param name="Key">The configuration key it sets, e.g. <c>Grid:Model:Path</c>.</param>
+/// <param name="ReadBy">The executables that accept it.</param>
+/// <param name="Description">Help text.</param>
+public sealed record GridFlag(string Name, string Key, GridExecutable ReadBy, string Description)
+{
+    /// <summary>The bound property's type (from <see cref="GridOptions"/>): int, long, double, bool, string or a list.</summary>
+    public Type ValueType { get; } = GridKeys.TypeOf(Key);
+    /// <summary>A list key (<c>Grid:Http:ApiKeys</c>): the flag may be repeated, each value one entry.</summary>
+    public bool IsList => ValueType != typeof(string) && ValueType != typeof(GroupList) && typeof(System.Collections.IEnumerable).IsAssignableFrom(ValueType);
+}
+
+/// <summary>
+/// The one table of command-line flags: every executable maps a flag to the same <c>Grid:*</c> key, and flags win over
+/// environment variables, which win over the JSON file. docs/configuration.md lists them with their keys.
+/// </summary>
+public static class GridFlags
+{
+    const GridExecutable Gateway = GridExecutable.Serve | GridExecutable.Generate;
+    const GridExecutable Everywhere = Gateway | GridExecutable.Silo;
+
+    public static IReadOnlyList<GridFlag> All { get; } =
+    [
+        new("--model", "Grid:Model:Path", Everywhere, "Checkpoint folder (Hugging Face layout); grid: default the built-in tiny model"),
+        new("--dtype", "Grid:Model:Dtype", Everywhere, "Compute dtype: float32 (default), bfloat16, float16"),
+        new("--engine", "Grid:Model:Engine", Gateway, "grid (default: the embedded grid, or the cluster Grid:Cluster configures) or local (model-core in process)"),
+        new("--max-model-len", "Grid:Model:MaxModelLen", Gateway, "Cap on the context length (0 = the checkpoint's)"),
+        new("--served-model-name", "Grid:Model:ServedName", Gateway, "Model name in the API (default: grid-tiny or the folder's name)"),
+        new("--host", "Grid:Http:Host", GridExecutable.Serve, "Address to bind (default 0.0.0.0)"),
+        new("--port", "Grid:Http:Port", GridExecutable.Serve, "TCP port (default 8080; 0 = any free port)"),
+        new("--api-key", "Grid:Http:ApiKeys", GridExecutable.Serve, "Accepted API key; repeat for several"),
+        new("--max-request-body-bytes", "Grid:Http:MaxRequestBodyBytes", GridExecutable.Serve, "Largest request body (larger ones get 413)"),
+        new("--max-running-sequences", "Grid:Scheduler:MaxRunningSequences", Gateway, "Most sequences in the running batch"),
+        new("--max-batched-tokens", "Grid:Scheduler:MaxBatchedTokens", Gateway, "Most new tokens one step carries"),
+        new("--prefill-chunk-tokens", "Grid:Scheduler:PrefillChunkTokens", Gateway, "Longest prefill chunk of one sequence per step"),
+        new("--log-steps", "Grid:Scheduler:LogSteps", Gateway, "Log every scheduler step"),
+        new("--clustering", "Grid:Cluster:Clustering", Everywhere, "embedded (default; grid-silo: localhost), localhost or redis"),
+        new("--redis", "Grid:Cluster:Redis", Everywhere, "Redis connection for membership"),
+        new("--expert-groups", "Grid:Cluster:ExpertGroups", Everywhere, "Expert groups the routed experts are split into"),
+        new("--attention-shards", "Grid:Cluster:AttentionShards", Gateway, "Attention shards"),
+        new("--max-groups-per-token", "Grid:Cluster:MaxGroupsPerToken", Gateway, "Device-limited routing M: most expert groups per token, 0 = off"),
+        new("--silo-port", "Grid:Cluster:SiloPort", GridExecutable.Silo, "Silo-to-silo port (0 = a free one)"),
+        new("--gateway-port", "Grid:Cluster:GatewayPort", GridExecutable.Silo, "This silo's client gateway port (0 = a free one)"),
+        new("--primary-port", "Grid:Cluster:PrimarySiloPort", GridExecutable.Silo, "Primary silo's port for localhost clustering"),
+        new("--groups", "Grid:Silo:ExpertGroups", GridExecutable.Silo, "Expert groups this silo serves, e.g. 0,1"),
+        new("--attention", "Grid:Silo:Attention", GridExecutable.Silo, "Whether this silo hosts attention (true/false)"),
+        new("--device", "Grid:Silo:Device", GridExecutable.Silo, "cpu, or cuda:N in a CUDA build"),
+        new("--torch-threads", "Grid:Silo:TorchThreads", GridExecutable.Silo, "Torch intra-op threads (0 = torch default)"),
+        new("--metrics-port", "Grid:Silo:MetricsPort", GridExecutable.Silo, "Prometheus metrics port (0 = off)"),
+        new("--block-size", "Grid:Silo:CacheBlockSize", Everywhere, "Latent cache block (page) size in tokens"),
+        new("--cache-max-bytes", "Grid:Silo:CacheMaxBytes", Everywhere, "Latent-cache budget of an attention host in bytes (the planner admits and preempts against it)"),
+    ];
+
+    /// <summary>Older spellings still accepted: <c>--group-count</c> (grid-silo) is <c>--expert-groups</c>.</summary>
+    public static IReadOnlyDictionary<string, string> Aliases { get; } = new Dictionary<string, string>
+    {
+        ["--group-count"] = "--expert-groups",
+    };
+
+    public static IEnumerable<GridFlag> For(GridExecutable executable) => All.Where(f => f.ReadBy.HasFlag(executable));
+
+    /// <summary>Switch mappings for <c>IConfigurationBuilder.AddCommandLine</c> (flags and aliases of one executable).</summary>
+    public static IDictionary<string, string> SwitchMappings(GridExecutable executable)
+    {
+        var map = For(executable).ToDictionary(f => f.Name, f => f.Key);
+        foreach (var (alias, name) in Aliases)
+            if (map.TryGetValue(name, out var key)) map[alias] = key;
+        return map;
+    }
+
+    /// <summary>"Grid:Model:Path (--model)" for a key that has a flag, the key alone otherwise.</summary>
+    public static string Describe(string key) =>
+        All.FirstOrDefault(f => f.Key == key) is { } flag ? $"{key} ({flag.Name})" : key;
+}
+
+/// <summary>The keys of the <see cref="GridOptions"/> tree, found by reflection (docs and flags are checked against them).</summary>
+public static class GridKeys
+{
+    /// <summary>Every leaf key, e.g. <c>Grid:Http:Port</c>, with its type.</summary>
+    public static IEnumerable<(string Key, Type Type)> All() => Leaves(typeof(GridOptions), GridOptions.Section);
+
+    static IEnumerable<(string, Type)> Leaves(Type type, string prefix)
+    {
+        foreach (var p in type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite))
+        {
+            var key = prefix + ":" + p.Name;
+            if (IsSection(p.PropertyType))
+                foreach (var leaf in Leaves(p.PropertyType, key)) yield return leaf;
+            else
+                yield return (key, p.PropertyType);
+        }
+    }
+
+    static bool IsSection(Type t) => t.IsClass && t != typeof(string) && t.Namespace == typeof(GridOptions).Namespace && t != typeof(GroupList);
+
+    public static Type TypeOf(string key) =>
+        All().FirstOrDefault(k => k.Key == key).Type ?? throw new ArgumentException($"{key} is not a Grid option");
+}

@@ -1,0 +1,125 @@
+using System.ComponentModel;
+using System.Globalization;
+
+namespace Grid.Configuration;
+
+/// <summary>
+/// The one <c>Grid:*</c> options tree every executable binds (gateway <c>serve</c> and <c>generate</c>, <c>grid-silo</c>,
+/// the benchmark): from a JSON file (appsettings.json for <c>grid</c>, grid-silo.json for <c>grid-silo</c>), then
+/// environment variables (<c>Grid__Model__Path</c>), then command-line flags (<see cref="GridFlags"/>), which win.
+/// Each executable reads the sections it needs and validates them (<see cref="GridOptionsSetup"/>); every key is
+/// listed in docs/configuration.md.
+/// </summary>
+public sealed class GridOptions
+{
+    public const string Section = "Grid";
+
+    public ModelOptions Model { get; set; } = new();
+    public HttpOptions Http { get; set; } = new();
+    public SchedulerOptions Scheduler { get; set; } = new();
+    /// <summary>The deployment's shape and how its processes find each other; "embedded" co-hosts one silo in the gateway.</summary>
+    public GridClusterOptions Cluster { get; set; } = new();
+    public SiloOptions Silo { get; set; } = new();
+    public LoggingOptions Logging { get; set; } = new();
+}
+
+/// <summary><c>Grid:Model:*</c>.</summary>
+public sealed class ModelOptions
+{
+    /// <summary>Checkpoint folder (Hugging Face layout); empty = the built-in tiny checkpoint (gateway only; a silo needs one).</summary>
+    public string? Path { get; set; }
+    /// <summary>Compute dtype: float32, bfloat16, float16.</summary>
+    public string Dtype { get; set; } = "float32";
+    /// <summary>"grid" (default: the Orleans grid, embedded or clustered) or "local" (model-core in process, no Orleans).</summary>
+    public string Engine { get; set; } = "grid";
+    /// <summary>Caps the context length below the checkpoint's max_position_embeddings (0 = no cap).</summary>
+    public int MaxModelLen { get; set; }
+    /// <summary>Name served in /v1/models and required in requests; default: "grid-tiny" or the folder's name.</summary>
+    public string? ServedName { get; set; }
+}
+
+/// <summary><c>Grid:Http:*</c>.</summary>
+public sealed class HttpOptions
+{
+    /// <summary>Address to bind; 0.0.0.0 for every interface.</summary>
+    public string Host { get; set; } = "0.0.0.0";
+    /// <summary>TCP port; 0 = any free port.</summary>
+    public int Port { get; set; } = 8080;
+    /// <summary>When non-empty, /v1/* requires <c>Authorization: Bearer &lt;one of these&gt;</c>.</summary>
+    public List<string> ApiKeys { get; set; } = new();
+    /// <summary>Largest request body accepted; larger ones get 413.</summary>
+    public long MaxRequestBodyBytes { get; set; } = 4 * 1024 * 1024;
+    /// <summary>Chat max_tokens when the request gives none (also capped by the room left in the context).</summary>
+    public int ChatDefaultMaxTokens { get; set; } = 4096;
+    /// <summary>Most choices (n) per request.</summary>
+    public int MaxChoices { get; set; } = 16;
+    /// <summary>Expose /debug/steps and /debug/cache.</summary>
+    public bool DebugEndpoints { get; set; } = true;
+}
+
+/// <summary>
+/// <c>Grid:Silo:*</c>: what one <c>grid-silo</c> serves. How many expert groups the routed experts are split into is
+/// the deployment's, <c>Grid:Cluster:ExpertGroups</c>, read by silos and gateway alike.
+/// </summary>
+public sealed class SiloOptions
+{
+    /// <summary>Whether this silo hosts attention shards (latent caches, MLA, gates, shared experts, dense layers).</summary>
+    public bool Attention { get; set; }
+    /// <summary>The expert groups this silo serves (indices in 0..Grid:Cluster:ExpertGroups-1), e.g. "0,1".</summary>
+    public GroupList ExpertGroups { get; set; } = GroupList.Empty;
+    /// <summary>Where this silo's tensors live: "cpu", or "cuda:N" in a CUDA build (TorchSharp-cuda-linux).</summary>
+    public string Device { get; set; } = "cpu";
+    /// <summary>Latent cache block size in tokens.</summary>
+    public int CacheBlockSize { get; set; } = 16;
+    /// <summary>Latent-cache budget of this silo's attention shards in bytes (whole blocks); the planner admits and preempts against it.</summary>
+    public long CacheMaxBytes { get; set; } = Grid.ModelCore.Model.ModelLoadOptions.DefaultCacheMaxBytes;
+    /// <summary>Torch intra-op threads for this silo's inference thread (0 = torch default).</summary>
+    public int TorchThreads { get; set; }
+    /// <summary>Prometheus listener port for this silo's metrics (0 = off).</summary>
+    public int MetricsPort { get; set; }
+    /// <summary>Address the Prometheus listener binds.</summary>
+    public string MetricsHost { get; set; } = "127.0.0.1";
+}
+
+/// <summary><c>Grid:Logging:*</c> (log levels stay under the standard <c>Logging:LogLevel</c> section).</summary>
+public sealed class LoggingOptions
+{
+    /// <summary>JSON console lines instead of single-line text.</summary>
+    public bool Json { get; set; }
+}
+
+/// <summary>
+/// A comma-separated list of expert-group indices ("0,1"; "" = none), as one configuration value so that flags and
+/// environment variables can give it (<c>--groups 0,1</c>, <c>Grid__Silo__ExpertGroups=0,1</c>).
+/// </summary>
+[TypeConverter(typeof(GroupListConverter))]
+public sealed class GroupList : IReadOnlyList<int>
+{
+    readonly int[] _groups;
+
+    public GroupList(IEnumerable<int> groups) => _groups = groups.ToArray();
+
+    public static GroupList Empty { get; } = new([]);
+
+    /// <exception cref="FormatException">An entry is not an integer.</exception>
+    public static GroupList Parse(string value) =>
+        new(value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(s => int.Parse(s, NumberStyles.Integer, CultureInfo.InvariantCulture)));
+
+    public static implicit operator GroupList(int[] groups) => new(groups);
+
+    public int this[int index] => _groups[index];
+    public int Count => _groups.Length;
+    public bool Contains(int group) => Array.IndexOf(_groups, group) >= 0;
+    public IEnumerator<int> GetEnumerator() => ((IEnumerable<int>)_groups).GetEnumerator();
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => _groups.GetEnumerator();
+    public override string ToString() => string.Join(",", _groups);
+}
+
+sealed class GroupListConverter : TypeConverter
+{
+    public override bool CanConvertFrom(ITypeDescriptorContext? context, Type sourceType) => sourceType == typeof(string) || base.CanConvertFrom(context, sourceType);
+
+    public override object? ConvertFrom(ITypeDescriptorContext? context, CultureInfo? culture, object value) =>
+        value is string s ? GroupList.Parse(s) : base.ConvertFrom(context, culture, value);
+}
