@@ -43,8 +43,9 @@ public sealed partial class DashboardMetricsTests(LiteServer lite)
             ("temperature", 0), ("ignore_eos", true), ("stream", true));
         var (_, done) = await lite.StreamAsync("/v1/completions", body);
         Assert.True(done);
-        // The request counter is added once the response has gone out: wait for the state, not a time.
-        var exported = await Poll.UntilAsync(ExportedAsync, names => queried.IsSubsetOf(names));
+        // The request counter is added once the response has gone out: wait for the state, not a time (a minute: a
+        // misspelt name never appears, and the test should say so without waiting the default five).
+        var exported = await Poll.UntilAsync(ExportedAsync, names => queried.IsSubsetOf(names), TimeSpan.FromMinutes(1));
         Assert.Empty(queried.Except(exported).Order());
     }
 }
