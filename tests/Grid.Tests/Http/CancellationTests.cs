@@ -5,12 +5,18 @@ namespace Grid.Tests.Http;
 
 /// <summary>
 /// lite_f32 with its whole context (max_position_embeddings, 163840 tokens) instead of the 512 of the shared server:
-/// a generation that asks for all of it cannot end while a test runs, on any machine.
+/// a generation that asks for all of it cannot end while a test runs, on any machine. Tests that need a stream
+/// still in flight use it.
 /// </summary>
 public sealed class LongContextServer : GridServerFixture
 {
     public override string Checkpoint => "lite_f32";
-    protected override void Configure(Dictionary<string, string?> settings) => settings["Grid:Model:MaxModelLen"] = "0";   // 0: the model's own
+    protected override void Configure(Dictionary<string, string?> settings)
+    {
+        settings["Grid:Model:MaxModelLen"] = "0";   // 0: the model's own
+        // Small enough that an oversized test body fits the loopback socket buffers, so the client reads the 413.
+        settings["Grid:Http:MaxRequestBodyBytes"] = "65536";
+    }
 }
 
 [CollectionDefinition(Name, DisableParallelization = true)]
