@@ -44,9 +44,6 @@ public sealed class Experts : IDisposable
         }
     }
 
-    /// <summary>Tensor-name filter: true for the expert tensors of this range.</summary>
-    public static bool Owns(TensorSpec spec, ExpertRange range) => spec.Expert is int e && range.Contains(e);
-
     /// <summary>
     /// x [N, d] with <paramref name="routing"/> for the same N tokens -> [N, d]: sum over the (token, k)
     /// pairs routed into this group of weight * expert(x[token]). Tokens routed elsewhere get zeros.

@@ -132,7 +132,8 @@ public sealed class MlaAttention : IDisposable
 
     /// <summary>
     /// Absorbed MLA for a decode batch: one query per sequence, qNope [B, H, nope], qRope [B, H, rope],
-    /// against caches gathered into [B, Tmax, latent] with per-sequence <paramref name="lengths"/>. Returns [B, H*v].
+    /// against caches gathered into [B, Tmax, latent]; <paramref name="validMask"/> [B, Tmax] is true at each sequence's
+    /// cached positions (the rest is padding up to Tmax and masked out). Returns [B, H*v].
     /// </summary>
     public Tensor AttendAbsorbedBatch(Tensor qNope, Tensor qRope, Tensor caches, Tensor validMask)
     {

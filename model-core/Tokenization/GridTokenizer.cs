@@ -97,8 +97,6 @@ public sealed class GridTokenizer : IDisposable
     /// <summary>The text of one token as shown in logprobs: a special token's content, else its decoded bytes.</summary>
     public string TokenText(int id) => _specialTokens.TryGetValue(id, out var s) ? s : Decode([id]);
 
-    public bool IsSpecial(int id) => _specialTokens.ContainsKey(id);
-
     /// <summary>Renders the chat template; the result already holds BOS, so encode it with addSpecialTokens false.</summary>
     public string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
     {

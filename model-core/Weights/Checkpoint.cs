@@ -73,8 +73,6 @@ public sealed class Checkpoint : IDisposable
         return _files[path] = new SafetensorsFile(path);
     }
 
-    public bool Contains(string name) => _entries.ContainsKey(name);
-
     /// <summary>Loads one tensor, checks its shape, converts it to <paramref name="dtype"/>. The caller owns the result (it belongs to no dispose scope).</summary>
     public Tensor Load(string name, long[] expectedShape, ScalarType dtype)
     {

@@ -16,7 +16,7 @@ public class GenerateCliTests
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("grid did not exit"); }
+        if (!p.WaitForExit(Poll.Deadline)) { p.Kill(true); throw new TimeoutException("grid did not exit"); }
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 

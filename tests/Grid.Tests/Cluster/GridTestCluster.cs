@@ -39,12 +39,7 @@ public abstract class GridTestCluster : IAsyncLifetime
         Cluster = builder.Build();
         await Cluster.DeployAsync();
         Executor = new GridStepExecutor(Cluster.Client, Config, new GridTopology { AttentionShards = 1, ExpertGroups = Groups }, NullLogger<GridStepExecutor>.Instance);
-        var deadline = DateTime.UtcNow.AddMinutes(2);
-        while (!(await Executor.GetReadinessAsync(CancellationToken.None)).Ready)
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("the test cluster did not load its weights");
-            await Task.Delay(100);
-        }
+        await Poll.UntilAsync(async () => (await Executor.GetReadinessAsync(CancellationToken.None)).Ready, "the test cluster did not load its weights");
     }
 
     /// <summary>The model part a silo loaded, by silo index.</summary>

@@ -120,20 +120,16 @@ public sealed class LoopbackClusterTests
                 }
                 catch (HttpRequestException) { return []; }
             }
-            var deadline = DateTime.UtcNow.AddSeconds(60);
-            JsonArray up = [], groups = [], requests = [];
-            while (DateTime.UtcNow < deadline)
-            {
-                up = await QueryAsync("up == 1");
-                groups = await QueryAsync("sum by (group) (grid_expert_calls_total)");
-                requests = await QueryAsync("sum(grid_requests_total)");
-                if (up.Count == 4 && groups.Count == 4 && requests.Count == 1) break;
-                await Task.Delay(500);
-            }
+            static double Value(JsonArray result) =>
+                result.Count == 1 ? double.Parse(result[0]!["value"]![1]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) : 0;
+            // Wait for the state (every target scraped after the work was counted), not for a number of scrapes.
+            var (up, groups, requests, reserved) = await Poll.UntilAsync(async () =>
+                (Up: await QueryAsync("up == 1"), Groups: await QueryAsync("sum by (group) (grid_expert_calls_total)"),
+                    Requests: await QueryAsync("sum(grid_requests_total)"), Reserved: await QueryAsync("grid_silo_latent_cache_reserved_bytes > 0")),
+                r => r.Up.Count == 4 && r.Groups.Count == 4 && Value(r.Requests) >= 4 && r.Reserved.Count >= 1);
             Assert.Equal(4, up.Count);                      // the gateway and three silos are scraped
             Assert.Equal(4, groups.Count);                  // every expert group served calls, on its own silo
-            Assert.True(double.Parse(requests[0]!["value"]![1]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) >= 4);
-            var reserved = await QueryAsync("grid_silo_latent_cache_reserved_bytes > 0");
+            Assert.True(Value(requests) >= 4);
             Assert.Single(reserved);                        // only the attention silo holds a latent cache pool
         }
         finally

@@ -58,7 +58,7 @@ public sealed class ReplicaFailoverTests : IAsyncLifetime
         var config = ModelConfig.Load(Path.Combine(Golden.Dir("full_f32"), "config.json"));
         var executor = new GridStepExecutor(_cluster.Client, config, new GridTopology { ExpertGroups = 4, CallTimeout = TimeSpan.FromSeconds(10) },
             NullLogger<GridStepExecutor>.Instance);
-        while (!(await executor.GetReadinessAsync(CancellationToken.None)).Ready) await Task.Delay(100);
+        await Poll.UntilAsync(async () => (await executor.GetReadinessAsync(CancellationToken.None)).Ready, "the replica cluster did not load its weights");
         var expected = Golden.Load("full_f32", "text");
 
         var before = await GridClusterTestsBase<FullCluster>.GreedyAsync(executor, 1, expected.PromptIds, 16);

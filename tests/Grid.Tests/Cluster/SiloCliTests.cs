@@ -16,7 +16,7 @@ public class SiloCliTests
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
         p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(60_000)) { p.Kill(true); throw new TimeoutException("grid-silo did not exit"); }
+        if (!p.WaitForExit(Poll.Deadline)) { p.Kill(true); throw new TimeoutException("grid-silo did not exit"); }
         return (p.ExitCode, stderr.Result);
     }
 

@@ -92,22 +92,24 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
         using var http = new HttpClient();
         try
         {
-            HttpResponseMessage? health = null;
-            for (int i = 0; i < 600 && health is null; i++)
+            // Until the process listens, connecting fails; then /health answers at once.
+            var health = await Poll.UntilAsync(async () =>
             {
-                try { health = await http.GetAsync($"http://127.0.0.1:{port}/health"); }
-                catch (HttpRequestException) { await Task.Delay(100); }
-            }
-            Assert.Equal(HttpStatusCode.OK, health!.StatusCode);
-            HttpResponseMessage ready;
-            for (int i = 0; ; i++)
+                try { return await http.GetAsync($"http://127.0.0.1:{port}/health"); }
+                catch (HttpRequestException) { return null; }
+            }, h => h is not null || p.HasExited);
+            Assert.NotNull(health);
+            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+            var ready = await Poll.UntilAsync(async () =>
             {
-                ready = await http.GetAsync($"http://127.0.0.1:{port}/ready");
-                if (ready.StatusCode == HttpStatusCode.OK || i > 600) break;
-                Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
-                Assert.Contains("model_not_ready", await ready.Content.ReadAsStringAsync());
-                await Task.Delay(100);
-            }
+                var r = await http.GetAsync($"http://127.0.0.1:{port}/ready");
+                if (r.StatusCode != HttpStatusCode.OK)
+                {
+                    Assert.Equal(HttpStatusCode.ServiceUnavailable, r.StatusCode);
+                    Assert.Contains("model_not_ready", await r.Content.ReadAsStringAsync());
+                }
+                return r;
+            }, r => r.StatusCode == HttpStatusCode.OK);
             Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
             var models = await http.GetStringAsync($"http://127.0.0.1:{port}/v1/models");
             Assert.Contains("\"max_model_len\":300", models);
@@ -115,7 +117,7 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
         finally
         {
             Process.Start("kill", ["-TERM", p.Id.ToString()])!.WaitForExit();
-            if (!p.WaitForExit(30_000)) p.Kill(true);
+            if (!p.WaitForExit(Poll.Deadline)) p.Kill(true);
         }
         Assert.Equal(0, p.ExitCode);
         Assert.Contains("loading weights", await stdout + await stderr);

@@ -52,14 +52,12 @@ public abstract class GridServerFixture : IAsyncLifetime
         await _app.StartAsync();
         BaseUrl = GridServer.Addresses(_app).Single().TrimEnd('/');
         Tokenizer = GridTokenizer.Load(Golden.Dir(Checkpoint));
-        for (int i = 0; ; i++)
+        await Poll.UntilAsync(async () =>
         {
             using var ready = await Http.GetAsync(BaseUrl + "/ready");
-            if (ready.StatusCode == HttpStatusCode.OK) break;
-            Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
-            if (i > 600) throw new TimeoutException("the server did not become ready");
-            await Task.Delay(100);
-        }
+            if (ready.StatusCode != HttpStatusCode.OK) Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
+            return ready.StatusCode == HttpStatusCode.OK;
+        }, "the server did not become ready");
     }
 
     public async Task DisposeAsync()

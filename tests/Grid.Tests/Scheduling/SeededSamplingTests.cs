@@ -1,3 +1,4 @@
+using Grid.Configuration;
 using Grid.Gateway.Hosting;
 using Grid.Gateway.Scheduling;
 using Grid.ModelCore.Sampling;
