@@ -16,7 +16,7 @@ public sealed record GridTopology
 {
     /// <summary>Attention shards; sequences are spread over them.</summary>
     public int AttentionShards { get; init; } = 1;
-    /// <summary>Expert groups the routed experts are split into (must match the silos' Grid:Silo:ExpertGroupCount).</summary>
+    /// <summary>Expert groups the routed experts are split into (Grid:Cluster:ExpertGroups, the one key silos and gateway read).</summary>
     public int ExpertGroups { get; init; } = 1;
     /// <summary>Device-limited routing: most expert groups one token may reach (0 = no limit).</summary>
     public int MaxGroupsPerToken { get; init; }
