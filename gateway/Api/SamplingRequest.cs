@@ -133,8 +133,8 @@ public sealed record SamplingRequest
             throw new ApiException(400, $"This model's maximum context length is {contextLength} tokens; the prompt has {promptLength} tokens, leaving no room to generate",
                 promptParam, "context_length_exceeded");
         var max = MaxTokens ?? Math.Min(defaultMaxTokens, contextLength - promptLength);
-        if (promptLength + max > contextLength)
-            throw new ApiException(400, $"This model's maximum context length is {contextLength} tokens. However, you requested {promptLength + max} tokens ({promptLength} in the prompt, {max} for the completion). Please reduce the prompt or {MaxTokensParam}.",
+        if ((long)promptLength + max > contextLength)   // long: max_tokens near int.MaxValue must not wrap around
+            throw new ApiException(400, $"This model's maximum context length is {contextLength} tokens. However, you requested {(long)promptLength + max} tokens ({promptLength} in the prompt, {max} for the completion). Please reduce the prompt or {MaxTokensParam}.",
                 MaxTokensParam, "context_length_exceeded");
         return max;
     }

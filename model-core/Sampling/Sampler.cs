@@ -1,6 +1,6 @@
 namespace Grid.ModelCore.Sampling;
 
-/// <summary>Per-request sampling settings. Temperature 0 is greedy; TopK &lt;= 0 and TopP 1 turn those filters off.</summary>
+/// <summary>Per-request sampling settings. Temperature 0 (or below 1e-5) is greedy; TopK &lt;= 0 and TopP 1 turn those filters off.</summary>
 public sealed record SamplingParams
 {
     public double Temperature { get; init; } = 1.0;
@@ -11,7 +11,10 @@ public sealed record SamplingParams
     /// <summary>How many top alternatives to report per token (0 = only the chosen token's logprob).</summary>
     public int Logprobs { get; init; }
 
-    public bool IsGreedy => Temperature <= 0 || TopK == 1;
+    /// <summary>Below this temperature sampling is greedy (as vLLM does): dividing logits by it would overflow to infinity.</summary>
+    public const double GreedyBelowTemperature = 1e-5;
+
+    public bool IsGreedy => Temperature < GreedyBelowTemperature || TopK == 1;
 
     public static SamplingParams Greedy { get; } = new() { Temperature = 0 };
 }

@@ -56,6 +56,17 @@ public class LatentCacheAndSamplerTests
         Assert.Equal(1, Sampler.Sample(l, SamplingParams.Greedy, default).Token);
     }
 
+    [Theory]
+    [InlineData(1e-310)]   // subnormal: logits / t overflow to infinity
+    [InlineData(1e-300)]
+    [InlineData(1e-6)]
+    public void TinyTemperaturesAreGreedy(double temperature)
+    {
+        var l = Logits(300, 3);
+        int argmax = Sampler.Argmax(l);
+        Assert.All(Draws(l, new SamplingParams { Temperature = temperature }, 5, 0, 20), t => Assert.Equal(argmax, t));
+    }
+
     static int[] Draws(float[] l, SamplingParams p, long seed, int choice, int count) =>
         Enumerable.Range(0, count).Select(i => Sampler.Sample(l, p, new DrawKey(seed, choice, i)).Token).ToArray();
 

@@ -40,6 +40,7 @@ public sealed class ErrorCatalogueTests(LongContextServer lite)
         ("max_tokens fractional", "POST", C, "{" + P + ", \"max_tokens\": 2.5}", 400, "max_tokens", "invalid_type"),
         ("max_tokens huge", "POST", C, "{" + P + ", \"max_tokens\": 1e30}", 400, "max_tokens", "out_of_range"),
         ("context length exceeded", "POST", C, "{" + P + ", \"max_tokens\": 200000}", 400, "max_tokens", "context_length_exceeded"),
+        ("max_tokens at int.MaxValue (no overflow)", "POST", C, "{" + P + ", \"max_tokens\": 2147483647}", 400, "max_tokens", "context_length_exceeded"),
         ("temperature too high", "POST", C, "{" + P + ", \"temperature\": 3}", 400, "temperature", "out_of_range"),
         ("temperature negative", "POST", C, "{" + P + ", \"temperature\": -0.5}", 400, "temperature", "out_of_range"),
         ("temperature a string", "POST", C, "{" + P + ", \"temperature\": \"hot\"}", 400, "temperature", "invalid_type"),
