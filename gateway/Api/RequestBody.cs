@@ -34,7 +34,44 @@ public static class RequestBody
             doc.Dispose();
             throw ApiException.Invalid($"the request body must be a JSON object, got {JsonFields.Kind(kind)}", null, "invalid_json");
         }
+        if (FirstUndecodableString(doc.RootElement, "") is { } path)
+        {
+            doc.Dispose();
+            throw ApiException.Invalid($"the request body has a string that is not valid Unicode (a lone surrogate escape such as \\ud800) at '{path}'",
+                path.Length == 0 ? null : path, "invalid_json");
+        }
         return doc;
+    }
+
+    /// <summary>
+    /// JSON may escape a lone surrogate (<c>"\ud800"</c>), which no .NET string can hold: System.Text.Json throws when such
+    /// a string is read. Every string and property name is checked once here, so the fields read later never throw.
+    /// Returns the path of the first bad one (e.g. <c>messages[0].content</c>), or null.
+    /// </summary>
+    static string? FirstUndecodableString(JsonElement e, string path)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try { e.GetString(); return null; }
+                catch (InvalidOperationException) { return path; }
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray())
+                    if (FirstUndecodableString(item, $"{path}[{i++}]") is { } bad) return bad;
+                return null;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try { name = p.Name; }
+                    catch (InvalidOperationException) { return path; }
+                    if (FirstUndecodableString(p.Value, path.Length == 0 ? name : $"{path}.{name}") is { } bad) return bad;
+                }
+                return null;
+            default:
+                return null;
+        }
     }
 
     static ApiException TooLarge(long maxBytes) =>
