@@ -29,6 +29,9 @@ public abstract class GridTestCluster : IAsyncLifetime
     public GridStepExecutor Executor { get; private set; } = null!;
     public string ModelPath => Golden.Dir(Checkpoint);
 
+    /// <summary>Grain calls this cluster's attention and expert-group grains have received so far.</summary>
+    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(ModelPath + "|", StringComparison.Ordinal)).Sum(kv => kv.Value);
+
     public async Task InitializeAsync()
     {
         Config = ModelConfig.Load(Path.Combine(ModelPath, "config.json"));
@@ -64,10 +67,12 @@ public abstract class GridTestCluster : IAsyncLifetime
                 Cluster = new GridClusterOptions { ExpertGroups = Groups },
                 Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
             });
+            var model = silo.Configuration["GridModelPath"]!;
             silo.AddIncomingGrainCallFilter(async ctx =>
             {
+                // Keyed by the cluster's model: the lite and full clusters run their test classes in parallel.
                 if (ctx.Grain is AttentionGrain or ExpertGroupGrain)
-                    Calls.AddOrUpdate(ctx.Grain.GetType().Name + "." + ctx.InterfaceMethod.Name, 1, (_, v) => v + 1);
+                    Calls.AddOrUpdate(model + "|" + ctx.Grain.GetType().Name + "." + ctx.InterfaceMethod.Name, 1, (_, v) => v + 1);
                 await ctx.Invoke();
             });
         }
