@@ -46,15 +46,16 @@ public sealed class GridConnection : IAsyncDisposable
         builder.Logging.AddFilter("Polly", LogLevel.Warning);
         if (cluster.IsEmbedded)
         {
+            var cache = embeddedSilo ?? new SiloOptions();
             var silo = new GridOptions
             {
                 Model = new ModelOptions { Path = modelPath, Dtype = dtype },
                 Cluster = cluster,
                 Silo = new SiloOptions
                 {
-                    CacheBlockSize = embeddedSilo?.CacheBlockSize ?? new SiloOptions().CacheBlockSize,
-                    CacheMaxBytes = embeddedSilo?.CacheMaxBytes ?? new SiloOptions().CacheMaxBytes,
-                    TorchThreads = embeddedSilo?.TorchThreads ?? 0,
+                    CacheBlockSize = cache.CacheBlockSize,
+                    CacheMaxBytes = cache.CacheMaxBytes,
+                    TorchThreads = cache.TorchThreads,
                     Attention = true,
                     ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],
                 },

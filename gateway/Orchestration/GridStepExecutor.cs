@@ -206,17 +206,20 @@ public sealed class GridStepExecutor : IStepExecutor
             CallAsync("attention.release", async ct => { await Shard(s).ReleaseAsync(ids, ct); return true; }, cancellationToken)));
     }
 
+    /// <summary>Every attention shard's cache report, by shard index.</summary>
+    Task<CacheReport[]> CacheReportsAsync(CancellationToken cancellationToken) =>
+        Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
+            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
+
     public async Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken)
     {
-        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
-            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
+        var reports = await CacheReportsAsync(cancellationToken);
         return reports.Select((r, s) => new ShardBudget(s, r.BlockSize, r.TotalBlocks, r.UsedBlocks)).ToArray();
     }
 
     public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)
     {
-        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
-            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
+        var reports = await CacheReportsAsync(cancellationToken);
         return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), reports.Sum(r => r.BytesReserved));
     }
 

@@ -1,3 +1,4 @@
+using Grid.ModelCore.Runtime;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Cache;
@@ -57,7 +58,7 @@ public sealed class LatentCache : IDisposable
         LatentDim = latentDim;
         _dtype = dtype;
         BlockSize = blockSize;
-        ElementSize = dtype == ScalarType.Float32 ? 4 : dtype == ScalarType.Float64 ? 8 : 2;
+        ElementSize = TensorBytes.ElementSize(dtype);
         _pools = new Tensor[numLayers];
         for (int l = 0; l < numLayers; l++) _pools[l] = zeros(0, latentDim, dtype).DetachFromDisposeScope();
         Grow(Math.Clamp(initialBlocks, 1, maxBlocks));
@@ -69,7 +70,7 @@ public sealed class LatentCache : IDisposable
     /// <summary>Blocks of <see cref="BlockSize"/> tokens that fit in <paramref name="bytes"/> for a model of this shape.</summary>
     public static int BlocksFor(long bytes, int numLayers, int latentDim, ScalarType dtype, int blockSize)
     {
-        long perBlock = (long)blockSize * latentDim * numLayers * (dtype == ScalarType.Float32 ? 4 : dtype == ScalarType.Float64 ? 8 : 2);
+        long perBlock = (long)blockSize * latentDim * numLayers * TensorBytes.ElementSize(dtype);
         return (int)Math.Clamp(bytes / perBlock, 1, int.MaxValue);
     }
 
