@@ -3,46 +3,82 @@ using Grid.Grains.Hosting;
 using Grid.Grains.Placement;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Serving;
+using Microsoft.Extensions.Logging;
 using static TorchSharp.torch;
 
 namespace Grid.Grains;
 
+/// <summary>How long a gateway's lease on its sequences lasts without a call (<c>Grid:Cluster:LeaseSeconds</c>).</summary>
+public sealed record ShardLease(TimeSpan Lease);
+
 /// <summary>
 /// An attention shard on the grid: the contract side of model-core's <see cref="AttentionShard"/> (latent caches,
-/// the walk of the current step, sampling). All tensor work runs on the silo's inference thread. Not reentrant:
-/// one step at a time.
+/// the walks of the current steps, sampling). All tensor work runs on the silo's inference thread. Not reentrant:
+/// one call at a time; the steps of different gateways interleave between calls without touching each other.
+/// A timer frees the caches of gateways whose lease expired.
 /// </summary>
 [AttentionPlacement]
-public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry) : Grain, IAttentionGrain
+public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, ShardLease lease, ILogger<AttentionGrain> logger) : Grain, IAttentionGrain
 {
     AttentionShard? _shard;
-    long _stepId = -1;
 
     int Index => (int)this.GetPrimaryKeyLong();
 
     AttentionShard Shard(DeepseekV2Model model) => _shard ??= new AttentionShard(model);
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        var period = TimeSpan.FromTicks(Math.Max(TimeSpan.FromMilliseconds(250).Ticks, lease.Lease.Ticks / 4));
+        this.RegisterGrainTimer(ExpireLeasesAsync, new GrainTimerCreationOptions(period, period) { Interleave = false, KeepAlive = true });
+        return Task.CompletedTask;
+    }
+
+    async Task ExpireLeasesAsync(CancellationToken cancellationToken)
+    {
+        if (!host.IsReady || _shard is null) return;
+        int freed = await host.RunAsync(model =>
+        {
+            int n = Shard(model).ExpireLeases(DateTimeOffset.UtcNow, lease.Lease);
+            if (n > 0) telemetry.Observe(model.Cache!);
+            return n;
+        }, cancellationToken);
+        if (freed > 0)
+        {
+            telemetry.CachesReclaimed.Add(freed);
+            logger.LogInformation("attention shard {Shard}: freed {Count} latent caches of gateways whose lease ({Lease} s) expired",
+                Index, freed, lease.Lease.TotalSeconds);
+        }
+    }
 
     public Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>
         {
             var limit = start.MaxGroupsPerToken > 0 && start.MaxGroupsPerToken < start.DeviceGroups
                 ? new DeviceLimit(start.DeviceGroups, start.MaxGroupsPerToken) : null;
-            _stepId = start.StepId;
-            return Measure(model, shard => shard.Start(start.Chunks.Select(c => c.ToChunk()).ToList(), limit));
-        }, cancellationToken);
-
-    public Task<StepProgress> ContinueStepAsync(long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default) =>
-        host.RunAsync(model =>
-        {
-            if (stepId != _stepId) throw new InvalidOperationException($"step {stepId} is not running on attention shard {Index}");
-            return Measure(model, shard =>
+            try
             {
-                using var scope = NewDisposeScope();
-                return shard.Continue(routedOutput.ToTensor());
-            });
+                return Measure(model, start.Owner, shard => shard.Start(start.Chunks.Select(c => c.ToChunk()).ToList(), limit,
+                    owner: start.Owner, stepId: start.StepId));
+            }
+            catch (StepRefusedException refused)
+            {
+                // Typed refusal: nothing changed; the gateway recomputes or re-queues these sequences.
+                return new StepProgress(-1, null, 0, null, null, null)
+                {
+                    Refused = refused.Refusals.Select(r => new RefusedChunk(r.SequenceId, r.Reason == RefusalReason.NoRoom, r.Position, r.Held)).ToArray(),
+                    Silo = RuntimeIdentity,
+                };
+            }
         }, cancellationToken);
 
-    StepProgress Measure(DeepseekV2Model model, Func<AttentionShard, MoeDispatch?> advance)
+    public Task<StepProgress> ContinueStepAsync(Guid owner, long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default) =>
+        host.RunAsync(model => Measure(model, owner, shard =>
+        {
+            using var scope = NewDisposeScope();
+            return shard.Continue(routedOutput.ToTensor(), owner, stepId);
+        }), cancellationToken);
+
+    StepProgress Measure(DeepseekV2Model model, Guid owner, Func<AttentionShard, MoeDispatch?> advance)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
         try
@@ -51,8 +87,8 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry) : Gr
             var dispatch = advance(shard);
             if (dispatch is not null)
                 return new StepProgress(dispatch.Layer, dispatch.Input.ToPayload(), dispatch.Routing.TopK,
-                    dispatch.Routing.ExpertIds, dispatch.Routing.Weights, null);
-            return new StepProgress(-1, null, 0, null, null, shard.Finish().Select(r => r.ToOutput()).ToArray());
+                    dispatch.Routing.ExpertIds, dispatch.Routing.Weights, null) { Silo = RuntimeIdentity };
+            return new StepProgress(-1, null, 0, null, null, shard.Finish(owner).Select(r => r.ToOutput()).ToArray()) { Silo = RuntimeIdentity };
         }
         finally
         {
@@ -61,21 +97,29 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry) : Gr
         }
     }
 
-    public Task ReleaseAsync(long[] sequenceIds, CancellationToken cancellationToken = default) =>
+    public Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>
         {
-            Shard(model).Release(sequenceIds);
+            Shard(model).Release(sequenceIds, owner);
             telemetry.Observe(model.Cache!);
             return true;
         }, CancellationToken.None);
 
-    public Task<CacheReport> GetCacheAsync(CancellationToken cancellationToken = default) =>
+    public Task RenewLeaseAsync(Guid owner, CancellationToken cancellationToken = default) =>
+        host.RunAsync(model => { Shard(model).Touch(owner, DateTimeOffset.UtcNow); return true; }, cancellationToken);
+
+    public Task<CacheReport> GetCacheAsync(Guid owner, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>
         {
             var shard = Shard(model);
             var (sequences, tokens, inUse, reserved) = shard.Stats();
-            var budget = shard.Budget(Index);
-            return new CacheReport(sequences, tokens, inUse, reserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks);
+            var budget = shard.Budget(Index, owner);
+            return new CacheReport(sequences, tokens, inUse, reserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks)
+            {
+                OwnBlocks = budget.OwnBlocks,
+                Silo = RuntimeIdentity,
+                Reclaimed = shard.Reclaimed,
+            };
         }, cancellationToken);
 
     public Task<HostStatus> GetStatusAsync(CancellationToken cancellationToken = default) =>

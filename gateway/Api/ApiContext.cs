@@ -1,3 +1,4 @@
+using Grid.ModelCore.Serving;
 using System.Diagnostics;
 using Grid.Gateway.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -38,16 +39,33 @@ public sealed class ApiContext
         };
         using var activity = GridTelemetry.ActivitySource.StartActivity(endpoint, ActivityKind.Server);
         activity?.SetTag("grid.request_id", ctx.RequestId);
+        // The status the request ended with: a stream that fails after its 200 header is counted by its error.
+        int? failed = null;
         try
         {
             if (!ctx.Engine.Ready)
                 throw new ApiException(503, ctx.Engine.LoadError is { } err ? $"the model failed to load: {err}" : "the model is still loading; retry when /ready answers 200",
                     null, "model_not_ready", OpenAiErrors.Unavailable);
+            if (ctx.Engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
+                throw new ModelPartUnavailableException(missing);
             await handler(ctx);
             ctx.Telemetry.RequestDuration.Record(Stopwatch.GetElapsedTime(ctx.StartTimestamp).TotalSeconds, new KeyValuePair<string, object?>("endpoint", endpoint));
         }
+        catch (Exception e) when (e is ModelPartUnavailableException || e.InnerException is ModelPartUnavailableException)
+        {
+            // Nothing in the cluster can serve a part of the model the request needs: 503, naming the part.
+            var cause = e as ModelPartUnavailableException ?? (ModelPartUnavailableException)e.InnerException!;
+            activity?.SetStatus(ActivityStatusCode.Error, cause.Message);
+            ctx.Logger.LogWarning("request {RequestId} to {Endpoint} failed: {Message}", ctx.RequestId, endpoint, cause.Message);
+            var error = new ApiException(503, cause.Message, null,
+                cause.Message.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable", OpenAiErrors.Unavailable);
+            failed = 503;
+            if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
+            else await TryWriteStreamErrorAsync(http, error);
+        }
         catch (ApiException e)
         {
+            failed = e.Status;
             activity?.SetStatus(ActivityStatusCode.Error, e.Message);
             ctx.Logger.LogInformation("request {RequestId} to {Endpoint} refused: {Status} {Code} {Param}: {Message}", ctx.RequestId, endpoint, e.Status, e.Code, e.Param, e.Message);
             if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, e, CancellationToken.None);
@@ -63,13 +81,14 @@ public sealed class ApiContext
             activity?.SetStatus(ActivityStatusCode.Error, e.Message);
             ctx.Logger.LogError(e, "request {RequestId} to {Endpoint} failed", ctx.RequestId, endpoint);
             var error = new ApiException(500, "generation failed: " + e.Message, null, "internal_error", OpenAiErrors.Server);
+            failed = 500;
             if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
             else await TryWriteStreamErrorAsync(http, error);
         }
         finally
         {
             ctx.Telemetry.Requests.Add(1, new KeyValuePair<string, object?>("endpoint", endpoint),
-                new KeyValuePair<string, object?>("status", http.Response.StatusCode));
+                new KeyValuePair<string, object?>("status", failed ?? http.Response.StatusCode));
         }
     }
 

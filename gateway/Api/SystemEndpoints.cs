@@ -12,10 +12,17 @@ public static class SystemEndpoints
     public static void Map(IEndpointRouteBuilder app, GridOptions options)
     {
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
-        app.MapGet("/ready", (ServingEngine engine) => engine.Ready
-            ? Results.Json(new { status = "ready", model = engine.ModelName })
-            : OpenAiErrors.Result(503, engine.LoadError is { } e ? $"the model failed to load: {e}" : "the model is still loading",
-                OpenAiErrors.Unavailable, null, "model_not_ready"));
+        app.MapGet("/ready", (ServingEngine engine) =>
+        {
+            if (!engine.Ready)
+                return OpenAiErrors.Result(503, engine.LoadError is { } e ? $"the model failed to load: {e}" : "the model is still loading",
+                    OpenAiErrors.Unavailable, null, "model_not_ready");
+            // Membership says a part of the model has no live silo: not ready (Kubernetes stops routing here), naming it.
+            if (engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
+                return OpenAiErrors.Result(503, missing, OpenAiErrors.Unavailable, null,
+                    missing.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable");
+            return Results.Json(new { status = "ready", model = engine.ModelName });
+        });
         app.MapGet("/v1/models", (ServingEngine engine) => Json(new JsonObject
         {
             ["object"] = "list",

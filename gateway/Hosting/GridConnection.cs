@@ -18,14 +18,17 @@ public sealed class GridConnection : IAsyncDisposable
     readonly IHost _host;
 
     public GridStepExecutor Executor { get; }
+    /// <summary>Membership as the gateway sees it: interrupts steps waiting on a lost silo; tells /ready what cannot be served.</summary>
+    public ClusterWatch Watch { get; }
     /// <summary>The Orleans host's services (its serializer, grain factory).</summary>
     public IServiceProvider Services => _host.Services;
     public GridClusterOptions Cluster { get; }
 
-    GridConnection(IHost host, GridStepExecutor executor, GridClusterOptions cluster)
+    GridConnection(IHost host, GridStepExecutor executor, ClusterWatch watch, GridClusterOptions cluster)
     {
         _host = host;
         Executor = executor;
+        Watch = watch;
         Cluster = cluster;
     }
 
@@ -67,6 +70,7 @@ public sealed class GridConnection : IAsyncDisposable
             builder.UseOrleansClient(client => client.UseGridClustering(cluster));
         }
         var host = builder.Build();
+        ClusterWatch? watching = null;
         try
         {
             await host.StartAsync(cancellationToken);
@@ -76,15 +80,19 @@ public sealed class GridConnection : IAsyncDisposable
                 ExpertGroups = config.NRoutedExperts > 0 ? cluster.ExpertGroups : 1,
                 MaxGroupsPerToken = cluster.MaxGroupsPerToken,
                 CallTimeout = TimeSpan.FromSeconds(cluster.CallTimeoutSeconds),
+                Lease = TimeSpan.FromSeconds(cluster.LeaseSeconds),
             };
-            var executor = new GridStepExecutor(host.Services.GetRequiredService<IGrainFactory>(), config, topology,
-                (loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<GridStepExecutor>());
-            var connection = new GridConnection(host, executor, cluster);
+            var loggers = loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
+            var grains = host.Services.GetRequiredService<IGrainFactory>();
+            var watch = watching = new ClusterWatch(grains, loggers.CreateLogger<ClusterWatch>());
+            var executor = new GridStepExecutor(grains, config, topology, loggers.CreateLogger<GridStepExecutor>()) { Watch = watch };
+            var connection = new GridConnection(host, executor, watch, cluster);
             await connection.WaitReadyAsync(status, cancellationToken);
             return connection;
         }
         catch
         {
+            if (watching is not null) await watching.DisposeAsync();
             try { await host.StopAsync(CancellationToken.None); } catch { }
             host.Dispose();
             throw;
@@ -117,6 +125,8 @@ public sealed class GridConnection : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await Executor.DisposeAsync();
+        await Watch.DisposeAsync();
         try { await _host.StopAsync(CancellationToken.None); } catch { }
         _host.Dispose();
     }
@@ -125,6 +135,18 @@ public sealed class GridConnection : IAsyncDisposable
 /// <summary>An executor that also owns the grid connection it runs on.</summary>
 public sealed class OwnedGridExecutor(GridConnection connection) : IStepExecutor
 {
+    public GridConnection Connection => connection;
+
+    /// <summary>What the cluster cannot serve right now (no live silo for an expert group or for attention); null when all is served.</summary>
+    public string? Unservable()
+    {
+        var watch = connection.Watch;
+        if (!watch.AttentionServed) return "no silo in the cluster serves attention";
+        var groups = Config.NRoutedExperts > 0 ? watch.UnservableGroups(connection.Cluster.ExpertGroups) : [];
+        return groups.Length == 0 ? null
+            : $"no silo in the cluster can serve expert group{(groups.Length > 1 ? "s" : "")} {string.Join(", ", groups)} (none declares it and no elastic silo is running)";
+    }
+
     public ModelConfig Config => connection.Executor.Config;
     public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) => connection.Executor.StepAsync(chunks, cancellationToken);
     public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => connection.Executor.ReleaseAsync(sequenceIds, cancellationToken);

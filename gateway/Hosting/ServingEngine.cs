@@ -73,7 +73,8 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
             var config = executor.Config;
             VocabSize = config.VocabSize;
             ContextLength = _options.Model.MaxModelLen > 0 ? Math.Min(_options.Model.MaxModelLen, config.MaxPositionEmbeddings) : config.MaxPositionEmbeddings;
-            var scheduler = new EngineLoop(executor, _options.Scheduler, _loggers.CreateLogger<EngineLoop>(), ContextLength);
+            var scheduler = new EngineLoop(executor, _options.Scheduler, _loggers.CreateLogger<EngineLoop>(), ContextLength,
+                recovery: TimeSpan.FromSeconds(_options.Cluster.RecoverySeconds));
             scheduler.StepCompleted += _ => RefreshCacheStats();
             scheduler.SequenceReleased += _ => RefreshCacheStats();
             Loop = scheduler;

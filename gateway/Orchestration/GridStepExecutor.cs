@@ -5,7 +5,9 @@ using Grid.Grains.Contracts;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Serving;
 using Microsoft.Extensions.Logging;
+using Orleans.Runtime;
 using Polly;
+using Polly.CircuitBreaker;
 using Polly.Retry;
 using Polly.Timeout;
 
@@ -22,6 +24,8 @@ public sealed record GridTopology
     public int MaxGroupsPerToken { get; init; }
     /// <summary>Deadline for one grain call; a dead silo fails the step after this instead of Orleans' 30 s default.</summary>
     public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(20);
+    /// <summary>The gateway's lease on its sequences (Grid:Cluster:LeaseSeconds): renewed at least every third of it.</summary>
+    public TimeSpan Lease { get; init; } = TimeSpan.FromSeconds(20);
 }
 
 /// <summary>
@@ -40,7 +44,23 @@ public sealed class GridStepExecutor : IStepExecutor
     readonly IGrainFactory _grains;
     readonly GridTopology _topology;
     readonly ILogger _logger;
+    readonly CancellationTokenSource _stop = new();
+    readonly Dictionary<int, ResiliencePipeline> _groupPipelines = new();
+    Task? _leaseLoop;
+    volatile ShardBudget[]? _budgets;
     long _stepId;
+
+    /// <summary>
+    /// This gateway's lease id: every step, release and renewal names it, shards key this gateway's sequences and
+    /// walks by it (so no other gateway can touch them), and free its caches when it stops renewing (it died).
+    /// </summary>
+    public Guid Owner { get; } = Guid.NewGuid();
+
+    /// <summary>Membership events that interrupt a step waiting on a lost silo (set by the connection; null: none).</summary>
+    public ClusterWatch? Watch { get; set; }
+
+    /// <summary>How often the lease is renewed and the shards' budgets refreshed (a third of the lease, at most 1 s).</summary>
+    TimeSpan RenewPeriod => TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(1).Ticks, _topology.Lease.Ticks / 3));
 
     public ModelConfig Config { get; }
 
@@ -58,16 +78,41 @@ public sealed class GridStepExecutor : IStepExecutor
         _topology = topology;
         _logger = logger;
         _stepPipeline = new ResiliencePipelineBuilder().AddTimeout(topology.CallTimeout).Build();
-        _readPipeline = new ResiliencePipelineBuilder()
+        _readPipeline = RetryPipeline(null);
+    }
+
+    /// <summary>
+    /// Idempotent calls: retried (transient failures: a silo leaving, a grain re-activating elsewhere) under one
+    /// deadline shared by all attempts; an expert group's calls also pass its circuit breaker, which stops calling a
+    /// group that keeps failing for a while (fails fast with 503 instead).
+    /// </summary>
+    ResiliencePipeline RetryPipeline(int? group)
+    {
+        var builder = new ResiliencePipelineBuilder()
+            .AddTimeout(_topology.CallTimeout)
             .AddRetry(new RetryStrategyOptions
             {
                 MaxRetryAttempts = 3,
                 Delay = TimeSpan.FromMilliseconds(200),
                 BackoffType = DelayBackoffType.Exponential,
-                ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException),
-            })
-            .AddTimeout(topology.CallTimeout)
-            .Build();
+                ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException and not ModelPartUnavailableException and not BrokenCircuitException),
+            });
+        if (group is not null)
+            builder.AddCircuitBreaker(new CircuitBreakerStrategyOptions
+            {
+                FailureRatio = 0.5,
+                MinimumThroughput = 4,
+                SamplingDuration = TimeSpan.FromSeconds(30),
+                BreakDuration = TimeSpan.FromSeconds(5),
+                ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is TimeoutRejectedException || IsSiloLoss(e)),
+            });
+        return builder.AddTimeout(TimeSpan.FromTicks(_topology.CallTimeout.Ticks / 2)).Build();
+    }
+
+    ResiliencePipeline GroupPipeline(int group)
+    {
+        lock (_groupPipelines)
+            return _groupPipelines.TryGetValue(group, out var p) ? p : _groupPipelines[group] = RetryPipeline(group);
     }
 
     readonly ResiliencePipeline _stepPipeline;
@@ -80,17 +125,27 @@ public sealed class GridStepExecutor : IStepExecutor
     /// Every grain call runs under a Polly timeout (a dead silo fails the step after <see cref="GridTopology.CallTimeout"/>
     /// instead of Orleans' 30 s response timeout); idempotent calls (status, cache, expert forward) are also retried.
     /// </summary>
-    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false)
+    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false, int? group = null)
     {
         GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
         var sw = Stopwatch.StartNew();
+        var pipeline = group is { } g ? GroupPipeline(g) : idempotent ? _readPipeline : _stepPipeline;
         try
         {
-            return await (idempotent ? _readPipeline : _stepPipeline).ExecuteAsync(async ct => await call(ct), cancellationToken);
+            // WaitAsync: a call to a silo that died returns at once when the step is interrupted, whatever Orleans does.
+            return await pipeline.ExecuteAsync(async ct => await call(ct).WaitAsync(ct), cancellationToken);
         }
         catch (TimeoutRejectedException)
         {
             throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds:F0} s");
+        }
+        catch (BrokenCircuitException e)
+        {
+            throw new ModelPartUnavailableException($"expert group {group} is not answering (its calls keep failing; retried after a pause)", e);
+        }
+        catch (Exception e) when (e is not OperationCanceledException && Unservable(e) is { } part)
+        {
+            throw new ModelPartUnavailableException(part, e);
         }
         finally
         {
@@ -100,7 +155,33 @@ public sealed class GridStepExecutor : IStepExecutor
 
     public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
     {
+        StartLeaseLoop();
         long stepId = Interlocked.Increment(ref _stepId);
+        // A silo leaving the cluster interrupts the step at once: calls waiting on it would otherwise wait for their timeout.
+        using var step = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        string? lost = null;
+        void OnLost(string silo) { lost ??= silo; try { step.Cancel(); } catch (ObjectDisposedException) { } }
+        if (Watch is { } watch) watch.SiloLost += OnLost;
+        try
+        {
+            return await WalkAsync(stepId, chunks, step.Token);
+        }
+        catch (Exception e) when (lost is not null && !cancellationToken.IsCancellationRequested && e is not StepRefusedException)
+        {
+            throw new StepInterruptedException($"silo {lost} left the cluster during step {stepId}", e);
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested && IsSiloLoss(e))
+        {
+            throw new StepInterruptedException($"step {stepId} lost a silo: {e.Message.Split('\n')[0]}", e);
+        }
+        finally
+        {
+            if (Watch is { } w) w.SiloLost -= OnLost;
+        }
+    }
+
+    async Task<ChunkResult[]> WalkAsync(long stepId, IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+    {
         // Chunks per shard (the planner placed each sequence), remembering each chunk's place in the caller's order.
         var byShard = new SortedDictionary<int, List<int>>();
         for (int i = 0; i < chunks.Count; i++)
@@ -111,9 +192,13 @@ public sealed class GridStepExecutor : IStepExecutor
             (byShard.TryGetValue(s, out var list) ? list : byShard[s] = new()).Add(i);
         }
         var shards = byShard.Keys.ToArray();
-        var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken)).ToArray();
+        var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken, Owner)).ToArray();
         var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken)));
         if (Wire is { } wire) foreach (var start in starts) wire.Chunks(start);
+        // A shard that refused changed nothing; the others' walks are abandoned by this gateway's next step.
+        if (progress.Any(p => p.Refused is not null))
+            throw new StepRefusedException(progress.Where(p => p.Refused is not null).SelectMany(p => p.Refused!)
+                .Select(r => new ChunkRefusal(r.SequenceId, r.NoRoom ? RefusalReason.NoRoom : RefusalReason.Mismatch, r.Position, r.Held)).ToList());
 
         while (!progress[0].Finished)
         {
@@ -121,7 +206,7 @@ public sealed class GridStepExecutor : IStepExecutor
             var routed = await DispatchExpertsAsync(progress, cancellationToken);
             Wire?.Hidden(routed);
             progress = await Task.WhenAll(shards.Select((s, k) =>
-                CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(stepId, routed[k], ct), cancellationToken)));
+                CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(Owner, stepId, routed[k], ct), cancellationToken)));
         }
         if (progress.Any(p => !p.Finished)) throw new InvalidOperationException("attention shards are out of step");
         if (Wire is { } meter)
@@ -139,6 +224,33 @@ public sealed class GridStepExecutor : IStepExecutor
             for (int j = 0; j < order.Count; j++) results[order[j]] = outputs[j].ToResult();
         }
         return results;
+    }
+
+    /// <summary>An Orleans failure that means a silo the call needed is gone (or unreachable): the step can be retried.</summary>
+    static bool IsSiloLoss(Exception e)
+    {
+        for (var x = e; x is not null; x = x.InnerException)
+            if (x is SiloUnavailableException or OrleansMessageRejectionException or GatewayTooBusyException
+                || x.GetType().Name is "ConnectionFailedException" or "ConnectionResetException" or "ConnectionAbortedException") return true;
+        return false;
+    }
+
+    /// <summary>The part of the model no silo can serve, when the failure says so (placement found no silo).</summary>
+    static string? Unservable(Exception e)
+    {
+        for (var x = e; x is not null; x = x.InnerException)
+        {
+            var m = x.Message;
+            int at = m.IndexOf("expert group ", StringComparison.Ordinal);
+            if (m.Contains("no silo in the cluster", StringComparison.Ordinal) && at >= 0)
+            {
+                var digits = new string(m[(at + 13)..].TakeWhile(char.IsDigit).ToArray());
+                return $"no silo in the cluster can serve expert group {digits}; start a silo that declares it (or an elastic silo)";
+            }
+            if (m.Contains("no silo in the cluster", StringComparison.Ordinal) && m.Contains("attention", StringComparison.Ordinal))
+                return "no silo in the cluster serves attention; start a silo with attention";
+        }
+        return null;
     }
 
     /// <summary>
@@ -169,7 +281,7 @@ public sealed class GridStepExecutor : IStepExecutor
             // Expert calls are pure functions of their payload, so they are retried: when the silo serving a group
             // leaves, the grain re-activates on a replica that declares the same group and the step goes on.
             Wire?.Hidden(request);
-            return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken, idempotent: true);
+            return CallAsync("experts.forward", ct => Group(g).ForwardAsync(request, ct), cancellationToken, idempotent: true, group: g);
         }));
         Wire?.Hidden(outputs);
 
@@ -203,24 +315,72 @@ public sealed class GridStepExecutor : IStepExecutor
         // failed mid-step: every shard is told (one call per shard, never one per sequence).
         var ids = sequenceIds.ToArray();
         await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
-            CallAsync("attention.release", async ct => { await Shard(s).ReleaseAsync(ids, ct); return true; }, cancellationToken)));
+            CallAsync("attention.release", async ct => { await Shard(s).ReleaseAsync(Owner, ids, ct); return true; }, cancellationToken)));
     }
 
-    /// <summary>Every attention shard's cache report, by shard index.</summary>
+    /// <summary>Every attention shard's cache report as this gateway sees it, by shard index (renews the lease too).</summary>
     Task<CacheReport[]> CacheReportsAsync(CancellationToken cancellationToken) =>
         Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s =>
-            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(ct), cancellationToken, idempotent: true)));
+            CallAsync("attention.cache", ct => Shard(s).GetCacheAsync(Owner, ct), cancellationToken, idempotent: true)));
 
+    static ShardBudget[] ToBudgets(CacheReport[] reports) =>
+        reports.Select((r, s) => new ShardBudget(s, r.BlockSize, r.TotalBlocks, r.UsedBlocks) { OwnBlocks = r.OwnBlocks, Pool = r.Silo }).ToArray();
+
+    /// <summary>The shards' budgets: the latest refreshed by the lease loop (the first call asks the shards).</summary>
     public async Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken)
     {
-        var reports = await CacheReportsAsync(cancellationToken);
-        return reports.Select((r, s) => new ShardBudget(s, r.BlockSize, r.TotalBlocks, r.UsedBlocks)).ToArray();
+        if (_budgets is { } known) return known;
+        var budgets = ToBudgets(await CacheReportsAsync(cancellationToken));
+        _budgets = budgets;
+        return budgets;
     }
 
     public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)
     {
         var reports = await CacheReportsAsync(cancellationToken);
         return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), reports.Sum(r => r.BytesReserved));
+    }
+
+    /// <summary>
+    /// Renews this gateway's lease on every shard and refreshes their budgets, in the background (never in the
+    /// engine loop's path): a shard that does not answer keeps its last budget until it does.
+    /// </summary>
+    void StartLeaseLoop()
+    {
+        if (_leaseLoop is not null) return;
+        lock (_groupPipelines)
+        {
+            if (_leaseLoop is not null) return;
+            _leaseLoop = Task.Run(async () =>
+            {
+                var ct = _stop.Token;
+                while (!ct.IsCancellationRequested)
+                {
+                    try
+                    {
+                        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                        deadline.CancelAfter(_topology.CallTimeout);
+                        var reports = await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(async s =>
+                        {
+                            try { return await Shard(s).GetCacheAsync(Owner, deadline.Token).WaitAsync(deadline.Token); }
+                            catch (Exception e) when (!ct.IsCancellationRequested)
+                            {
+                                _logger.LogDebug("lease renewal on attention shard {Shard} failed: {Error}", s, e.Message);
+                                return null;
+                            }
+                        }));
+                        if (_budgets is { } old)
+                            _budgets = reports.Select((r, s) => r is null ? old[s] : ToBudgets([r])[0] with { Shard = s }).ToArray();
+                        else if (reports.All(r => r is not null)) _budgets = ToBudgets(reports!);
+                    }
+                    catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+                    catch (ObjectDisposedException) { return; }
+                    catch (Exception e) { _logger.LogDebug("lease renewal failed: {Error}", e.Message); }
+                    try { await Task.Delay(RenewPeriod, ct); }
+                    catch (OperationCanceledException) { return; }
+                }
+            });
+        }
     }
 
     /// <summary>Status of every shard and group: ready when all have their weights loaded.</summary>
@@ -232,5 +392,9 @@ public sealed class GridStepExecutor : IStepExecutor
         return (statuses.All(s => s.Ready), statuses.Select(s => $"{s.Silo}: {(s.Ready ? "ready" : "not ready")} ({s.Detail})").ToArray());
     }
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        if (_leaseLoop is { } loop) try { await loop; } catch { }
+    }
 }

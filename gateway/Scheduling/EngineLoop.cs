@@ -25,7 +25,12 @@ public sealed class EngineLoop : IAsyncDisposable
         public readonly List<SampledToken?> PromptLogprobs = new();
         /// <summary>The shard may hold a cache for it (it took part in a step since it was last released).</summary>
         public bool InCache;
+        /// <summary>Recomputes since it last produced a token (a sequence that never gets through fails).</summary>
+        public int Recomputes;
     }
+
+    /// <summary>Recomputes of one sequence without a token in between before it fails.</summary>
+    const int MaxRecomputes = 8;
 
     readonly IStepExecutor _executor;
     readonly SchedulerOptions _options;
@@ -37,7 +42,11 @@ public sealed class EngineLoop : IAsyncDisposable
     readonly CancellationTokenSource _stop = new();
     readonly Task _loop;
     readonly Queue<StepRecord> _recentSteps = new();
-    ShardBudget[]? _budgets;
+    readonly Channel<long[]> _releases = Channel.CreateUnbounded<long[]>(new UnboundedChannelOptions { SingleReader = true });
+    readonly Task _releaser;
+    readonly TimeSpan _recovery;
+    DateTime? _interruptedSince;
+    int _interruptions;
     long _nextId;
     long _steps;
 
@@ -46,20 +55,28 @@ public sealed class EngineLoop : IAsyncDisposable
     public int WaitingCount { get; private set; }
     /// <summary>Sequences preempted so far (their caches released, recomputed later).</summary>
     public long Preemptions { get; private set; }
+    /// <summary>Sequences whose caches were lost (a silo died, a lease expired) and that were recomputed.</summary>
+    public long Recomputed { get; private set; }
+    /// <summary>Steps interrupted by a lost silo and stepped again.</summary>
+    public long Interruptions { get; private set; }
     public event Action<StepRecord>? StepCompleted;
     /// <summary>After a sequence left the running batch and its latent cache was released (finished, stopped or cancelled).</summary>
     public event Action<long>? SequenceReleased;
 
     /// <param name="firstSequenceId">Ids count up from here; by default a random 64-bit base, so that two gateways (or a
     /// restarted one) driving the same shards never name the same sequence.</param>
-    public EngineLoop(IStepExecutor executor, SchedulerOptions options, ILogger<EngineLoop> logger, int contextLength, long? firstSequenceId = null)
+    /// <param name="recovery">How long steps interrupted by lost silos are retried before their requests fail (Grid:Cluster:RecoverySeconds).</param>
+    public EngineLoop(IStepExecutor executor, SchedulerOptions options, ILogger<EngineLoop> logger, int contextLength, long? firstSequenceId = null,
+        TimeSpan? recovery = null)
     {
+        _recovery = recovery ?? TimeSpan.FromSeconds(60);
         _nextId = (firstSequenceId ?? (Random.Shared.NextInt64(1L << 62) << 1)) - 1;
         _executor = executor;
         _options = options;
         _planner = new Planner(options);
         _logger = logger;
         ContextLength = contextLength;
+        _releaser = Task.Run(ReleaseLoopAsync);
         _loop = Task.Run(RunAsync);
     }
 
@@ -98,20 +115,59 @@ public sealed class EngineLoop : IAsyncDisposable
                 catch (OperationCanceledException) { return; }
                 continue;
             }
+            StepPlan? plan = null;
             try
             {
-                _budgets ??= await _executor.GetBudgetsAsync(ct);
-                var plan = _planner.Plan(_running, _waiting, _budgets);
+                var budgets = await _executor.GetBudgetsAsync(ct);
+                plan = _planner.Plan(_running, _waiting, budgets);
                 await ApplyAdmissionsAsync(plan);
-                if (plan.Chunks.Count > 0) await StepAsync(plan, ct);
+                if (plan.Chunks.Count > 0)
+                {
+                    await StepAsync(plan, ct);
+                    _interruptedSince = null;
+                    _interruptions = 0;
+                }
                 else if (plan.Admitted.Count == 0 && plan.Refused.Count == 0 && plan.Preempted.Count == 0)
                 {
-                    // Nothing can run until something changes (a cancel, or a new request): wait for it.
+                    // Nothing can run until something changes (a cancel, a new request, room freed): wait for it.
                     try { await _incoming.Reader.WaitToReadAsync(ct).AsTask().WaitAsync(TimeSpan.FromMilliseconds(50), ct); }
                     catch (TimeoutException) { }
                 }
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+            catch (StepRefusedException e)
+            {
+                // The shard changed nothing: recompute the sequences whose caches it does not hold, re-queue those it has no room for.
+                await RecoverAsync(e);
+            }
+            catch (StepInterruptedException e)
+            {
+                // A silo the step needed is gone: nothing was committed. Step again (shards and groups re-place
+                // themselves; lost caches come back as refusals and are recomputed), up to the recovery deadline.
+                Interruptions++;
+                _interruptedSince ??= DateTime.UtcNow;
+                _interruptions++;
+                if (DateTime.UtcNow - _interruptedSince > _recovery)
+                {
+                    var error = new ModelPartUnavailableException($"the grid did not recover within {_recovery.TotalSeconds:F0} s: {e.Message}", e);
+                    _logger.LogError(e, "step interrupted for {Seconds:F0} s; failing {Count} sequences", _recovery.TotalSeconds, _running.Count);
+                    foreach (var s in _running.ToArray()) await FinishAsync(s, "error", error);
+                    _interruptedSince = null;
+                }
+                else
+                {
+                    _logger.LogWarning("step interrupted ({Error}); stepping again", e.Message);
+                    try { await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(2000, 100 * (1 << Math.Min(_interruptions, 5)))), ct); }
+                    catch (OperationCanceledException) { return; }
+                }
+            }
+            catch (ModelPartUnavailableException e)
+            {
+                // Nothing can serve a part of the model: the sequences of this step fail at once (a 503), the rest wait.
+                var failed = plan?.Chunks.Select(c => (Sequence)c.Sequence).Distinct().ToArray() ?? _running.ToArray();
+                _logger.LogError("{Error}; failing {Count} sequences", e.Message, failed.Length);
+                foreach (var s in failed) await FinishAsync(s, "error", e);
+            }
             catch (Exception e)
             {
                 // A failed step fails the sequences in it, never the loop.
@@ -121,6 +177,57 @@ public sealed class EngineLoop : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// After a refused step: a sequence the shard does not hold at the expected length (its cache was lost with a
+    /// silo, or freed when a lease expired) is recomputed where it is: prompt + generated prefilled again under a new
+    /// cache id; one that did not fit goes back to the head of the queue (preempted). The others step again unchanged.
+    /// </summary>
+    async Task RecoverAsync(StepRefusedException e)
+    {
+        var byId = _running.ToDictionary(s => s.Id);
+        var lost = new List<Sequence>();
+        var noRoom = new List<Sequence>();
+        foreach (var r in e.Refusals)
+            if (byId.TryGetValue(r.SequenceId, out var s)) (r.Reason == RefusalReason.NoRoom ? noRoom : lost).Add(s);
+        foreach (var s in lost.Concat(noRoom).Distinct())
+        {
+            if (++s.Recomputes > MaxRecomputes)
+            {
+                await FinishAsync(s, "error", new InvalidOperationException($"sequence {s.Id} was refused by its shard {s.Recomputes} times in a row: {e.Message}"));
+                lost.Remove(s);
+                noRoom.Remove(s);
+            }
+        }
+        foreach (var s in lost)
+        {
+            Restart(s);
+            Recomputed++;
+        }
+        if (lost.Count > 0) _logger.LogWarning("recomputing {Count} sequences whose latent caches were lost ({Error})", lost.Count, e.Message);
+        if (noRoom.Count > 0)
+        {
+            Release(noRoom);
+            foreach (var s in noRoom)
+            {
+                _running.Remove(s);
+                Restart(s);
+                s.Shard = -1;
+            }
+            _waiting.InsertRange(0, noRoom.OrderBy(s => s.Id));
+            Preemptions += noRoom.Count;
+            _logger.LogInformation("re-queued {Count} sequences their shard had no latent-cache room for", noRoom.Count);
+        }
+    }
+
+    /// <summary>Forgets the sequence's cache: it is prefilled again from position 0 under a new cache id.</summary>
+    void Restart(Sequence s)
+    {
+        if (s.InCache) Release([s]);
+        s.Id = Interlocked.Increment(ref _nextId);
+        s.Computed = 0;
+        if (s.ScorePrompt) s.PromptLogprobs.Clear();
+    }
+
     async Task DropCancelledAsync()
     {
         foreach (var s in _running.Where(s => s.Cancel.IsCancellationRequested).ToArray())
@@ -128,7 +235,7 @@ public sealed class EngineLoop : IAsyncDisposable
         foreach (var s in _waiting.Where(s => s.Cancel.IsCancellationRequested).ToArray())
         {
             _waiting.Remove(s);
-            if (s.InCache) await ReleaseAsync([s]);
+            if (s.InCache) Release([s]);
             s.Events.Writer.TryComplete();
         }
     }
@@ -146,13 +253,11 @@ public sealed class EngineLoop : IAsyncDisposable
         if (plan.Preempted.Count > 0)
         {
             var victims = plan.Preempted.Cast<Sequence>().ToList();
-            await ReleaseAsync(victims);
             foreach (var s in victims)
             {
                 _running.Remove(s);
-                s.Computed = 0;
+                Restart(s);
                 s.Shard = -1;
-                if (s.ScorePrompt) s.PromptLogprobs.Clear();
             }
             _waiting.InsertRange(0, victims.OrderBy(s => s.Id));
             Preemptions += victims.Count;
@@ -209,35 +314,48 @@ public sealed class EngineLoop : IAsyncDisposable
             s.ScorePrompt = false;
         }
         var token = result.Next ?? throw new InvalidOperationException($"sequence {s.Id}: the step returned no token");
+        s.Recomputes = 0;
         s.Tokens.Add(token.Token);
         s.Events.Writer.TryWrite(new TokenEvent(token));
         if (s.Request.StopTokenIds.Contains(token.Token)) await FinishAsync(s, "stop", null);
         else if (s.Generated >= s.Request.MaxTokens || s.Tokens.Count >= ContextLength) await FinishAsync(s, "length", null);
     }
 
-    async Task ReleaseAsync(IReadOnlyList<Sequence> sequences)
+    /// <summary>
+    /// Queues the sequences' caches for release. Releases run in the background (batched, one call per shard), never
+    /// in the loop's path: a release that waits on a dead silo never holds up a step.
+    /// </summary>
+    void Release(IReadOnlyList<Sequence> sequences)
     {
         var held = sequences.Where(s => s.InCache).ToList();
         if (held.Count == 0) return;
-        try { await _executor.ReleaseAsync(held.Select(s => s.Id).ToArray(), CancellationToken.None); }
-        catch (Exception e) { _logger.LogWarning(e, "releasing sequences {Ids} failed", held.Select(s => s.Id)); }
-        foreach (var s in held)
+        foreach (var s in held) s.InCache = false;
+        _releases.Writer.TryWrite(held.Select(s => s.Id).ToArray());
+    }
+
+    async Task ReleaseLoopAsync()
+    {
+        while (await _releases.Reader.WaitToReadAsync().ConfigureAwait(false))
         {
-            s.InCache = false;
-            SequenceReleased?.Invoke(s.Id);
+            var ids = new List<long>();
+            while (_releases.Reader.TryRead(out var batch)) ids.AddRange(batch);
+            try { await _executor.ReleaseAsync(ids, CancellationToken.None); }
+            catch (Exception e) { _logger.LogWarning("releasing sequences {Ids} failed (their shard frees them when this gateway's lease lapses): {Error}", ids, e.Message); }
+            foreach (var id in ids) SequenceReleased?.Invoke(id);
         }
     }
 
-    async Task FinishAsync(Sequence s, string reason, Exception? error)
+    Task FinishAsync(Sequence s, string reason, Exception? error)
     {
         _running.Remove(s);
-        await ReleaseAsync([s]);
+        Release([s]);
         if (error is not null) s.Events.Writer.TryComplete(error);
         else
         {
             if (reason != "cancelled") s.Events.Writer.TryWrite(new FinishedEvent(reason, s.Prompt.Length, s.Generated));
             s.Events.Writer.TryComplete();
         }
+        return Task.CompletedTask;
     }
 
     public async ValueTask DisposeAsync()
@@ -246,5 +364,7 @@ public sealed class EngineLoop : IAsyncDisposable
         _stop.Cancel();
         try { await _loop; } catch (OperationCanceledException) { }
         foreach (var s in _running.Concat(_waiting)) s.Events.Writer.TryComplete(new ObjectDisposedException(nameof(EngineLoop)));
+        _releases.Writer.TryComplete();
+        try { await _releaser; } catch { }
     }
 }

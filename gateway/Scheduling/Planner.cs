@@ -10,7 +10,11 @@ namespace Grid.Gateway.Scheduling;
 /// </summary>
 public class SequenceState(long id, int[] prompt)
 {
-    public long Id { get; } = id;
+    /// <summary>
+    /// The id its cache has on the shard. A sequence recomputed (preempted, or its cache lost with a silo) gets a new
+    /// one, so a late release or step of the old cache can never touch the new one.
+    /// </summary>
+    public long Id { get; set; } = id;
     public int[] Prompt { get; } = prompt;
     /// <summary>Prompt followed by the generated tokens.</summary>
     public List<int> Tokens { get; } = [.. prompt];
@@ -65,9 +69,24 @@ public sealed class Planner(SchedulerOptions options)
         if (shards.Count == 0) throw new ArgumentException("no attention shards");
         int blockSize = shards[0].BlockSize;
         int Blocks(int tokens) => (tokens + blockSize - 1) / blockSize;
-        var capacity = shards.Select(s => s.TotalBlocks - s.UsedBlocks).ToArray();
-        var free = (int[])capacity.Clone();
-        foreach (var s in running) free[s.Shard] -= Blocks(s.Computed);
+        // Shards on one host share its cache (a pool). A pool's room: its blocks, less those other gateways' (and
+        // other shards') sequences hold, less what this gateway's running sequences hold now.
+        var poolNames = shards.Select(s => string.IsNullOrEmpty(s.Pool) ? "shard:" + s.Shard : s.Pool).ToArray();
+        var pools = poolNames.Distinct().ToArray();
+        var poolOf = poolNames.Select(n => Array.IndexOf(pools, n)).ToArray();
+        var capacity = new int[pools.Length];
+        var free = new int[pools.Length];
+        for (int p = 0; p < pools.Length; p++)
+        {
+            var members = Enumerable.Range(0, shards.Count).Where(i => poolOf[i] == p).ToArray();
+            capacity[p] = shards[members[0]].TotalBlocks;
+            int others = Math.Max(0, shards[members[0]].UsedBlocks - members.Sum(i => shards[i].OwnBlocks));
+            free[p] = capacity[p] - others;
+        }
+        int Pool(SequenceState s) => poolOf[s.Shard];
+        foreach (var s in running) free[Pool(s)] -= Blocks(s.Computed);
+        var load = new int[shards.Count];
+        foreach (var s in running) load[s.Shard]++;
 
         int budget = options.MaxBatchedTokens;
         var chunks = new List<PlannedChunk>();
@@ -78,10 +97,10 @@ public sealed class Planner(SchedulerOptions options)
         void Preempt(SequenceState victim)
         {
             preempted.Add(victim);
-            free[victim.Shard] += Blocks(victim.Computed);
+            free[Pool(victim)] += Blocks(victim.Computed);
             int at = chunks.FindIndex(c => c.Sequence == victim);
             if (at < 0) return;
-            free[victim.Shard] += Blocks(victim.Computed + chunks[at].Count) - Blocks(victim.Computed);
+            free[Pool(victim)] += Blocks(victim.Computed + chunks[at].Count) - Blocks(victim.Computed);
             budget += chunks[at].Count;
             chunks.RemoveAt(at);
         }
@@ -94,22 +113,22 @@ public sealed class Planner(SchedulerOptions options)
             else if (budget <= 0 && chunks.Count > 0) continue;
             else n = Math.Min(seq.Remaining, Math.Min(options.PrefillChunkTokens, Math.Max(1, budget)));
             int need = Blocks(seq.Computed + n) - Blocks(seq.Computed);
-            // Room comes from the sequences admitted after this one on its shard, most recent first.
-            var later = running.SkipWhile(v => v != seq).Skip(1).Where(v => v.Shard == seq.Shard).ToList();
-            while (need > free[seq.Shard] && later.LastOrDefault(v => !preempted.Contains(v) && !refused.Contains(v)) is { } victim)
+            // Room comes from the sequences admitted after this one in its pool, most recent first.
+            var later = running.SkipWhile(v => v != seq).Skip(1).Where(v => Pool(v) == Pool(seq)).ToList();
+            while (need > free[Pool(seq)] && later.LastOrDefault(v => !preempted.Contains(v) && !refused.Contains(v)) is { } victim)
                 Preempt(victim);
-            if (need > free[seq.Shard])
+            if (need > free[Pool(seq)])
             {
-                if (Blocks(seq.Computed + n) > capacity[seq.Shard])
+                if (Blocks(seq.Computed + n) > capacity[Pool(seq)])
                 {
-                    // It has outgrown the shard's whole budget: no preemption can make room.
+                    // It has outgrown the host's whole budget: no preemption can make room.
                     refused.Add(seq);
-                    free[seq.Shard] += Blocks(seq.Computed);
+                    free[Pool(seq)] += Blocks(seq.Computed);
                 }
                 else Preempt(seq);
                 continue;
             }
-            free[seq.Shard] -= need;
+            free[Pool(seq)] -= need;
             budget -= n;
             chunks.Add(Chunk(seq, n));
         }
@@ -122,12 +141,14 @@ public sealed class Planner(SchedulerOptions options)
             if (budget <= 0 && chunks.Count > 0) break;
             int want = Blocks(seq.Tokens.Count + 1);
             if (!capacity.Any(c => want <= c)) { refused.Add(seq); continue; }
-            int shard = Array.IndexOf(free, free.Max());
-            if (want > free[shard]) break;
+            // The shard whose host has the most room; among equals, the one running fewest of this gateway's sequences.
+            int shard = Enumerable.Range(0, shards.Count).OrderByDescending(i => free[poolOf[i]]).ThenBy(i => load[i]).ThenBy(i => i).First();
+            if (want > free[poolOf[shard]]) break;
             int n = Math.Min(seq.Remaining, Math.Min(options.PrefillChunkTokens, Math.Max(1, budget)));
             seq.Shard = shard;
+            load[shard]++;
             admitted.Add(seq);
-            free[shard] -= Blocks(seq.Computed + n) - Blocks(seq.Computed);
+            free[poolOf[shard]] -= Blocks(seq.Computed + n) - Blocks(seq.Computed);
             budget -= n;
             chunks.Add(Chunk(seq, n));
         }

@@ -25,13 +25,25 @@ public sealed record ChunkInput(
     [property: Id(4)] int[]? ScoreNext,
     [property: Id(5)] int ScoreTop);
 
-/// <summary>Starts a step on an attention shard: its sequences' chunks and the deployment's device limit.</summary>
+/// <summary>
+/// Starts a step on an attention shard: its sequences' chunks and the deployment's device limit. <see cref="Owner"/>
+/// is the gateway's lease id: the shard keys sequences and walks by it, so gateways never touch each other's.
+/// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StepStart(
     [property: Id(0)] long StepId,
     [property: Id(1)] ChunkInput[] Chunks,
     [property: Id(2)] int DeviceGroups,
-    [property: Id(3)] int MaxGroupsPerToken);
+    [property: Id(3)] int MaxGroupsPerToken,
+    [property: Id(4)] Guid Owner);
+
+/// <summary>A chunk the shard refused (the whole step then changed nothing): why, the position it named, the tokens held.</summary>
+[GenerateSerializer, Immutable]
+public sealed record RefusedChunk(
+    [property: Id(0)] long SequenceId,
+    [property: Id(1)] bool NoRoom,
+    [property: Id(2)] int Position,
+    [property: Id(3)] int Held);
 
 /// <summary>A token with its logprob and the top alternatives (ids and logprobs, most likely first).</summary>
 [GenerateSerializer, Immutable]
@@ -49,7 +61,8 @@ public sealed record ChunkOutput(
 
 /// <summary>
 /// Where a shard's step stands: either a MoE layer that needs its routed experts (input rows [n, d] with their
-/// top-K ids and weights), or the end of the step: per chunk the sampled token and logprobs (never logit rows).
+/// top-K ids and weights), or the end of the step: per chunk the sampled token and logprobs (never logit rows), or
+/// the step refused as a whole (<see cref="Refused"/>, nothing changed). <see cref="Silo"/>: where the shard runs.
 /// </summary>
 [GenerateSerializer, Immutable]
 public sealed record StepProgress(
@@ -60,6 +73,8 @@ public sealed record StepProgress(
     [property: Id(4)] float[]? Weights,
     [property: Id(5)] ChunkOutput[]? Results)
 {
+    [Id(6)] public RefusedChunk[]? Refused { get; init; }
+    [Id(7)] public string Silo { get; init; } = "";
     public bool Finished => Results is not null;
 }
 
@@ -72,26 +87,39 @@ public sealed record CacheReport(
     [property: Id(3)] long BytesReserved,
     [property: Id(4)] int BlockSize,
     [property: Id(5)] int TotalBlocks,
-    [property: Id(6)] int UsedBlocks);
+    [property: Id(6)] int UsedBlocks)
+{
+    /// <summary>Blocks of the asking gateway's sequences on this shard.</summary>
+    [Id(7)] public int OwnBlocks { get; init; }
+    /// <summary>The silo the shard runs on (shards on one silo share its cache).</summary>
+    [Id(8)] public string Silo { get; init; } = "";
+    /// <summary>Caches this shard freed because their gateway's lease expired.</summary>
+    [Id(9)] public long Reclaimed { get; init; }
+}
 
 /// <summary>
 /// An attention shard: owns the MLA latent caches of the sequences assigned to it for their whole life, on an
 /// attention host, walks their steps layer by layer (attention, dense MLPs, gates, shared experts) and samples
 /// their next tokens where the logits are. Only hidden states, tokens and logprobs cross the wire; caches and
-/// logit rows never do. Key: the shard index.
+/// logit rows never do. Sequences are keyed by (gateway lease id, sequence id); a gateway's lease is renewed by its
+/// calls, and the caches of a lease that expired (Grid:Cluster:LeaseSeconds) are freed. Key: the shard index.
 /// </summary>
 public interface IAttentionGrain : IGrainWithIntegerKey
 {
     /// <summary>Embeds the chunks' tokens and runs layers up to the first MoE dispatch (or the end of the step).</summary>
     Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default);
 
-    /// <summary>Folds in the routed experts' output [n, d] of the pending MoE layer and runs on to the next dispatch.</summary>
-    Task<StepProgress> ContinueStepAsync(long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default);
+    /// <summary>Folds in the routed experts' output [n, d] of the owner's pending MoE layer and runs on to the next dispatch.</summary>
+    Task<StepProgress> ContinueStepAsync(Guid owner, long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default);
 
-    /// <summary>Frees the latent caches of the given sequences (ended or cancelled).</summary>
-    Task ReleaseAsync(long[] sequenceIds, CancellationToken cancellationToken = default);
+    /// <summary>Frees the latent caches of the owner's given sequences (ended or cancelled).</summary>
+    Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default);
 
-    Task<CacheReport> GetCacheAsync(CancellationToken cancellationToken = default);
+    /// <summary>Renews the owner's lease (every call of the owner renews it too).</summary>
+    Task RenewLeaseAsync(Guid owner, CancellationToken cancellationToken = default);
+
+    /// <summary>The shard's cache as <paramref name="owner"/> sees it (its own blocks counted apart).</summary>
+    Task<CacheReport> GetCacheAsync(Guid owner, CancellationToken cancellationToken = default);
 
     Task<HostStatus> GetStatusAsync(CancellationToken cancellationToken = default);
 }

@@ -22,6 +22,7 @@ public static class GridSiloExtensions
         silo.UseSiloMetadata(SiloMetadataKeys.For(options.Silo));
         silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>()));
         silo.Services.AddSingleton<SiloTelemetry>();
+        silo.Services.AddSingleton(new ShardLease(TimeSpan.FromSeconds(options.Cluster.LeaseSeconds)));
         silo.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         silo.Services.AddPlacementDirector<ExpertGroupPlacement, GridPlacementDirector>();
         silo.Services.AddPlacementDirector<AttentionPlacement, GridPlacementDirector>();

@@ -32,6 +32,16 @@ public sealed class GridClusterOptions
     public int MaxGroupsPerToken { get; set; }
     /// <summary>Orchestrator deadline per grain call, seconds.</summary>
     public double CallTimeoutSeconds { get; set; } = 20;
+    /// <summary>
+    /// A gateway's lease on its sequences, seconds: the gateway renews it (every call, and every third of it when idle);
+    /// an attention shard frees the caches of a gateway not heard from for this long. Silos and gateways read it.
+    /// </summary>
+    public double LeaseSeconds { get; set; } = 20;
+    /// <summary>
+    /// How long the gateway keeps retrying a step that a lost silo interrupted (re-placing shards and groups,
+    /// recomputing lost caches) before failing its requests with 503, seconds.
+    /// </summary>
+    public double RecoverySeconds { get; set; } = 60;
 
     public static int FreePort()
     {

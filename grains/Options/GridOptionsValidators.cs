@@ -86,6 +86,8 @@ sealed class ClusterOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Cluster:AttentionShards", c.AttentionShards, 1);
         AtLeast(fail, "Grid:Cluster:MaxGroupsPerToken", c.MaxGroupsPerToken, 0);
         if (!(c.CallTimeoutSeconds > 0)) fail($"Grid:Cluster:CallTimeoutSeconds must be positive, got {c.CallTimeoutSeconds}", null);
+        if (!(c.LeaseSeconds >= 1)) fail($"Grid:Cluster:LeaseSeconds must be at least 1, got {c.LeaseSeconds}", null);
+        if (!(c.RecoverySeconds > 0)) fail($"Grid:Cluster:RecoverySeconds must be positive, got {c.RecoverySeconds}", null);
         Port(fail, "Grid:Cluster:SiloPort", c.SiloPort);
         Port(fail, "Grid:Cluster:GatewayPort", c.GatewayPort);
         Port(fail, "Grid:Cluster:PrimarySiloPort", c.PrimarySiloPort);

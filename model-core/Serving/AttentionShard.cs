@@ -5,74 +5,151 @@ using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Serving;
 
+/// <summary>A sequence as a shard knows it: the gateway (lease owner) that runs it and that gateway's id for it.</summary>
+public readonly record struct SequenceKey(Guid Owner, long Id)
+{
+    public override string ToString() => $"{Id}@{Owner.ToString()[..8]}";
+}
+
+/// <summary>Why a shard refused a chunk: <see cref="Mismatch"/> (it does not hold the sequence at the step's position) or <see cref="NoRoom"/>.</summary>
+public enum RefusalReason { Mismatch, NoRoom }
+
+/// <summary>One refused chunk: the sequence, the position the step named and the tokens the shard holds of it.</summary>
+public readonly record struct ChunkRefusal(long SequenceId, RefusalReason Reason, int Position, int Held);
+
 /// <summary>
-/// The attention side of a step on one host: the latent caches of its sequences, the walk of the current step
+/// A step the shard refused as a whole, changing nothing: some chunks do not continue what the shard holds
+/// (a late or duplicated call, a cache lost with its silo, a lease that expired) or do not fit in its latent cache.
+/// The gateway recomputes (mismatch) or re-queues (no room) the named sequences and steps the rest again.
+/// </summary>
+public sealed class StepRefusedException(IReadOnlyList<ChunkRefusal> refusals)
+    : InvalidOperationException("the attention shard refused the step: " + string.Join("; ", refusals.Take(4).Select(Describe)) + (refusals.Count > 4 ? $"; +{refusals.Count - 4} more" : ""))
+{
+    public IReadOnlyList<ChunkRefusal> Refusals { get; } = refusals;
+
+    static string Describe(ChunkRefusal r) => r.Reason == RefusalReason.NoRoom
+        ? $"sequence {r.SequenceId}: no latent-cache room for positions from {r.Position}"
+        : $"sequence {r.SequenceId}: the step continues at position {r.Position}, but this shard holds {r.Held} tokens of it";
+}
+
+/// <summary>
+/// The attention side of a step on one host: the latent caches of its sequences, the walks of the current steps
 /// (embedding, MLA, dense MLPs, gates, shared experts) and sampling where the logits are. The routed experts run
 /// elsewhere (<see cref="LocalStepExecutor"/> runs them in process, the grid on expert-group grains): the caller
-/// feeds each <see cref="MoeDispatch"/>'s routed output back through <see cref="Continue"/>. Every method runs on
-/// the inference thread.
+/// feeds each <see cref="MoeDispatch"/>'s routed output back through <see cref="Continue"/>.
+/// <para>Sequences belong to an owner (a gateway) and are keyed by (owner, id), so two gateways never share a
+/// sequence; each owner has at most one step walking at a time, and owners' walks never disturb each other. An
+/// owner holds a lease, renewed by every call it makes; <see cref="ExpireLeases"/> frees the caches of owners not
+/// heard from within the lease (a gateway that died leaks nothing). Every method runs on the inference thread.</para>
 /// </summary>
 public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
 {
-    readonly Dictionary<long, LatentSequence> _sequences = new();
-    LayerWalk? _walk;
-    IReadOnlyList<StepChunk>? _chunks;
+    /// <summary>The owner of single-owner shards (the local engine).</summary>
+    public static readonly Guid LocalOwner = new("00000000-0000-0000-0000-000000000001");
+
+    sealed class Walk(LayerWalk layers, IReadOnlyList<StepChunk> chunks, long stepId)
+    {
+        public readonly LayerWalk Layers = layers;
+        public readonly IReadOnlyList<StepChunk> Chunks = chunks;
+        public readonly long StepId = stepId;
+    }
+
+    readonly Dictionary<SequenceKey, LatentSequence> _sequences = new();
+    readonly Dictionary<Guid, Walk> _walks = new();
+    readonly Dictionary<Guid, DateTimeOffset> _leases = new();
 
     LatentCache Cache => model.Cache ?? throw new InvalidOperationException("this host does not serve attention");
 
+    /// <summary>Caches freed because their owner's lease expired, since this shard was created.</summary>
+    public long Reclaimed { get; private set; }
+
+    /// <summary>Renews <paramref name="owner"/>'s lease.</summary>
+    public void Touch(Guid owner, DateTimeOffset now) => _leases[owner] = now;
+
     /// <summary>
-    /// Starts a step (abandoning an unfinished one): checks that every chunk continues its sequence's cache
-    /// exactly, then runs up to the first MoE dispatch; null means the step is done (<see cref="Finish"/>).
+    /// Starts <paramref name="owner"/>'s step <paramref name="stepId"/> (abandoning that owner's unfinished one):
+    /// checks that every chunk continues its sequence's cache exactly and fits in the cache, then runs up to the first
+    /// MoE dispatch; null means the step is done (<see cref="Finish"/>). A chunk at position 0 (re)starts its sequence
+    /// from nothing. When any chunk does not fit, <see cref="StepRefusedException"/> names them all and nothing changes.
     /// </summary>
-    public MoeDispatch? Start(IReadOnlyList<StepChunk> chunks, DeviceLimit? limit = null, AttentionMode mode = AttentionMode.Auto)
+    public MoeDispatch? Start(IReadOnlyList<StepChunk> chunks, DeviceLimit? limit = null, AttentionMode mode = AttentionMode.Auto,
+        Guid? owner = null, long stepId = 0, DateTimeOffset? now = null)
     {
-        Abandon();
+        var who = owner ?? LocalOwner;
+        Touch(who, now ?? DateTimeOffset.UtcNow);
+        Abandon(who);
         var cache = Cache;
         var seen = new HashSet<long>();
+        var refusals = new List<ChunkRefusal>();
+        int freeBlocks = cache.MaxBlocks - cache.BlocksInUse;
         foreach (var c in chunks)
         {
             c.Validate();
             if (!seen.Add(c.SequenceId)) throw new ArgumentException($"sequence {c.SequenceId} appears twice in one step");
-            int length = _sequences.TryGetValue(c.SequenceId, out var held) ? held.Length : 0;
-            if (c.Position != length)
-                throw new InvalidOperationException($"sequence {c.SequenceId}: the step continues at position {c.Position}, but this shard holds {length} tokens of it");
+            var held = _sequences.GetValueOrDefault(new SequenceKey(who, c.SequenceId));
+            int length = held?.Length ?? 0;
+            if (c.Position != 0 && c.Position != length)
+            {
+                refusals.Add(new ChunkRefusal(c.SequenceId, RefusalReason.Mismatch, c.Position, length));
+                continue;
+            }
+            // A chunk at 0 restarts the sequence: its old blocks come back first.
+            int blocksNow = c.Position == 0 ? 0 : held?.BlockCount ?? 0;
+            int blocksHeld = held?.BlockCount ?? 0;
+            int need = (c.Position + c.Tokens.Length + cache.BlockSize - 1) / cache.BlockSize - blocksNow;
+            freeBlocks += blocksHeld - blocksNow;
+            if (need > freeBlocks) refusals.Add(new ChunkRefusal(c.SequenceId, RefusalReason.NoRoom, c.Position, length));
+            else freeBlocks -= need;
         }
+        if (refusals.Count > 0) throw new StepRefusedException(refusals);
+
         var batch = chunks.Select(c =>
         {
-            if (!_sequences.TryGetValue(c.SequenceId, out var seq)) _sequences[c.SequenceId] = seq = cache.Create();
+            var key = new SequenceKey(who, c.SequenceId);
+            if (_sequences.TryGetValue(key, out var seq) && c.Position == 0 && seq.Length > 0)
+            {
+                cache.Release(seq);
+                _sequences.Remove(key);
+                seq = null;
+            }
+            if (seq is null) _sequences[key] = seq = cache.Create();
             return new SequenceChunk(seq, c.Tokens, AllLogits: c.LogitRows > 1) { NoLogits = c.LogitRows == 0 };
         }).ToList();
-        _walk = new LayerWalk(model, batch, mode, limit);
-        _chunks = chunks;
-        return Advance(null);
+        _walks[who] = new Walk(new LayerWalk(model, batch, mode, limit), chunks, stepId);
+        return Advance(who, null);
     }
 
-    /// <summary>Folds in the routed experts' output [N, d] of the pending MoE layer and runs on to the next dispatch (null: done).</summary>
-    public MoeDispatch? Continue(Tensor routedOutput)
+    /// <summary>Folds in the routed experts' output [N, d] of the owner's pending MoE layer and runs on to the next dispatch (null: done).</summary>
+    public MoeDispatch? Continue(Tensor routedOutput, Guid? owner = null, long? stepId = null, DateTimeOffset? now = null)
     {
-        if (_walk is null) throw new InvalidOperationException("no step is running on this shard");
-        return Advance(routedOutput);
+        var who = owner ?? LocalOwner;
+        Touch(who, now ?? DateTimeOffset.UtcNow);
+        if (!_walks.TryGetValue(who, out var walk) || (stepId is { } id && walk.StepId != id))
+            throw new InvalidOperationException($"step {stepId} of gateway {who} is not running on this shard");
+        return Advance(who, routedOutput);
     }
 
-    MoeDispatch? Advance(Tensor? routed)
+    MoeDispatch? Advance(Guid owner, Tensor? routed)
     {
-        try { return _walk!.Advance(routed); }
-        catch { Abandon(); throw; }
+        try { return _walks[owner].Layers.Advance(routed); }
+        catch { Abandon(owner); throw; }
     }
 
-    /// <summary>Samples and scores from the finished step's logits: one result per chunk, in order.</summary>
-    public ChunkResult[] Finish()
+    /// <summary>Samples and scores from the owner's finished step's logits: one result per chunk, in order.</summary>
+    public ChunkResult[] Finish(Guid? owner = null)
     {
-        if (_walk is null || _chunks is null) throw new InvalidOperationException("no step is running on this shard");
+        var who = owner ?? LocalOwner;
+        if (!_walks.TryGetValue(who, out var walk)) throw new InvalidOperationException("no step is running on this shard");
         try
         {
-            using var logits = _walk.TakeLogits();                      // [rows, V] float32
+            using var logits = walk.Layers.TakeLogits();                      // [rows, V] float32
             var values = logits.numel() == 0 ? [] : logits.contiguous().data<float>().ToArray();
             int v = (int)logits.shape[1], row = 0;
-            var results = new ChunkResult[_chunks.Count];
-            for (int i = 0; i < _chunks.Count; i++)
+            var chunks = walk.Chunks;
+            var results = new ChunkResult[chunks.Count];
+            for (int i = 0; i < chunks.Count; i++)
             {
-                var c = _chunks[i];
+                var c = chunks[i];
                 var scored = new SampledToken[c.ScoreNext?.Length ?? 0];
                 for (int r = 0; r < scored.Length; r++, row++)
                     scored[r] = Sampler.Score(values.AsSpan(row * v, v), c.ScoreNext![r], c.ScoreTop);
@@ -82,22 +159,48 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
             }
             return results;
         }
-        finally { Abandon(); }
+        finally { Abandon(who); }
     }
 
-    void Abandon()
+    void Abandon(Guid owner)
     {
-        _walk?.Dispose();
-        _walk = null;
-        _chunks = null;
+        if (_walks.Remove(owner, out var walk)) walk.Layers.Dispose();
     }
 
-    /// <summary>Frees the sequences' caches; unknown ids are ignored.</summary>
-    public void Release(IEnumerable<long> sequenceIds)
+    /// <summary>Frees the owner's sequences' caches; unknown ids are ignored.</summary>
+    public void Release(IEnumerable<long> sequenceIds, Guid? owner = null, DateTimeOffset? now = null)
     {
+        var who = owner ?? LocalOwner;
+        Touch(who, now ?? DateTimeOffset.UtcNow);
         foreach (var id in sequenceIds)
-            if (_sequences.Remove(id, out var seq)) Cache.Release(seq);
+            if (_sequences.Remove(new SequenceKey(who, id), out var seq)) Cache.Release(seq);
     }
+
+    /// <summary>
+    /// Frees every cache (and abandons the walk) of owners not heard from for <paramref name="lease"/>; returns how
+    /// many sequences were freed.
+    /// </summary>
+    public int ExpireLeases(DateTimeOffset now, TimeSpan lease)
+    {
+        var expired = _leases.Where(l => now - l.Value > lease).Select(l => l.Key).ToHashSet();
+        if (expired.Count == 0) return 0;
+        foreach (var owner in expired)
+        {
+            _leases.Remove(owner);
+            Abandon(owner);
+        }
+        var keys = _sequences.Keys.Where(k => expired.Contains(k.Owner)).ToList();
+        foreach (var k in keys)
+        {
+            Cache.Release(_sequences[k]);
+            _sequences.Remove(k);
+        }
+        Reclaimed += keys.Count;
+        return keys.Count;
+    }
+
+    /// <summary>Owners whose lease is live.</summary>
+    public int Owners => _leases.Count;
 
     public CacheStats Stats()
     {
@@ -105,15 +208,21 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         return new CacheStats(_sequences.Count, _sequences.Values.Sum(s => (long)s.Length), _sequences.Values.Sum(c.SequenceBytes), c.BytesReserved);
     }
 
-    public ShardBudget Budget(int shard)
+    /// <summary>
+    /// The budget as <paramref name="owner"/> sees it: the host's whole cache (shared by every shard on the host and
+    /// every owner), the blocks in use on the host, and how many of those are the owner's on this shard.
+    /// </summary>
+    public ShardBudget Budget(int shard, Guid? owner = null, string pool = "")
     {
         var c = Cache;
-        return new ShardBudget(shard, c.BlockSize, c.MaxBlocks, _sequences.Values.Sum(s => s.BlockCount));
+        var who = owner ?? LocalOwner;
+        int own = _sequences.Where(kv => kv.Key.Owner == who).Sum(kv => kv.Value.BlockCount);
+        return new ShardBudget(shard, c.BlockSize, c.MaxBlocks, c.BlocksInUse) { OwnBlocks = own, Pool = pool };
     }
 
     public void Dispose()
     {
-        Abandon();
+        foreach (var owner in _walks.Keys.ToList()) Abandon(owner);
         if (model.Cache is { } c) foreach (var seq in _sequences.Values) c.Release(seq);
         _sequences.Clear();
     }

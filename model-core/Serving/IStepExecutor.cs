@@ -42,9 +42,16 @@ public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored);
 /// <summary>Latent cache occupancy of the hosts an executor drives.</summary>
 public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved);
 
-/// <summary>An attention shard's latent-cache budget: blocks of <see cref="BlockSize"/> tokens, how many it may hold and how many are in use.</summary>
+/// <summary>
+/// An attention shard's latent-cache budget: blocks of <see cref="BlockSize"/> tokens, how many its host may hold and
+/// how many are in use there (by every shard and gateway on the host), of which <see cref="OwnBlocks"/> are the asking
+/// gateway's sequences on this shard. Shards on one host share its cache: they report the same <see cref="Pool"/>
+/// (empty: a pool of its own).
+/// </summary>
 public readonly record struct ShardBudget(int Shard, int BlockSize, int TotalBlocks, int UsedBlocks)
 {
+    public int OwnBlocks { get; init; }
+    public string Pool { get; init; } = "";
     public int FreeBlocks => TotalBlocks - UsedBlocks;
 }
 
@@ -58,7 +65,11 @@ public interface IStepExecutor : IAsyncDisposable
 {
     ModelConfig Config { get; }
 
-    /// <summary>One step over the chunks; one result per chunk, in order.</summary>
+    /// <summary>
+    /// One step over the chunks; one result per chunk, in order. Throws <see cref="StepRefusedException"/> when a shard
+    /// refused chunks (nothing ran for them; the rest may be stepped again) and <see cref="StepInterruptedException"/>
+    /// when a host the step needed was lost (nothing was committed; step again).
+    /// </summary>
     Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken);
 
     /// <summary>Frees the sequences' latent caches. Unknown ids are ignored.</summary>
@@ -69,3 +80,12 @@ public interface IStepExecutor : IAsyncDisposable
     /// <summary>Every attention shard's latent-cache budget, by shard index.</summary>
     Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken);
 }
+
+/// <summary>
+/// A step that could not finish because a host it needed left the cluster (or stopped answering): no cache advanced.
+/// Stepping again is safe; sequences whose caches were lost with the host are then refused and recomputed.
+/// </summary>
+public sealed class StepInterruptedException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>No host in the cluster can serve a part of the model the step needs (an expert group, attention): a 503.</summary>
+public sealed class ModelPartUnavailableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -29,8 +29,13 @@ public abstract class GridTestCluster : IAsyncLifetime
     public GridStepExecutor Executor { get; private set; } = null!;
     public string ModelPath => Golden.Dir(Checkpoint);
 
-    /// <summary>Grain calls this cluster's attention and expert-group grains have received so far.</summary>
-    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(ModelPath + "|", StringComparison.Ordinal)).Sum(kv => kv.Value);
+    /// <summary>
+    /// Step calls (start, continue, expert forward) this cluster's attention and expert-group grains have received so
+    /// far; the background lease renewals and cache reads are not step calls.
+    /// </summary>
+    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(ModelPath + "|", StringComparison.Ordinal)
+        && (kv.Key.EndsWith(".StartStepAsync", StringComparison.Ordinal) || kv.Key.EndsWith(".ContinueStepAsync", StringComparison.Ordinal)
+            || kv.Key.EndsWith(".ForwardAsync", StringComparison.Ordinal))).Sum(kv => kv.Value);
 
     public async Task InitializeAsync()
     {

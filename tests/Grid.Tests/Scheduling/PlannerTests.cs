@@ -157,4 +157,23 @@ public sealed class PlannerTests
         Assert.Equal(s.Tokens, step.Tokens);
         Assert.Equal(new Grid.ModelCore.Sampling.DrawKey(42, 1, 3), step.Sample!.Key);
     }
+
+    [Fact]
+    public void ShardsOnOneHostShareItsCacheAndOtherGatewaysBlocksAreNotFree()
+    {
+        // Two shards on one silo (one pool of 10 blocks of 4 tokens), 4 of which another gateway's sequences hold;
+        // this gateway holds 2 on shard 0 (a running sequence of 8 tokens).
+        var running = Seq(1, 7, computed: 7, shard: 0, generated: 1);
+        var budgets = new[]
+        {
+            new ShardBudget(0, 4, 10, 6) { OwnBlocks = 2, Pool = "silo-a" },
+            new ShardBudget(1, 4, 10, 6) { OwnBlocks = 0, Pool = "silo-a" },
+        };
+        // Free: 10 - 4 (others) - 2 (ours) = 4 blocks in the pool, whichever shard. Each newcomer needs 2 (5 tokens + 1).
+        var waiting = new[] { Seq(2, 5), Seq(3, 5), Seq(4, 5) };
+        var plan = Planner().Plan([running], waiting, budgets);
+        Assert.Equal([2L, 3], plan.Admitted.Select(s => s.Id));
+        Assert.Equal([1, 0], plan.Admitted.Select(s => s.Shard));   // spread over the pool's shards, fewest of ours first
+        Assert.Empty(plan.Refused);                                // the third waits: the pool could hold it when empty
+    }
 }

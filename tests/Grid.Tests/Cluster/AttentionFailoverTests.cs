@@ -1,0 +1,142 @@
+using Grid.Configuration;
+using Grid.Gateway.Orchestration;
+using Grid.Gateway.Scheduling;
+using Grid.Grains.Contracts;
+using Grid.ModelCore.Config;
+using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging.Abstractions;
+using Orleans.TestingHost;
+using Xunit;
+
+namespace Grid.Tests.Cluster;
+
+/// <summary>
+/// Sequences survive their attention silo: two attention silos each hold one shard; the silo of one leaves in the
+/// middle of generation. The engine learns it from membership, the shard re-activates on the other attention silo
+/// with no caches, the lost sequences are refused there and recomputed (prompt + generated prefilled again), and every
+/// stream ends with exactly the tokens of its undisturbed run. The same engine then serves on.
+/// </summary>
+public sealed class AttentionFailoverTests : IAsyncLifetime
+{
+    // silo 0 and 1: attention; silo 2: every expert group (never stopped).
+    TestCluster _cluster = null!;
+
+    public async Task InitializeAsync()
+    {
+        var builder = new TestClusterBuilder(3);
+        builder.Options.ServiceId = "grid-attention-failover";
+        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = Golden.Dir("full_f32") }));
+        builder.AddSiloBuilderConfigurator<Configurator>();
+        _cluster = builder.Build();
+        await _cluster.DeployAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _cluster.StopAllSilosAsync();
+        await _cluster.DisposeAsync();
+    }
+
+    sealed class Configurator : ISiloConfigurator
+    {
+        public void Configure(ISiloBuilder silo)
+        {
+            var name = silo.Configuration["Orleans:Name"]!;
+            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
+            silo.AddGridSilo(new GridOptions
+            {
+                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
+                Cluster = new GridClusterOptions { ExpertGroups = 4 },
+                Silo = new SiloOptions { Attention = index < 2, ExpertGroups = index == 2 ? [0, 1, 2, 3] : [] },
+            });
+        }
+    }
+
+    /// <summary>Lets the test hold the engine between steps.</summary>
+    sealed class Gated(IStepExecutor inner) : IStepExecutor
+    {
+        readonly SemaphoreSlim _open = new(1, 1);
+        public ModelConfig Config => inner.Config;
+        public async Task HoldAsync() => await _open.WaitAsync();
+        public void Resume() => _open.Release();
+        public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
+        {
+            await _open.WaitAsync(cancellationToken);
+            _open.Release();
+            return await inner.StepAsync(chunks, cancellationToken);
+        }
+        public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => inner.ReleaseAsync(sequenceIds, cancellationToken);
+        public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => inner.GetCacheStatsAsync(cancellationToken);
+        public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) => inner.GetBudgetsAsync(cancellationToken);
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
+    }
+
+    static GenerationRequest Request(int[] prompt, int n, double temperature, long seed) => new()
+    {
+        PromptIds = prompt,
+        MaxTokens = n,
+        Sampling = new SamplingParams { Temperature = temperature, Seed = seed },
+    };
+
+    static async Task<(List<int> Tokens, string? Finish)> RunAsync(EngineLoop loop, GenerationRequest request, Action<int>? onToken = null)
+    {
+        var tokens = new List<int>();
+        string? finish = null;
+        await foreach (var e in loop.Submit(request, CancellationToken.None).ReadAllAsync())
+        {
+            if (e is TokenEvent t) { tokens.Add(t.Token.Token); onToken?.Invoke(tokens.Count); }
+            if (e is FinishedEvent f) finish = f.Reason;
+        }
+        return (tokens, finish);
+    }
+
+    [Fact]
+    public async Task StreamsFinishWithTheirSoloTokensWhenAnAttentionSiloLeaves()
+    {
+        var config = ModelConfig.Load(Path.Combine(Golden.Dir("full_f32"), "config.json"));
+        var grid = new GridStepExecutor(_cluster.Client, config, new GridTopology { AttentionShards = 2, ExpertGroups = 4 }, NullLogger<GridStepExecutor>.Instance);
+        await using var watch = new ClusterWatch(_cluster.Client, NullLogger.Instance, TimeSpan.FromMilliseconds(200));
+        grid.Watch = watch;
+        await Poll.UntilAsync(async () => (await grid.GetReadinessAsync(CancellationToken.None)).Ready, "the cluster did not load its weights");
+        var gated = new Gated(grid);
+        await using var loop = new EngineLoop(gated, new SchedulerOptions(), NullLogger<EngineLoop>.Instance, config.MaxPositionEmbeddings);
+
+        var golden = Golden.Load("full_f32", "text").PromptIds;
+        var requests = Enumerable.Range(0, 6).Select(i => Request(golden.Skip(i % 3).ToArray(), 40, temperature: i < 3 ? 0 : 1, seed: 11 + i)).ToArray();
+        var solo = new List<List<int>>();
+        foreach (var r in requests) solo.Add((await RunAsync(loop, r)).Tokens);
+
+        // All six at once; hold the engine once every stream has some tokens, and take one attention silo away.
+        int started = 0;
+        var held = new TaskCompletionSource();
+        var runs = requests.Select(r =>
+        {
+            bool counted = false;
+            return RunAsync(loop, r, n =>
+            {
+                if (n >= 5 && !counted) { counted = true; if (Interlocked.Increment(ref started) == requests.Length) held.TrySetResult(); }
+            });
+        }).ToArray();
+        await Poll.UntilAsync(() => Task.FromResult(held.Task.IsCompleted), "the streams did not start");
+        await gated.HoldAsync();
+        var shardSilos = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
+        var victim = _cluster.Silos.Single(s => s != _cluster.Primary && shardSilos.Any(x => x.Silo == s.SiloAddress.ToString()));
+        await _cluster.StopSiloAsync(victim);
+        await Poll.UntilAsync(() => Task.FromResult(watch.Silos.All(s => s.Address != victim.SiloAddress.ToString() || !s.Active)), "membership did not show the silo leaving");
+        gated.Resume();
+
+        var done = await Task.WhenAll(runs);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal("length", done[i].Finish);
+            Assert.Equal(solo[i], done[i].Tokens);
+        }
+        Assert.True(loop.Recomputed > 0, "the sequences of the lost shard were recomputed");
+        // Both shards now run on the surviving attention silo.
+        var after = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
+        Assert.All(after, s => Assert.Equal(_cluster.Primary.SiloAddress.ToString(), s.Silo));
+        Assert.Equal(solo[0], (await RunAsync(loop, requests[0])).Tokens);
+    }
+}
