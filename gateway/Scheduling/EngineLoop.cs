@@ -42,7 +42,11 @@ public sealed class EngineLoop : IAsyncDisposable
     readonly CancellationTokenSource _stop = new();
     readonly Task _loop;
     readonly Queue<StepRecord> _recentSteps = new();
-    readonly Channel<long[]> _releases = Channel.CreateUnbounded<long[]>(new UnboundedChannelOptions { SingleReader = true });
+    readonly Channel<(long[] Ids, (int Shard, int Blocks)[] Held)> _releases =
+        Channel.CreateUnbounded<(long[], (int, int)[])>(new UnboundedChannelOptions { SingleReader = true });
+    /// <summary>Blocks per shard held by caches whose release is queued or in flight: not free yet.</summary>
+    readonly Dictionary<int, int> _releasing = new();
+    int _blockSize = 16;
     readonly Task _releaser;
     readonly TimeSpan _recovery;
     DateTime? _interruptedSince;
@@ -119,7 +123,8 @@ public sealed class EngineLoop : IAsyncDisposable
             try
             {
                 var budgets = await _executor.GetBudgetsAsync(ct);
-                plan = _planner.Plan(_running, _waiting, budgets);
+                if (budgets.Length > 0) _blockSize = budgets[0].BlockSize;
+                plan = _planner.Plan(_running, _waiting, Pending(budgets));
                 await ApplyAdmissionsAsync(plan);
                 if (plan.Chunks.Count > 0)
                 {
@@ -253,6 +258,10 @@ public sealed class EngineLoop : IAsyncDisposable
         if (plan.Preempted.Count > 0)
         {
             var victims = plan.Preempted.Cast<Sequence>().ToList();
+            // The plan counts the victims' blocks as free in this very step: their release must land first. The
+            // shard is alive (this is memory pressure, not a failure); if the call fails anyway, the step's own
+            // refusal (no room) re-queues what does not fit.
+            await ReleaseNowAsync(victims);
             foreach (var s in victims)
             {
                 _running.Remove(s);
@@ -330,7 +339,25 @@ public sealed class EngineLoop : IAsyncDisposable
         var held = sequences.Where(s => s.InCache).ToList();
         if (held.Count == 0) return;
         foreach (var s in held) s.InCache = false;
-        _releases.Writer.TryWrite(held.Select(s => s.Id).ToArray());
+        // What the shard may hold for each: its computed tokens plus a chunk that was reserved but not committed.
+        var blocks = held.Where(s => s.Shard >= 0)
+            .Select(s => (s.Shard, (Math.Min(s.Tokens.Count + 1, s.Computed + _options.PrefillChunkTokens) + _blockSize - 1) / _blockSize)).ToArray();
+        lock (_releasing)
+            foreach (var (shard, n) in blocks) _releasing[shard] = _releasing.GetValueOrDefault(shard) + n;
+        _releases.Writer.TryWrite((held.Select(s => s.Id).ToArray(), blocks));
+    }
+
+    async Task ReleaseNowAsync(IReadOnlyList<Sequence> sequences)
+    {
+        var held = sequences.Where(s => s.InCache).ToList();
+        if (held.Count == 0) return;
+        try { await _executor.ReleaseAsync(held.Select(s => s.Id).ToArray(), CancellationToken.None); }
+        catch (Exception e) { _logger.LogWarning("releasing preempted sequences failed: {Error}", e.Message); }
+        foreach (var s in held)
+        {
+            s.InCache = false;
+            SequenceReleased?.Invoke(s.Id);
+        }
     }
 
     async Task ReleaseLoopAsync()
@@ -338,11 +365,26 @@ public sealed class EngineLoop : IAsyncDisposable
         while (await _releases.Reader.WaitToReadAsync().ConfigureAwait(false))
         {
             var ids = new List<long>();
-            while (_releases.Reader.TryRead(out var batch)) ids.AddRange(batch);
+            var held = new List<(int Shard, int Blocks)>();
+            while (_releases.Reader.TryRead(out var batch))
+            {
+                ids.AddRange(batch.Ids);
+                held.AddRange(batch.Held);
+            }
             try { await _executor.ReleaseAsync(ids, CancellationToken.None); }
             catch (Exception e) { _logger.LogWarning("releasing sequences {Ids} failed (their shard frees them when this gateway's lease lapses): {Error}", ids, e.Message); }
+            lock (_releasing)
+                foreach (var (shard, blocks) in held) _releasing[shard] -= blocks;
             foreach (var id in ids) SequenceReleased?.Invoke(id);
         }
+    }
+
+    /// <summary>The shards' budgets with the blocks of queued releases still counted as held (they are, until the release lands).</summary>
+    ShardBudget[] Pending(ShardBudget[] budgets)
+    {
+        lock (_releasing)
+            return _releasing.Count == 0 ? budgets
+                : budgets.Select(b => _releasing.TryGetValue(b.Shard, out var n) && n > 0 ? b with { OwnBlocks = b.OwnBlocks - n } : b).ToArray();
     }
 
     Task FinishAsync(Sequence s, string reason, Exception? error)

@@ -37,7 +37,7 @@ public sealed class AttentionShardTests
             next = Step(model, shard, owner, 1 + i, new StepChunk(id, prompt.Length + i - 1, [next]) { Sample = Greedy })[0].Next!.Token;
             tokens.Add(next);
         }
-        return tokens;
+        return tokens.ToArray();
     }
 
     [Fact]

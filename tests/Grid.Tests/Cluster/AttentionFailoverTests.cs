@@ -2,6 +2,7 @@ using Grid.Configuration;
 using Grid.Gateway.Orchestration;
 using Grid.Gateway.Scheduling;
 using Grid.Grains.Contracts;
+using Grid.Grains.Hosting;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Sampling;
 using Grid.ModelCore.Serving;
@@ -49,7 +50,7 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
             {
                 Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
                 Cluster = new GridClusterOptions { ExpertGroups = 4 },
-                Silo = new SiloOptions { Attention = index < 2, ExpertGroups = index == 2 ? [0, 1, 2, 3] : [] },
+                Silo = new SiloOptions { Attention = index < 2, ExpertGroups = index == 2 ? new[] { 0, 1, 2, 3 } : Array.Empty<int>() },
             });
         }
     }
@@ -122,7 +123,7 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         await Poll.UntilAsync(() => Task.FromResult(held.Task.IsCompleted), "the streams did not start");
         await gated.HoldAsync();
         var shardSilos = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
-        var victim = _cluster.Silos.Single(s => s != _cluster.Primary && shardSilos.Any(x => x.Silo == s.SiloAddress.ToString()));
+        var victim = _cluster.Silos.Single(s => s != _cluster.Primary! && shardSilos.Any(x => x.Silo == s.SiloAddress.ToString()));
         await _cluster.StopSiloAsync(victim);
         await Poll.UntilAsync(() => Task.FromResult(watch.Silos.All(s => s.Address != victim.SiloAddress.ToString() || !s.Active)), "membership did not show the silo leaving");
         gated.Resume();
@@ -136,7 +137,7 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         Assert.True(loop.Recomputed > 0, "the sequences of the lost shard were recomputed");
         // Both shards now run on the surviving attention silo.
         var after = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
-        Assert.All(after, s => Assert.Equal(_cluster.Primary.SiloAddress.ToString(), s.Silo));
+        Assert.All(after, s => Assert.Equal(_cluster.Primary!.SiloAddress.ToString(), s.Silo));
         Assert.Equal(solo[0], (await RunAsync(loop, requests[0])).Tokens);
     }
 }
