@@ -26,6 +26,8 @@ public sealed class ModelHost : IHostedService, IDisposable
     readonly Dictionary<int, Task> _elasticLoads = new();   // group -> its on-demand load (elastic silos), under the lock
     readonly SortedSet<int> _elasticHeld = new();           // groups loaded on demand, under the lock
     readonly Lock _elasticLock = new();
+    readonly Lock _detailLock = new();
+    volatile bool _declaredLoaded;                         // the start-up load (declared groups) is done
 
     public InferenceThread Thread { get; }
     public ModelConfig Config { get; }
@@ -92,9 +94,10 @@ public sealed class ModelHost : IHostedService, IDisposable
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);
-                _loaded.TrySetResult(model);
-                UpdateDetail(model);
+                _declaredLoaded = true;
+                UpdateDetail(model);   // before completing: the "ready" line reads it
                 _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
+                _loaded.TrySetResult(model);
             }
             catch (Exception e)
             {
@@ -111,7 +114,7 @@ public sealed class ModelHost : IHostedService, IDisposable
     /// <summary>The expert groups this silo holds now: its declared groups once loaded, and the groups an elastic silo loaded on demand.</summary>
     public int[] HeldGroups()
     {
-        var held = IsReady ? _options.ExpertGroups.ToList() : new List<int>();
+        var held = _declaredLoaded ? _options.ExpertGroups.ToList() : new List<int>();
         lock (_elasticLock) held.AddRange(_elasticHeld);
         return held.Distinct().Order().ToArray();
     }
@@ -131,7 +134,7 @@ public sealed class ModelHost : IHostedService, IDisposable
             throw new ArgumentOutOfRangeException(nameof(group), $"expert group {group} is outside 0..{GroupRanges.Length - 1} (Grid:Cluster:ExpertGroups is {GroupRanges.Length})");
         if (_options.ExpertGroups.Contains(group)) return ModelAsync(cancellationToken);
         if (!_options.Elastic)
-            throw new InvalidOperationException($"expert group {group} is not served by this silo (Grid:Silo:ExpertGroups is [{_options.ExpertGroups}] and Grid:Silo:Elastic is false)");
+            return Task.FromException(new InvalidOperationException($"expert group {group} is not served by this silo (Grid:Silo:ExpertGroups is [{_options.ExpertGroups}] and Grid:Silo:Elastic is false)"));
         Task load;
         lock (_elasticLock)
         {
@@ -163,8 +166,12 @@ public sealed class ModelHost : IHostedService, IDisposable
         _logger.LogInformation("elastic: expert group {Group} loaded in {Seconds:F1} s", group, sw.Elapsed.TotalSeconds);
     }
 
-    void UpdateDetail(DeepseekV2Model model) =>
-        Detail = $"attention={_options.Attention} groups=[{string.Join(",", HeldGroups())}]{(_options.Elastic ? " elastic" : "")} tensors={model.LoadedTensors.Count}";
+    /// <summary>Refreshes <see cref="Detail"/>: attention or not, the groups held (declared and loaded on demand), elastic or not, tensors.</summary>
+    void UpdateDetail(DeepseekV2Model model)
+    {
+        lock (_detailLock)   // two on-demand loads finishing together: the later write sees both groups
+            Detail = $"attention={_options.Attention} groups=[{string.Join(",", HeldGroups())}]{(_options.Elastic ? " elastic" : "")} tensors={model.LoadedTensors.Count}";
+    }
 
     /// <summary>Runs tensor work on the silo's inference thread once the weights are loaded.</summary>
     public async Task<T> RunAsync<T>(Func<DeepseekV2Model, T> work, CancellationToken cancellationToken)

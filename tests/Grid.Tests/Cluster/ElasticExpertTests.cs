@@ -216,3 +216,51 @@ public sealed class ExpertGroupLoadingTests
         }
     }
 }
+
+/// <summary>The silo-side model host of an elastic silo: starts with nothing, loads a group once however many ask.</summary>
+public sealed class ElasticModelHostTests
+{
+    static ModelHost Host(SiloOptions silo) => new(new GridOptions
+    {
+        Model = new ModelOptions { Path = Golden.Dir("full_f32") },
+        Cluster = new GridClusterOptions { ExpertGroups = 4 },
+        Silo = silo,
+    }, NullLogger<ModelHost>.Instance);
+
+    [Fact]
+    public async Task ElasticHostWithNothingDeclaredLoadsEachGroupOnceOnDemand()
+    {
+        using var host = Host(new SiloOptions { Elastic = true });
+        await host.StartAsync(CancellationToken.None);
+        var model = await host.ModelAsync();
+        Assert.Empty(model.LoadedTensors);
+        Assert.Empty(host.HeldGroups());
+        Assert.Equal("attention=False groups=[] elastic tensors=0", host.Detail);
+
+        // Racing callers share one load.
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(i => host.EnsureGroupAsync(i % 2 == 0 ? 1 : 3)));
+        Assert.Equal([1, 3], host.HeldGroups());
+        Assert.True(host.HoldsGroup(1));
+        Assert.False(host.HoldsGroup(2));
+        Assert.Equal([host.GroupRanges[1], host.GroupRanges[3]], model.ExpertGroups.Select(g => g.Range));
+        int perGroup = host.GroupRanges[1].Count * host.Config.MoeLayers.Count() * 3;
+        Assert.Equal(2 * perGroup, model.LoadedTensors.Count);
+        Assert.Equal(model.LoadedTensors.Count, model.LoadedTensors.Distinct().Count());
+        Assert.Contains("groups=[1,3] elastic", host.Detail);
+
+        await host.EnsureGroupAsync(1);   // already held: nothing more loaded
+        Assert.Equal(2 * perGroup, model.LoadedTensors.Count);
+    }
+
+    [Fact]
+    public async Task NonElasticHostRefusesAGroupItDoesNotDeclare()
+    {
+        using var host = Host(new SiloOptions { ExpertGroups = new[] { 0 } });
+        await host.StartAsync(CancellationToken.None);
+        await host.EnsureGroupAsync(0);
+        Assert.Equal([0], host.HeldGroups());
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => host.EnsureGroupAsync(2));
+        Assert.Contains("expert group 2 is not served by this silo", e.Message);
+        Assert.False(host.HoldsGroup(2));
+    }
+}
