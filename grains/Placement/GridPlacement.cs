@@ -39,40 +39,51 @@ public sealed class GridPlacementDirector(ISiloMetadataCache metadata) : IPlacem
         var deadline = DateTime.UtcNow + MetadataWait;
         while (true)
         {
-            var silos = context.GetCompatibleSilos(target).OrderBy(s => s.ToString(), StringComparer.Ordinal).ToArray();
-            bool waiting = silos.Any(s => !Known(s)) && DateTime.UtcNow < deadline;
-            if (strategy is ExpertGroupPlacement)
-            {
-                if (Pick(silos.Where(s => ServesGroup(s, key)).ToArray(), key) is { } declared) return declared;
-                // A silo declaring g may be one whose metadata is not here yet: wait for it before falling back.
-                if (!waiting && Pick(silos.Where(IsElastic).ToArray(), key) is { } elastic) return elastic;
-                if (!waiting) throw new OrleansException(NoGroupSilo(key));
-            }
-            else
-            {
-                if (Pick(silos.Where(ServesAttention).ToArray(), key) is { } attention) return attention;
-                if (!waiting) throw new OrleansException($"no silo in the cluster serves attention (none declares {SiloMetadataKeys.Attention}=true)");
-            }
+            var (silo, error) = Choose(strategy is ExpertGroupPlacement, key, context.GetCompatibleSilos(target),
+                s => metadata.GetSiloMetadata(s).Metadata, mayWait: DateTime.UtcNow < deadline);
+            if (silo is not null) return silo;
+            if (error is not null) throw new OrleansException(error);
             await Task.Delay(100);
         }
+    }
+
+    /// <summary>
+    /// The placement decision over the live <paramref name="silos"/> and their metadata (an empty dictionary: not known
+    /// here yet): a silo, or a failure message, or neither (wait and ask again; only while <paramref name="mayWait"/>
+    /// and some silo's metadata is unknown). Expert group <paramref name="key"/>: declaring silos first, then elastic
+    /// ones (but not while a silo that may declare it is unknown), each chosen by key modulo their number in address
+    /// order; attention shard <paramref name="key"/>: attention silos, the same way.
+    /// </summary>
+    public static (SiloAddress? Silo, string? Error) Choose(bool expertGroup, long key, IEnumerable<SiloAddress> silos,
+        Func<SiloAddress, IReadOnlyDictionary<string, string>> metadataOf, bool mayWait)
+    {
+        var known = silos.OrderBy(s => s.ToString(), StringComparer.Ordinal).Select(s => (Silo: s, Metadata: metadataOf(s))).ToArray();
+        // Every Grid silo publishes SiloMetadataKeys.Attention: without it, this silo has not received that silo's metadata yet.
+        bool waiting = mayWait && known.Any(k => !k.Metadata.ContainsKey(SiloMetadataKeys.Attention));
+        if (expertGroup)
+        {
+            if (Pick(known.Where(k => ServesGroup(k.Metadata, key)), key) is { } declared) return (declared, null);
+            if (waiting) return (null, null);
+            if (Pick(known.Where(k => IsTrue(k.Metadata, SiloMetadataKeys.Elastic)), key) is { } elastic) return (elastic, null);
+            return (null, NoGroupSilo(key));
+        }
+        if (Pick(known.Where(k => IsTrue(k.Metadata, SiloMetadataKeys.Attention)), key) is { } attention) return (attention, null);
+        return waiting ? (null, null) : (null, $"no silo in the cluster serves attention (none declares {SiloMetadataKeys.Attention}=true)");
     }
 
     /// <summary>The message of a failed expert-group placement.</summary>
     public static string NoGroupSilo(long group) =>
         $"no silo in the cluster can serve expert group {group} (none declares it in {SiloMetadataKeys.ExpertGroups} and no elastic silo is running)";
 
-    static SiloAddress? Pick(SiloAddress[] candidates, long key) => candidates.Length > 0 ? candidates[(int)(key % candidates.Length)] : null;
+    static SiloAddress? Pick(IEnumerable<(SiloAddress Silo, IReadOnlyDictionary<string, string> Metadata)> candidates, long key)
+    {
+        var list = candidates.Select(c => c.Silo).ToArray();
+        return list.Length > 0 ? list[(int)(key % list.Length)] : null;
+    }
 
-    IReadOnlyDictionary<string, string> Metadata(SiloAddress silo) => metadata.GetSiloMetadata(silo).Metadata;
-
-    /// <summary>Whether this silo has the silo's metadata (every Grid silo publishes <see cref="SiloMetadataKeys.Attention"/>).</summary>
-    bool Known(SiloAddress silo) => Metadata(silo).ContainsKey(SiloMetadataKeys.Attention);
-
-    bool ServesGroup(SiloAddress silo, long group) =>
-        Metadata(silo).TryGetValue(SiloMetadataKeys.ExpertGroups, out var groups)
+    static bool ServesGroup(IReadOnlyDictionary<string, string> metadata, long group) =>
+        metadata.TryGetValue(SiloMetadataKeys.ExpertGroups, out var groups)
         && groups.Split(',', StringSplitOptions.RemoveEmptyEntries).Any(g => long.TryParse(g, out var v) && v == group);
 
-    bool IsElastic(SiloAddress silo) => Metadata(silo).TryGetValue(SiloMetadataKeys.Elastic, out var e) && e == "true";
-
-    bool ServesAttention(SiloAddress silo) => Metadata(silo).TryGetValue(SiloMetadataKeys.Attention, out var a) && a == "true";
+    static bool IsTrue(IReadOnlyDictionary<string, string> metadata, string key) => metadata.TryGetValue(key, out var v) && v == "true";
 }

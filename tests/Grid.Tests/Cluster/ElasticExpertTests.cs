@@ -264,3 +264,66 @@ public sealed class ElasticModelHostTests
         Assert.False(host.HoldsGroup(2));
     }
 }
+
+/// <summary>The placement decision on its own: declaring silos, then elastic ones, then a clear failure.</summary>
+public sealed class GridPlacementDecisionTests
+{
+    static readonly SiloAddress A = Silo(1), B = Silo(2), C = Silo(3);
+
+    static SiloAddress Silo(int i) => SiloAddress.New(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 11110 + i), 1);
+
+    static IReadOnlyDictionary<string, string> Meta(string groups, bool elastic = false, bool attention = false) => new Dictionary<string, string>
+    {
+        [SiloMetadataKeys.ExpertGroups] = groups,
+        [SiloMetadataKeys.Attention] = attention ? "true" : "false",
+        [SiloMetadataKeys.Elastic] = elastic ? "true" : "false",
+    };
+
+    static (SiloAddress? Silo, string? Error) Choose(bool group, long key, Dictionary<SiloAddress, IReadOnlyDictionary<string, string>> silos, bool mayWait = true) =>
+        Grid.Grains.Placement.GridPlacementDirector.Choose(group, key, silos.Keys, s => silos[s], mayWait);
+
+    [Fact]
+    public void DeclaringSilosComeFirstThenElasticOnesThenAFailure()
+    {
+        var silos = new Dictionary<SiloAddress, IReadOnlyDictionary<string, string>>
+        {
+            [A] = Meta("0", attention: true), [B] = Meta("1,2"), [C] = Meta("", elastic: true),
+        };
+        Assert.Equal(B, Choose(true, 1, silos).Silo);
+        Assert.Equal(A, Choose(true, 0, silos).Silo);
+        Assert.Equal(C, Choose(true, 3, silos).Silo);               // nobody declares 3: the elastic silo
+        Assert.Equal(A, Choose(false, 0, silos).Silo);
+        silos.Remove(B);
+        Assert.Equal(C, Choose(true, 1, silos).Silo);               // 1's silo left: the elastic silo
+        silos.Remove(C);
+        var (none, error) = Choose(true, 1, silos);
+        Assert.Null(none);
+        Assert.Equal("no silo in the cluster can serve expert group 1 (none declares it in grid.expert-groups and no elastic silo is running)", error);
+        silos.Remove(A);
+        silos[B] = Meta("1");
+        Assert.StartsWith("no silo in the cluster serves attention", Choose(false, 0, silos).Error);
+    }
+
+    [Fact]
+    public void ReplicasAndElasticSilosAreChosenByKeyInAddressOrder()
+    {
+        var silos = new Dictionary<SiloAddress, IReadOnlyDictionary<string, string>> { [C] = Meta("1,2"), [A] = Meta("1,2"), [B] = Meta("0", attention: true) };
+        Assert.Equal(A, Choose(true, 2, silos).Silo);   // [A, C][2 % 2]
+        Assert.Equal(C, Choose(true, 1, silos).Silo);   // [A, C][1 % 2]
+        var elastic = new Dictionary<SiloAddress, IReadOnlyDictionary<string, string>> { [C] = Meta("", elastic: true), [A] = Meta("", elastic: true), [B] = Meta("0", attention: true) };
+        Assert.Equal(A, Choose(true, 4, elastic).Silo);
+        Assert.Equal(C, Choose(true, 3, elastic).Silo);
+    }
+
+    [Fact]
+    public void UnknownMetadataIsWaitedForOnlyWhileAllowed()
+    {
+        var empty = new Dictionary<string, string>();
+        var silos = new Dictionary<SiloAddress, IReadOnlyDictionary<string, string>> { [A] = Meta("0", attention: true), [B] = empty, [C] = Meta("", elastic: true) };
+        Assert.Equal((null, null), Choose(true, 1, silos));            // B may declare 1: wait rather than go elastic
+        Assert.Equal(A, Choose(true, 0, silos).Silo);                  // a declaring silo needs no wait
+        Assert.Equal(C, Choose(true, 1, silos, mayWait: false).Silo);  // the wait is over: elastic
+        silos.Remove(C);
+        Assert.Contains("expert group 1", Choose(true, 1, silos, mayWait: false).Error);
+    }
+}
