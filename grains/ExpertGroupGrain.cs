@@ -7,19 +7,33 @@ using static TorchSharp.torch;
 
 namespace Grid.Grains;
 
-/// <summary>Runs one expert group's routed experts for the bundled tokens of a MoE layer. The work is in model-core.</summary>
+/// <summary>
+/// Runs one expert group's routed experts for the bundled tokens of a MoE layer. The work is in model-core. Placed on a
+/// silo that declares the group, or else on an elastic silo, which starts loading the group's tensors when the grain
+/// activates there; calls wait for that load and <see cref="GetStatusAsync"/> reports ready once it is done.
+/// </summary>
 [ExpertGroupPlacement, Reentrant]
 public sealed class ExpertGroupGrain(ModelHost host, SiloTelemetry telemetry) : Grain, IExpertGroupGrain
 {
     int Group => (int)this.GetPrimaryKeyLong();
 
-    public Task<TensorPayload> ForwardAsync(ExpertRequest request, CancellationToken cancellationToken = default)
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        // Start the load now (an elastic silo taking on a group it did not declare), without holding up activation:
+        // a large group may take longer than an activation may. Failures are logged by the host and seen by the calls.
+        if (!host.Options.ExpertGroups.Contains(Group) && host.Options.Elastic)
+            host.EnsureGroupAsync(Group, CancellationToken.None).ContinueWith(static t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+        return Task.CompletedTask;
+    }
+
+    public async Task<TensorPayload> ForwardAsync(ExpertRequest request, CancellationToken cancellationToken = default)
     {
         var range = host.GroupRanges[Group];
         var tag = new KeyValuePair<string, object?>("group", Group);
         telemetry.ExpertCalls.Add(1, tag);
         telemetry.ExpertTokens.Add(request.Input.Rows, tag);
-        return host.RunAsync(model =>
+        await host.EnsureGroupAsync(Group, cancellationToken);
+        return await host.RunAsync(model =>
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var experts = model.ExpertGroups.FirstOrDefault(g => g.Range == range)
@@ -34,5 +48,5 @@ public sealed class ExpertGroupGrain(ModelHost host, SiloTelemetry telemetry) : 
     }
 
     public Task<HostStatus> GetStatusAsync(CancellationToken cancellationToken = default) =>
-        Task.FromResult(new HostStatus(host.IsReady && host.Options.ExpertGroups.Contains(Group), RuntimeIdentity, host.Detail));
+        Task.FromResult(new HostStatus(host.HoldsGroup(Group), RuntimeIdentity, host.Detail));
 }

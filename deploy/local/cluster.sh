@@ -8,6 +8,8 @@
 #
 # Options for up: --silos N (3), --model DIR (built-in tiny model), --port P (8080), --redis-port P (6390),
 # --attention-silos K (1: silos 0..K-1 host attention shards), --max-groups M (device-limited routing, 0 = off),
+# --elastic N (0: N more silos, elastic0.., started with --elastic true and no attention or groups: they take on any
+# expert group whose silos are all gone, loading it on demand),
 # --no-build (use existing builds; GRID_BUILD_CONFIG picks Debug or Release), --timeout S (180),
 # --base-port P (21000: silo i listens on P+i, its client gateway on P+100+i),
 # --metrics-port P (9464: silo i serves Prometheus metrics on P+i; 0 = off). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
@@ -45,10 +47,10 @@ case "$cmd" in
     for f in "$state"/*.pid; do [ -e "$f" ] || continue; n=$(basename "$f" .pid); pid=$(cat "$f"); if kill -0 "$pid" 2>/dev/null; then echo "$n: running (pid $pid)"; else echo "$n: dead"; fi; done
     exit 0 ;;
   up) ;;
-  *) die "usage: cluster.sh up [--silos N] [--model DIR] [--port P] | down | status" ;;
+  *) die "usage: cluster.sh up [--silos N] [--elastic N] [--model DIR] [--port P] | down | status" ;;
 esac
 
-silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000; metrics_port=9464
+silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000; metrics_port=9464; elastic=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --silos) silos="$2"; shift 2 ;;
@@ -61,11 +63,14 @@ while [ $# -gt 0 ]; do
     --timeout) timeout="$2"; shift 2 ;;
     --base-port) base_port="$2"; shift 2 ;;
     --metrics-port) metrics_port="$2"; shift 2 ;;
+    --elastic) elastic="$2"; shift 2 ;;
     *) die "unknown option $1" ;;
   esac
 done
 [[ "$silos" =~ ^[1-9][0-9]*$ ]] || die "--silos must be a positive integer"
 [[ "$attention_silos" =~ ^[1-9][0-9]*$ ]] && [ "$attention_silos" -le "$silos" ] || die "--attention-silos must be in 1..$silos"
+[[ "$elastic" =~ ^[0-9]+$ ]] || die "--elastic must be a non-negative integer"
+[ $((silos + elastic)) -le 100 ] || die "--silos plus --elastic must be at most 100 (client gateway ports are base+100+i)"
 
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server (apt)"
@@ -111,7 +116,7 @@ redis-cli -p "$redis_port" FLUSHALL >/dev/null 2>&1 || true
 
 cluster_id="grid-local-$$"
 # Share the cores: one torch thread per silo when silos outnumber them, and no OpenMP spin-waiting.
-threads=$(( $(nproc) / silos )); [ "$threads" -lt 1 ] && threads=1
+threads=$(( $(nproc) / (silos + elastic) )); [ "$threads" -lt 1 ] && threads=1
 for i in $(seq 0 $((silos - 1))); do
   mine=""
   for g in $(seq 0 $((groups - 1))); do
@@ -124,6 +129,16 @@ for i in $(seq 0 $((silos - 1))); do
     --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) \
     --metrics-port $([ "$metrics_port" -gt 0 ] && echo $((metrics_port + i)) || echo 0) > "$state/silo$i.log" 2>&1 &
   echo $! > "$state/silo$i.pid"
+done
+# Elastic silos: no attention, no declared groups; ports and metrics continue after the silos'.
+for j in $(seq 0 $((elastic - 1))); do
+  i=$((silos + j))
+  echo "elastic$j: attention=false expert groups [] of $groups, elastic (loads a group when placement falls back to it)"
+  OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$threads" --model "$model" --groups "" --expert-groups "$groups" \
+    --attention false --elastic true --clustering redis --redis "127.0.0.1:$redis_port" \
+    --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) \
+    --metrics-port $([ "$metrics_port" -gt 0 ] && echo $((metrics_port + i)) || echo 0) > "$state/elastic$j.log" 2>&1 &
+  echo $! > "$state/elastic$j.pid"
 done
 
 echo "starting the gateway on http://127.0.0.1:$port"
@@ -154,4 +169,4 @@ until curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1; do
   fi
   sleep 0.5
 done
-echo "cluster ready: http://127.0.0.1:$port (silos: $silos, expert groups: $groups, logs: $state)"
+echo "cluster ready: http://127.0.0.1:$port (silos: $silos, elastic silos: $elastic, expert groups: $groups, logs: $state)"

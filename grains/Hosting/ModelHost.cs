@@ -12,8 +12,10 @@ namespace Grid.Grains.Hosting;
 
 /// <summary>
 /// The silo-wide model part: loads, once at silo start, only the tensors this silo serves (the attention
-/// part and/or its expert groups) onto one inference thread, and keeps them for the silo's lifetime. Grains
-/// reach the weights through it, so grain activation and collection never reload anything.
+/// part and/or its declared expert groups) onto one inference thread, and keeps them for the silo's lifetime. Grains
+/// reach the weights through it, so grain activation and collection never reload anything. An elastic silo
+/// (<c>Grid:Silo:Elastic</c>) also loads, once, any other expert group whose grain is placed on it
+/// (<see cref="EnsureGroupAsync"/>), from the memory-mapped checkpoint.
 /// </summary>
 public sealed class ModelHost : IHostedService, IDisposable
 {
@@ -21,6 +23,11 @@ public sealed class ModelHost : IHostedService, IDisposable
     readonly SiloOptions _options;
     readonly ILogger<ModelHost> _logger;
     readonly TaskCompletionSource<DeepseekV2Model> _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly Dictionary<int, Task> _elasticLoads = new();   // group -> its on-demand load (elastic silos), under the lock
+    readonly SortedSet<int> _elasticHeld = new();           // groups loaded on demand, under the lock
+    readonly Lock _elasticLock = new();
+    readonly Lock _detailLock = new();
+    volatile bool _declaredLoaded;                         // the start-up load (declared groups) is done
 
     public InferenceThread Thread { get; }
     public ModelConfig Config { get; }
@@ -87,7 +94,8 @@ public sealed class ModelHost : IHostedService, IDisposable
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);
-                Detail = $"attention={_options.Attention} groups=[{string.Join(",", _options.ExpertGroups)}] tensors={model.LoadedTensors.Count}";
+                _declaredLoaded = true;
+                UpdateDetail(model);   // before completing: the "ready" line reads it
                 _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
                 _loaded.TrySetResult(model);
             }
@@ -102,6 +110,68 @@ public sealed class ModelHost : IHostedService, IDisposable
     }
 
     public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>The expert groups this silo holds now: its declared groups once loaded, and the groups an elastic silo loaded on demand.</summary>
+    public int[] HeldGroups()
+    {
+        var held = _declaredLoaded ? _options.ExpertGroups.ToList() : new List<int>();
+        lock (_elasticLock) held.AddRange(_elasticHeld);
+        return held.Distinct().Order().ToArray();
+    }
+
+    /// <summary>Whether expert group <paramref name="group"/>'s tensors are loaded on this silo.</summary>
+    public bool HoldsGroup(int group) => HeldGroups().Contains(group);
+
+    /// <summary>
+    /// Completes when expert group <paramref name="group"/> is loaded on this silo: a declared group with the silo's
+    /// model part; on an elastic silo any other group is loaded once, on the inference thread, by the first caller
+    /// (concurrent callers share that load; a failed load is retried by the next caller). A silo that neither
+    /// declares the group nor is elastic refuses.
+    /// </summary>
+    public Task EnsureGroupAsync(int group, CancellationToken cancellationToken = default)
+    {
+        if (group < 0 || group >= GroupRanges.Length)
+            throw new ArgumentOutOfRangeException(nameof(group), $"expert group {group} is outside 0..{GroupRanges.Length - 1} (Grid:Cluster:ExpertGroups is {GroupRanges.Length})");
+        if (_options.ExpertGroups.Contains(group)) return ModelAsync(cancellationToken);
+        if (!_options.Elastic)
+            return Task.FromException(new InvalidOperationException($"expert group {group} is not served by this silo (Grid:Silo:ExpertGroups is [{_options.ExpertGroups}] and Grid:Silo:Elastic is false)"));
+        Task load;
+        lock (_elasticLock)
+        {
+            if (!_elasticLoads.TryGetValue(group, out load!) || load.IsFaulted || load.IsCanceled)
+                _elasticLoads[group] = load = LoadGroupAsync(group);
+        }
+        return load.WaitAsync(cancellationToken);
+    }
+
+    async Task LoadGroupAsync(int group)
+    {
+        var model = await ModelAsync(CancellationToken.None);
+        var range = GroupRanges[group];
+        var sw = Stopwatch.StartNew();
+        _logger.LogInformation("elastic: loading expert group {Group} (experts {Range}) for every MoE layer", group, range);
+        try
+        {
+            await Thread.RunAsync(() => model.LoadExpertGroup(ModelPath, range, new DecileProgress(p =>
+                _logger.LogInformation("elastic: expert group {Group}: {Done}/{Total} tensors ({Mib} MiB)", group, p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
+                CancellationToken.None);
+        }
+        catch (Exception e)
+        {
+            _logger.LogError(e, "elastic: loading expert group {Group} failed", group);
+            throw;
+        }
+        lock (_elasticLock) _elasticHeld.Add(group);
+        UpdateDetail(model);
+        _logger.LogInformation("elastic: expert group {Group} loaded in {Seconds:F1} s", group, sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Refreshes <see cref="Detail"/>: attention or not, the groups held (declared and loaded on demand), elastic or not, tensors.</summary>
+    void UpdateDetail(DeepseekV2Model model)
+    {
+        lock (_detailLock)   // two on-demand loads finishing together: the later write sees both groups
+            Detail = $"attention={_options.Attention} groups=[{string.Join(",", HeldGroups())}]{(_options.Elastic ? " elastic" : "")} tensors={model.LoadedTensors.Count}";
+    }
 
     /// <summary>Runs tensor work on the silo's inference thread once the weights are loaded.</summary>
     public async Task<T> RunAsync<T>(Func<DeepseekV2Model, T> work, CancellationToken cancellationToken)

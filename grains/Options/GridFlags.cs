@@ -63,6 +63,7 @@ public static class GridFlags
         new("--primary-port", "Grid:Cluster:PrimarySiloPort", GridExecutable.Silo, "Primary silo's port for localhost clustering"),
         new("--groups", "Grid:Silo:ExpertGroups", GridExecutable.Silo, "Expert groups this silo serves, e.g. 0,1"),
         new("--attention", "Grid:Silo:Attention", GridExecutable.Silo, "Whether this silo hosts attention (true/false)"),
+        new("--elastic", "Grid:Silo:Elastic", GridExecutable.Silo, "Whether this silo serves any expert group no live silo declares, loading it on demand (true/false)"),
         new("--device", "Grid:Silo:Device", GridExecutable.Silo, "cpu, or cuda:N in a CUDA build"),
         new("--torch-threads", "Grid:Silo:TorchThreads", GridExecutable.Silo, "Torch intra-op threads (0 = torch default)"),
         new("--metrics-port", "Grid:Silo:MetricsPort", GridExecutable.Silo, "Prometheus metrics port (0 = off)"),

@@ -67,6 +67,11 @@ public sealed class SiloOptions
     public bool Attention { get; set; }
     /// <summary>The expert groups this silo serves (indices in 0..Grid:Cluster:ExpertGroups-1), e.g. "0,1".</summary>
     public GroupList ExpertGroups { get; set; } = GroupList.Empty;
+    /// <summary>
+    /// Whether this silo can serve any expert group: placement falls back to elastic silos for a group no live silo
+    /// declares, and the silo loads that group's tensors from the checkpoint when its grain activates there.
+    /// </summary>
+    public bool Elastic { get; set; }
     /// <summary>Where this silo's tensors live: "cpu", or "cuda:N" in a CUDA build (TorchSharp-cuda-linux).</summary>
     public string Device { get; set; } = "cpu";
     /// <summary>Latent cache block size in tokens.</summary>

@@ -39,11 +39,16 @@ public sealed class DeepseekV2Model : IDisposable
     public ScalarType Dtype { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
-    public IReadOnlyList<Experts> ExpertGroups { get; }
+    /// <summary>The expert groups this host holds, in expert order (a snapshot: <see cref="LoadExpertGroup(string, ExpertRange, IProgress{LoadProgress}?)"/> replaces it).</summary>
+    public IReadOnlyList<Experts> ExpertGroups => _expertGroups;
     public bool HasAttention => _embedTokens is not null;
 
     /// <summary>Names of the tensors this host loaded.</summary>
-    public IReadOnlyList<string> LoadedTensors { get; }
+    public IReadOnlyList<string> LoadedTensors => _loadedTensors;
+
+    // Replaced (never mutated) when a group is added, so readers off the inference thread see a consistent list.
+    volatile Experts[] _expertGroups;
+    volatile string[] _loadedTensors;
 
     DeepseekV2Model(ModelConfig config, ModelLoadOptions options, WeightLoader w, IReadOnlyList<ExpertRange> ranges)
     {
@@ -64,8 +69,8 @@ public sealed class DeepseekV2Model : IDisposable
         {
             _layers = [];
         }
-        ExpertGroups = ranges.Select(r => new Experts(w, r)).ToArray();
-        LoadedTensors = w.Loaded.ToArray();
+        _expertGroups = ranges.Select(r => new Experts(w, r)).ToArray();
+        _loadedTensors = w.Loaded.ToArray();
     }
 
     public static DeepseekV2Model Load(string directory, ModelLoadOptions? options = null, IProgress<LoadProgress>? progress = null)
@@ -86,6 +91,37 @@ public sealed class DeepseekV2Model : IDisposable
         var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress);
         return new DeepseekV2Model(config, options, loader, ranges);
     }
+
+    /// <summary>
+    /// Loads one more expert group (its routed experts of every MoE layer, in this model's dtype) from the checkpoint
+    /// folder into this already-loaded model: an elastic host takes on a group it did not load at start. Idempotent:
+    /// a group already held is returned as is. A range that overlaps a held group without being equal to it is refused.
+    /// Runs on the inference thread.
+    /// </summary>
+    public Experts LoadExpertGroup(string directory, ExpertRange range, IProgress<LoadProgress>? progress = null)
+    {
+        if (Held(range) is { } held) return held;
+        using var checkpoint = Checkpoint.Open(directory);
+        return LoadExpertGroup(checkpoint, range, progress);
+    }
+
+    /// <inheritdoc cref="LoadExpertGroup(string, ExpertRange, IProgress{LoadProgress}?)"/>
+    public Experts LoadExpertGroup(Checkpoint checkpoint, ExpertRange range, IProgress<LoadProgress>? progress = null)
+    {
+        if (Held(range) is { } held) return held;
+        if (range.First < 0 || range.Count < 1 || range.End > Config.NRoutedExperts)
+            throw new ArgumentException($"expert group {range} lies outside the {Config.NRoutedExperts} routed experts");
+        if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
+            throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
+        using var scope = NewDisposeScope();
+        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress);
+        var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them
+        _expertGroups = _expertGroups.Append(experts).OrderBy(g => g.Range.First).ToArray();
+        _loadedTensors = [.. _loadedTensors, .. loader.Loaded];
+        return experts;
+    }
+
+    Experts? Held(ExpertRange range) => _expertGroups.FirstOrDefault(g => g.Range == range);
 
     DecoderLayer LayerAt(int layer) => _layers.Length > layer
         ? _layers[layer]

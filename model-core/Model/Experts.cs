@@ -35,12 +35,20 @@ public sealed class Experts : IDisposable
     public Experts(WeightLoader w, ExpertRange range)
     {
         Range = range;
-        foreach (var layer in w.Config.MoeLayers)
+        try
         {
-            var experts = new SwiGluMlp[range.Count];
-            for (int i = 0; i < range.Count; i++)
-                experts[i] = SwiGluMlp.Load(w, TensorNames.Expert(layer, range.First + i));
-            _byLayer[layer] = experts;
+            foreach (var layer in w.Config.MoeLayers)
+            {
+                var experts = new SwiGluMlp[range.Count];
+                _byLayer[layer] = experts;
+                for (int i = 0; i < range.Count; i++)
+                    experts[i] = SwiGluMlp.Load(w, TensorNames.Expert(layer, range.First + i));
+            }
+        }
+        catch
+        {
+            Dispose();   // a failed load (missing tensor, bad shape) frees what it had loaded
+            throw;
         }
     }
 
@@ -80,6 +88,6 @@ public sealed class Experts : IDisposable
     public void Dispose()
     {
         foreach (var experts in _byLayer.Values)
-            foreach (var e in experts) e.Dispose();
+            foreach (var e in experts) e?.Dispose();
     }
 }
