@@ -22,7 +22,7 @@ public sealed class ClusterViewGrain(IClusterMembershipService membership, ISilo
                     : [];
                 return new SiloView(m.SiloAddress.ToString(), m.Status.ToString(),
                     meta.TryGetValue(SiloMetadataKeys.Attention, out var a) && a == "true", groups,
-                    meta.TryGetValue("grid.elastic", out var e) && e == "true");
+                    meta.TryGetValue(SiloMetadataKeys.Elastic, out var e) && e == "true");
             })
             .OrderBy(s => s.Address, StringComparer.Ordinal)
             .ToArray();
