@@ -40,6 +40,8 @@ public sealed class GridTelemetry : IDisposable
         _meter.CreateObservableGauge("grid_running_sequences", () => engine.Loop?.RunningCount ?? 0, description: "Sequences in the running batch");
         _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Loop?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");
         _meter.CreateObservableCounter("grid_preemptions", () => engine.Loop?.Preemptions ?? 0, description: "Sequences preempted for latent-cache room (recomputed later)");
+        _meter.CreateObservableCounter("grid_recomputed_sequences", () => engine.Loop?.Recomputed ?? 0, description: "Sequences whose latent caches were lost (a silo died, a lease expired) and were rebuilt by prefilling their tokens again");
+        _meter.CreateObservableCounter("grid_step_interruptions", () => engine.Loop?.Interruptions ?? 0, description: "Steps interrupted by a lost silo and stepped again");
         _meter.CreateObservableGauge("grid_model_ready", () => engine.Ready ? 1 : 0, description: "1 once the model's weights are loaded");
     }
 
