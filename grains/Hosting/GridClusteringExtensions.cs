@@ -74,5 +74,9 @@ public static class GridClusteringExtensions
         m.NumVotesForDeathDeclaration = o.DeathVotes;
         m.TableRefreshTimeout = TimeSpan.FromSeconds(o.TableRefreshSeconds);
         m.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(o.IAmAliveSeconds);
+        // What keeps a busy silo alive with probes this short (Orleans' defaults, stated so they stay on).
+        m.EnableIndirectProbes = true;
+        m.ExtendProbeTimeoutDuringDegradation = true;
+        m.EnableConnectionLivenessCheck = true;
     }
 }
