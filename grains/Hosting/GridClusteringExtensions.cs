@@ -59,8 +59,8 @@ public static class GridClusteringExtensions
     }
 
     /// <summary>
-    /// Failure detection: a silo probes its peers every <c>ProbeTimeoutSeconds</c> (adaptive, within half and four
-    /// times it, lengthened when the prober itself is degraded); <c>MissedProbesLimit</c> misses in a row (the last
+    /// Failure detection: a silo probes its peers every <c>ProbeTimeoutSeconds</c> (adaptive, up to four times it,
+    /// lengthened when the prober itself is degraded); <c>MissedProbesLimit</c> misses in a row (the last
     /// one through another silo) make it vote, and <c>DeathVotes</c> votes declare the peer dead, gossiped at once.
     /// A peer whose connection carried messages recently is not voted against (Orleans' connection liveness check),
     /// so silos busy with inference are not declared dead.
@@ -68,7 +68,10 @@ public static class GridClusteringExtensions
     static void ConfigureMembership(ClusterMembershipOptions m, GridClusterOptions o)
     {
         m.ProbeTimeout = TimeSpan.FromSeconds(o.ProbeTimeoutSeconds);
-        m.MinProbeTimeout = TimeSpan.FromSeconds(o.ProbeTimeoutSeconds / 2);
+        // Not below the configured value (Orleans' default floor is half of it): probes of an idle cluster answer in
+        // milliseconds and would shrink the timeout to the floor, and the first probe after all cores got busy with
+        // inference then missed. A killed silo refuses connections at once, so its detection does not wait on this.
+        m.MinProbeTimeout = TimeSpan.FromSeconds(o.ProbeTimeoutSeconds);
         m.MaxProbeTimeout = TimeSpan.FromSeconds(o.ProbeTimeoutSeconds * 4);
         m.NumMissedProbesLimit = o.MissedProbesLimit;
         m.NumVotesForDeathDeclaration = o.DeathVotes;

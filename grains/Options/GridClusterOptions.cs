@@ -34,7 +34,7 @@ public sealed class GridClusterOptions
     public double CallTimeoutSeconds { get; set; } = 20;
     /// <summary>
     /// Membership probe timeout and period, seconds (Orleans <c>ClusterMembershipOptions.ProbeTimeout</c>; the adaptive
-    /// timeout stays within half and four times this). With <see cref="MissedProbesLimit"/> it sets how fast a killed
+    /// timeout stays between this and four times this). With <see cref="MissedProbesLimit"/> it sets how fast a killed
     /// silo is declared dead.
     /// </summary>
     public double ProbeTimeoutSeconds { get; set; } = 1;
