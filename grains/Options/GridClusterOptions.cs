@@ -42,6 +42,26 @@ public sealed class GridClusterOptions
     /// recomputing lost caches) before failing its requests with 503, seconds.
     /// </summary>
     public double RecoverySeconds { get; set; } = 60;
+    /// Membership probe timeout and period, seconds (Orleans <c>ClusterMembershipOptions.ProbeTimeout</c>; the adaptive
+    /// timeout stays between this and four times this). With <see cref="MissedProbesLimit"/> it sets how fast a killed
+    /// silo is declared dead.
+    /// </summary>
+    public double ProbeTimeoutSeconds { get; set; } = 1;
+    /// <summary>Missed probes after which a silo votes its peer suspect (<c>NumMissedProbesLimit</c>).</summary>
+    public int MissedProbesLimit { get; set; } = 3;
+    /// <summary>Suspect votes that declare a silo dead (<c>NumVotesForDeathDeclaration</c>; fewer when fewer silos are alive).</summary>
+    public int DeathVotes { get; set; } = 2;
+    /// <summary>How often a silo re-reads the membership table, seconds (<c>TableRefreshTimeout</c>; death declarations are also gossiped at once).</summary>
+    public double TableRefreshSeconds { get; set; } = 5;
+    /// <summary>How often a silo writes its heartbeat into the membership table, seconds (<c>IAmAliveTablePublishTimeout</c>).</summary>
+    public double IAmAliveSeconds { get; set; } = 5;
+    /// <summary>How often the gateway (an Orleans client) re-reads the list of live silo gateways, seconds (<c>GatewayListRefreshPeriod</c>).</summary>
+    public double GatewayListRefreshSeconds { get; set; } = 2;
+    /// <summary>
+    /// Redis membership: how often each silo checks the membership table is still there, seconds; when Redis comes
+    /// back empty the first silo to notice restores the last table it saw and every silo its own row (0 = off).
+    /// </summary>
+    public double MembershipStoreCheckSeconds { get; set; } = 1;
 
     public static int FreePort()
     {

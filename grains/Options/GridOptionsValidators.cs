@@ -92,6 +92,13 @@ sealed class ClusterOptionsValidator : GridValidator
         Port(fail, "Grid:Cluster:GatewayPort", c.GatewayPort);
         Port(fail, "Grid:Cluster:PrimarySiloPort", c.PrimarySiloPort);
         foreach (var p in c.GatewayPorts) Port(fail, "Grid:Cluster:GatewayPorts", p);
+        if (!(c.ProbeTimeoutSeconds > 0)) fail($"Grid:Cluster:ProbeTimeoutSeconds must be positive, got {c.ProbeTimeoutSeconds}", null);
+        AtLeast(fail, "Grid:Cluster:MissedProbesLimit", c.MissedProbesLimit, 1);
+        AtLeast(fail, "Grid:Cluster:DeathVotes", c.DeathVotes, 1);
+        if (!(c.TableRefreshSeconds > 0)) fail($"Grid:Cluster:TableRefreshSeconds must be positive, got {c.TableRefreshSeconds}", null);
+        if (!(c.IAmAliveSeconds > 0)) fail($"Grid:Cluster:IAmAliveSeconds must be positive, got {c.IAmAliveSeconds}", null);
+        if (!(c.GatewayListRefreshSeconds > 0)) fail($"Grid:Cluster:GatewayListRefreshSeconds must be positive, got {c.GatewayListRefreshSeconds}", null);
+        if (!(c.MembershipStoreCheckSeconds >= 0)) fail($"Grid:Cluster:MembershipStoreCheckSeconds must be 0 (off) or positive, got {c.MembershipStoreCheckSeconds}", null);
     }
 }
 
