@@ -11,6 +11,7 @@ namespace Grid.Tests.Faults;
 /// exactly max_tokens tokens, identical to its solo run (greedy, and seeded sampling at temperature 1).
 /// Cluster: two attention-only silos (2 shards), every expert group on a third silo that is never killed.
 /// </summary>
+[Collection(FaultsCollection.Name)]
 public sealed class AttentionSiloKilledTests(ITestOutputHelper output)
 {
     const int Streams = 16, MaxTokens = 220, KillAfterTokens = 20;

@@ -84,3 +84,13 @@ public static class FaultKit
         catch (InvalidOperationException) { }   // after the test ended (a late log line)
     }
 }
+
+/// <summary>
+/// The fault tests run one at a time and alone: each starts 3-5 real processes, and on a 2-core machine a parallel
+/// neighbour would starve them into missed membership probes (a silo declared dead that is not).
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class FaultsCollection
+{
+    public const string Name = "Faults (real processes)";
+}

@@ -127,7 +127,7 @@ public sealed class ProcessCluster : IAsyncDisposable
             "--attention", attention ? "true" : "false", "--clustering", "redis", "--redis", RedisAddress,
             "--silo-port", siloPort.ToString(), "--gateway-port", gatewayPort.ToString(), "--metrics-port", metricsPort.ToString(),
         };
-        if (groups.Length > 0) args.AddRange(["--groups", string.Join(",", groups)]);
+        args.AddRange(["--groups", string.Join(",", groups)]);   // "" = none (grid-silo.json defaults to group 0)
         if (elastic) args.AddRange(["--elastic", "true"]);
         var env = new Dictionary<string, string>(_commonEnv)
         {

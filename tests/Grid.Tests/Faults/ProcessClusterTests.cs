@@ -10,6 +10,7 @@ namespace Grid.Tests.Faults;
 /// ports, streams carry every token id with its arrival time, concurrent streams equal their solo runs, and a
 /// SIGKILL ends exactly the process it names.
 /// </summary>
+[Collection(FaultsCollection.Name)]
 public sealed class ProcessClusterTests(ITestOutputHelper output)
 {
     [Fact]
