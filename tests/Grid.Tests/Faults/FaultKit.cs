@@ -32,7 +32,7 @@ public static class FaultKit
     }
 
     /// <summary>
-    /// Solo runs of the first requests anchor the references: 4 by default (GRID_FAULTS_SOLO=N for more, "all" for
+    /// Solo runs of the first requests anchor the references: 2 by default (GRID_FAULTS_SOLO=N for more, "all" for
     /// every request). One at a time through the grid, 16 x 220 tokens take minutes on 2 cores, so the rest come
     /// from one unfaulted concurrent run of all of them, which must equal the solo runs where both exist (the grid's
     /// output does not depend on what else runs, as the HTTP and grid tests show; this re-checks it here).
@@ -41,7 +41,7 @@ public static class FaultKit
     {
         "all" => requests,
         { } n when int.TryParse(n, out var k) && k > 0 => Math.Min(k, requests),
-        _ => Math.Min(4, requests),
+        _ => Math.Min(2, requests),
     };
 
     /// <summary>What each request must produce under faults: its solo run (see <see cref="SoloAnchors"/>), all complete.</summary>
