@@ -57,13 +57,13 @@ public static class RecoveryBench
             }
             results.Add(entry);
             rows.Add([sc.Name, streams.ToString(), Cell(entry, "unfaulted_gap_ms_p50"), Cell(entry, "unfaulted_gap_ms_max"), Cell(entry, "pause_ms_p50"),
-                Cell(entry, "pause_ms_max"), Cell(entry, "tokens_lost"), Cell(entry, "streams_failed"), entry["error"]?.ToString() ?? ""]);
+                Cell(entry, "pause_ms_max"), Cell(entry, "all_done_after_kill_s"), Cell(entry, "tokens_lost"), Cell(entry, "streams_failed"), entry["error"]?.ToString() ?? ""]);
         }
         s.Data["results"] = results;
-        s.Table(["silo killed", "streams", "no-fault longest gap p50 ms", "no-fault longest gap max ms", "pause p50 ms", "pause max ms", "tokens lost", "streams failed", "error"], rows);
+        s.Table(["silo killed", "streams", "no-fault longest gap p50 ms", "no-fault longest gap max ms", "pause p50 ms", "pause max ms", "all ended s after kill", "tokens lost", "streams failed", "error"], rows);
         s.Notes.Add($"Real processes on loopback ({c.BuildConfig} builds): redis-server, one grid-silo per part (1 torch thread each, OMP_WAIT_POLICY=PASSIVE), grid serve; " +
                     $"{groups} expert groups. Streams: streamed /v1/completions, token-id prompts, half greedy and half seeded (temperature 1), ignore_eos, logprobs 0 with token ids.");
-        s.Notes.Add("Pause = per stream, the longest gap between two consecutive tokens (p50 and max over the streams); the no-fault figure is the same streams run once without a kill. " +
+        s.Notes.Add("Pause = per stream, the longest gap between two consecutive tokens (p50 and max over the streams that completed; n/a when none did); the no-fault figure is the same streams run once without a kill. " +
                     "Tokens lost = per stream, max_tokens minus the tokens that arrived identical to the unfaulted run before the first difference or the end (0 when every stream reproduced it). " +
                     "The unfaulted run equals the solo runs of its first two requests (checked).");
         s.Notes.Add("Detection time dominates the pause: the gateway must learn the silo is gone (a refused connection, membership, or a call deadline) before it re-places the work.");
@@ -111,7 +111,8 @@ public static class RecoveryBench
         var runs = await Task.WhenAll(running.Select(x => x.Completion));
         entry["all_done_after_kill_s"] = Num(killedAt.Elapsed.TotalSeconds, 1);
 
-        var pauses = runs.Select(r => r.LongestGapMs).ToArray();
+        // A stream that never resumed has no pause to measure: pauses are over the streams that completed.
+        var pauses = runs.Where(r => r.Complete).Select(r => r.LongestGapMs).ToArray();
         int lost = 0, failed = 0;
         for (int i = 0; i < runs.Length; i++)
         {
@@ -123,7 +124,7 @@ public static class RecoveryBench
         entry["unfaulted_gap_ms_p50"] = Num(StreamClient.Percentile(unfaultedGaps, 50), 0);
         entry["unfaulted_gap_ms_max"] = Num(unfaultedGaps.Max(), 0);
         entry["pause_ms_p50"] = Num(StreamClient.Percentile(pauses, 50), 0);
-        entry["pause_ms_max"] = Num(pauses.Max(), 0);
+        entry["pause_ms_max"] = Num(pauses.DefaultIfEmpty(double.NaN).Max(), 0);
         entry["tokens_lost"] = lost;
         entry["streams_failed"] = failed;
         entry["failures"] = new JsonArray(runs.Where(r => !r.Complete).Take(3).Select(r => (JsonNode)r.Describe()).ToArray());

@@ -74,8 +74,10 @@ public static class FaultKit
     public static void ReportGaps(ITestOutputHelper output, string what, IReadOnlyList<StreamResult> runs)
     {
         var gaps = runs.Select(r => r.LongestGapMs).ToArray();
+        int incomplete = runs.Count(r => !r.Complete);
         Log(output, $"{what}: longest inter-token gap per stream p50 {StreamClient.Percentile(gaps, 50):F0} ms, max {gaps.DefaultIfEmpty(double.NaN).Max():F0} ms " +
-                    $"(streams: {string.Join(", ", gaps.Select(g => g.ToString("F0")))})");
+                    $"(streams: {string.Join(", ", gaps.Select(g => g.ToString("F0")))})" +
+                    (incomplete > 0 ? $"; {incomplete} of {runs.Count} streams did not complete (their gaps end at their last token)" : ""));
     }
 
     public static void Log(ITestOutputHelper output, string line)
