@@ -5,7 +5,7 @@ using Grid.Benchmarks;
 var quickOption = new Option<bool>("--quick") { Description = "Short run (under 5 minutes on 2 cores): fewer batch sizes, steps, contexts and request rates" };
 var outOption = new Option<string?>("--out") { Description = "Output folder for latest.json and latest.md (default: bench-results at the repository root)" };
 var sectionsOption = new Option<string?>("--sections") { Description = $"Comma-separated subset of: {string.Join(",", Sections.Names)}" };
-var root = new RootCommand("Grid benchmarks: kernel efficiency, MLA, grid overhead, HTTP serving and routing on this machine")
+var root = new RootCommand("Grid benchmarks: kernel efficiency, MLA, grid overhead, HTTP serving, routing and recovery from a killed silo on this machine")
 {
     quickOption, outOption, sectionsOption,
 };
@@ -72,7 +72,7 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "mla", "routing", "grid", "serving"];
+        public static readonly string[] Names = ["kernel", "mla", "routing", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
@@ -81,6 +81,7 @@ namespace Grid.Benchmarks
             "routing" => OnOwnThread(() => RoutingBench.Run(c)),
             "grid" => ReleasingModel(c, () => GridOverheadBench.RunAsync(c, ct)),
             "serving" => ReleasingModel(c, () => ServingBench.RunAsync(c, ct)),
+            "recovery" => ReleasingModel(c, () => RecoveryBench.RunAsync(c, ct)),
             _ => throw new ArgumentException($"unknown section {name}"),
         };
 
