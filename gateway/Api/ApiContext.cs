@@ -1,3 +1,4 @@
+using Grid.Gateway.Scheduling;
 using Grid.ModelCore.Serving;
 using System.Diagnostics;
 using Grid.Gateway.Hosting;
@@ -26,8 +27,8 @@ public sealed class ApiContext
     public static async Task RunAsync(HttpContext http, string endpoint, Func<ApiContext, Task> handler)
     {
         var services = http.RequestServices;
-        var lifetime = services.GetRequiredService<IHostApplicationLifetime>();
-        using var aborted = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
+        // Not linked to the host stopping: a draining server lets running streams finish (Grid:Http:DrainSeconds).
+        using var aborted = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
         var ctx = new ApiContext
         {
             Http = http,
@@ -46,6 +47,8 @@ public sealed class ApiContext
             if (!ctx.Engine.Ready)
                 throw new ApiException(503, ctx.Engine.LoadError is { } err ? $"the model failed to load: {err}" : "the model is still loading; retry when /ready answers 200",
                     null, "model_not_ready", OpenAiErrors.Unavailable);
+            if (ctx.Engine.Draining)
+                throw new ApiException(503, "the server is shutting down; send the request to another replica", null, "server_shutting_down", OpenAiErrors.Unavailable);
             if (ctx.Engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
                 throw new ModelPartUnavailableException(missing);
             await handler(ctx);
@@ -61,6 +64,21 @@ public sealed class ApiContext
                 cause.Message.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable", OpenAiErrors.Unavailable);
             failed = 503;
             if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
+            else await TryWriteStreamErrorAsync(http, error);
+        }
+        catch (Exception e) when (e is QueueFullException || e.InnerException is QueueFullException)
+        {
+            // At capacity: OpenAI's rate-limit error and a hint when to come back.
+            var full = e as QueueFullException ?? (QueueFullException)e.InnerException!;
+            failed = 429;
+            ctx.Telemetry.Rejected.Add(1);
+            ctx.Logger.LogInformation("request {RequestId} to {Endpoint} refused: 429 {Message}", ctx.RequestId, endpoint, full.Message);
+            var error = new ApiException(429, full.Message, null, "rate_limit_exceeded", OpenAiErrors.RateLimit);
+            if (!http.Response.HasStarted)
+            {
+                http.Response.Headers.RetryAfter = full.RetryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
+            }
             else await TryWriteStreamErrorAsync(http, error);
         }
         catch (ApiException e)

@@ -19,7 +19,9 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
         var scheduler = engine.Loop ?? throw new InvalidOperationException("the model is not loaded");
         var tokenizer = engine.Tokenizer!;
         var merged = Channel.CreateUnbounded<ChoiceUpdate>(new UnboundedChannelOptions { SingleReader = true });
-        var pumps = choices.Select(c => PumpAsync(c)).ToArray();
+        // All choices enter the queue together or not at all (429 when it is full): before anything is written.
+        var readers = scheduler.SubmitAll(choices.Select(c => c.Request).ToArray(), choices.Select(c => c.Cancel.Token).ToArray());
+        var pumps = choices.Select((c, i) => PumpAsync(c, readers[i])).ToArray();
         _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
@@ -31,7 +33,7 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
             foreach (var c in choices) c.Cancel.Cancel();   // whatever still runs (client gone, writer failed) leaves the batch
         }
 
-        async Task PumpAsync(ChoiceRun c)
+        async Task PumpAsync(ChoiceRun c, ChannelReader<GenerationEvent> reader)
         {
             await Task.Yield();
             if (c.Echo && !c.Request.PromptLogprobs)
@@ -40,7 +42,6 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
                 merged.Writer.TryWrite(new EchoUpdate(c, c.Builder.Text, null));
             }
             long last = 0;
-            var reader = scheduler.Submit(c.Request, c.Cancel.Token);
             try
             {
                 await foreach (var ev in reader.ReadAllAsync(cancellationToken))

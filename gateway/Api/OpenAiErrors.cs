@@ -11,6 +11,8 @@ public static class OpenAiErrors
     public const string NotFound = "not_found_error";
     public const string Server = "server_error";
     public const string Unavailable = "service_unavailable";
+    /// <summary>OpenAI's type for 429s.</summary>
+    public const string RateLimit = "rate_limit_error";
 
     public static JsonObject Json(ApiException e) => OpenAiJson.Error(e.Message, e.Type, e.Param, e.Code);
 

@@ -17,6 +17,8 @@ public static class SystemEndpoints
             if (!engine.Ready)
                 return OpenAiErrors.Result(503, engine.LoadError is { } e ? $"the model failed to load: {e}" : "the model is still loading",
                     OpenAiErrors.Unavailable, null, "model_not_ready");
+            if (engine.Draining)
+                return OpenAiErrors.Result(503, "the server is shutting down", OpenAiErrors.Unavailable, null, "server_shutting_down");
             // Membership says a part of the model has no live silo: not ready (Kubernetes stops routing here), naming it.
             if (engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
                 return OpenAiErrors.Result(503, missing, OpenAiErrors.Unavailable, null,

@@ -42,7 +42,8 @@ public static class GridServer
         var options = GridOptionsSetup.Load(builder.Configuration, GridExecutable.Serve);
         if (options.Logging.Json) builder.Logging.ClearProviders().AddJsonConsole();
         logging?.Invoke(builder.Logging);
-        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(10));
+        // Draining: running streams get Grid:Http:DrainSeconds to finish after SIGTERM (Kestrel waits for them).
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(options.Http.DrainSeconds + 5));
         builder.WebHost.ConfigureKestrel(k =>
         {
             var host = options.Http.Host;

@@ -19,6 +19,8 @@ public sealed class GridTelemetry : IDisposable
         HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60],
     };
     public Counter<long> Requests { get; }
+    /// <summary>Requests refused with 429 (queue full or waited too long).</summary>
+    public Counter<long> Rejected { get; }
     public Counter<long> PromptTokens { get; }
     public Counter<long> GenerationTokens { get; }
     public Histogram<double> TimeToFirstToken { get; }
@@ -29,6 +31,7 @@ public sealed class GridTelemetry : IDisposable
     {
         _meter = meters.Create(Name);
         Requests = _meter.CreateCounter<long>("grid_requests", description: "HTTP API requests by endpoint and status code");
+        Rejected = _meter.CreateCounter<long>("grid_requests_rejected", description: "Requests refused with 429: the waiting queue was full or the request waited past Grid:Scheduler:MaxQueueSeconds");
         PromptTokens = _meter.CreateCounter<long>("grid_prompt_tokens", description: "Prompt tokens of accepted requests");
         GenerationTokens = _meter.CreateCounter<long>("grid_generation_tokens", description: "Generated tokens");
         TimeToFirstToken = _meter.CreateHistogram("grid_time_to_first_token_seconds", null, "Time from request arrival to a choice's first token", null, Buckets);

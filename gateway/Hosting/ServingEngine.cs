@@ -33,6 +33,12 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         _logger = logger;
         _loggers = loggers;
         _lifetime = lifetime;
+        lifetime.ApplicationStopping.Register(() =>
+        {
+            _draining = true;
+            _logger.LogInformation("draining: /ready and new requests answer 503; {Running} running and {Waiting} waiting sequences get {Seconds} s to finish",
+                Loop?.RunningCount ?? 0, Loop?.WaitingCount ?? 0, _options.Http.DrainSeconds);
+        });
         // A given folder is checked at once; the built-in checkpoint is created (if missing) in the background load.
         if (!string.IsNullOrEmpty(_options.Model.Path)) ModelDirectory = EngineFactory.ResolveModel(_options.Model.Path);
         ModelName = string.IsNullOrWhiteSpace(_options.Model.ServedName)
@@ -43,6 +49,9 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
     public string? ModelDirectory { get; private set; }
     public string ModelName { get; }
     public bool Ready => _ready;
+    /// <summary>The host is stopping: running streams finish, nothing new is admitted.</summary>
+    public bool Draining => _draining;
+    volatile bool _draining;
     public string? LoadError { get; private set; }
     public GridTokenizer? Tokenizer { get; private set; }
     public IStepExecutor? Executor { get; private set; }

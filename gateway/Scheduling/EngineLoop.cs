@@ -27,6 +27,9 @@ public sealed class EngineLoop : IAsyncDisposable
         public bool InCache;
         /// <summary>Recomputes since it last produced a token (a sequence that never gets through fails).</summary>
         public int Recomputes;
+        /// <summary>When it was submitted; it counts against the queue bound until first admitted.</summary>
+        public readonly long QueuedAt = Stopwatch.GetTimestamp();
+        public bool Queued = true;
     }
 
     /// <summary>Recomputes of one sequence without a token in between before it fails.</summary>
@@ -50,6 +53,8 @@ public sealed class EngineLoop : IAsyncDisposable
     readonly Task _releaser;
     readonly TimeSpan _recovery;
     DateTime? _interruptedSince;
+    /// <summary>Requests submitted and not yet admitted (the bounded queue).</summary>
+    int _queued;
     int _interruptions;
     long _nextId;
     long _steps;
@@ -88,9 +93,42 @@ public sealed class EngineLoop : IAsyncDisposable
     public StepRecord[] RecentSteps() { lock (_recentSteps) return _recentSteps.ToArray(); }
 
     /// <summary>Queues a request; events stream until a <see cref="FinishedEvent"/>. Cancelling frees its cache.</summary>
-    public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
+    /// <exception cref="QueueFullException">The queue holds <c>MaxWaiting</c> requests already.</exception>
+    public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken) =>
+        SubmitAll([request], [cancellationToken])[0];
+
+    /// <summary>
+    /// Queues the choices of one request together: all of them, or none when the queue has no room for all
+    /// (<see cref="QueueFullException"/>, a 429).
+    /// </summary>
+    public ChannelReader<GenerationEvent>[] SubmitAll(IReadOnlyList<GenerationRequest> requests, IReadOnlyList<CancellationToken> cancellationTokens)
     {
-        if (request.PromptIds.Length == 0) throw new ArgumentException("the prompt is empty");
+        foreach (var r in requests)
+        {
+            if (r.PromptIds.Length == 0) throw new ArgumentException("the prompt is empty");
+            if (r.MaxTokens < 1) throw new ArgumentException("max_tokens must be at least 1");
+        }
+        int n = requests.Count;
+        int after = Interlocked.Add(ref _queued, n);
+        if (after > _options.MaxWaiting && after - n > 0)   // a request bigger than the bound still runs alone
+        {
+            Interlocked.Add(ref _queued, -n);
+            throw new QueueFullException($"the server is at capacity: {_options.MaxWaiting} requests are already waiting; retry later", RetryAfterSeconds());
+        }
+        return requests.Select((r, i) => Enqueue(r, cancellationTokens[i])).ToArray();
+    }
+
+    /// <summary>A hint for Retry-After: how long the oldest waiting request has waited (at least 1 s).</summary>
+    public int RetryAfterSeconds()
+    {
+        long oldest = Volatile.Read(ref _oldestQueuedAt);
+        return oldest == 0 ? 1 : (int)Math.Clamp(Math.Ceiling(Stopwatch.GetElapsedTime(oldest).TotalSeconds), 1, 600);
+    }
+
+    long _oldestQueuedAt;
+
+    ChannelReader<GenerationEvent> Enqueue(GenerationRequest request, CancellationToken cancellationToken)
+    {
         if (request.MaxTokens < 1) throw new ArgumentException("max_tokens must be at least 1");
         var events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         // Without a seed the request gets one now: every draw is then a function of the gateway's own state.
@@ -111,6 +149,7 @@ public sealed class EngineLoop : IAsyncDisposable
         {
             while (_incoming.Reader.TryRead(out var s)) _waiting.Add(s);
             await DropCancelledAsync();
+            ExpireQueued();
             RunningCount = _running.Count;
             WaitingCount = _waiting.Count;
             if (_running.Count == 0 && _waiting.Count == 0)
@@ -233,6 +272,30 @@ public sealed class EngineLoop : IAsyncDisposable
         if (s.ScorePrompt) s.PromptLogprobs.Clear();
     }
 
+    /// <summary>Requests that waited past <c>MaxQueueSeconds</c> without being admitted leave with a 429.</summary>
+    void ExpireQueued()
+    {
+        var queued = _waiting.Where(s => s.Queued).ToList();
+        Volatile.Write(ref _oldestQueuedAt, queued.Count == 0 ? 0 : queued.Min(s => s.QueuedAt));
+        if (_options.MaxQueueSeconds <= 0) return;
+        var limit = TimeSpan.FromSeconds(_options.MaxQueueSeconds);
+        foreach (var s in queued.Where(s => Stopwatch.GetElapsedTime(s.QueuedAt) > limit))
+        {
+            _waiting.Remove(s);
+            Dequeued(s);
+            s.Events.Writer.TryComplete(new QueueFullException(
+                $"the request waited {_options.MaxQueueSeconds:F0} s without a place in the running batch; the server is at capacity, retry later", 1));
+        }
+    }
+
+    /// <summary>The sequence no longer counts against the queue bound (admitted, or gone).</summary>
+    void Dequeued(Sequence s)
+    {
+        if (!s.Queued) return;
+        s.Queued = false;
+        Interlocked.Decrement(ref _queued);
+    }
+
     async Task DropCancelledAsync()
     {
         foreach (var s in _running.Where(s => s.Cancel.IsCancellationRequested).ToArray())
@@ -240,6 +303,7 @@ public sealed class EngineLoop : IAsyncDisposable
         foreach (var s in _waiting.Where(s => s.Cancel.IsCancellationRequested).ToArray())
         {
             _waiting.Remove(s);
+            Dequeued(s);
             if (s.InCache) Release([s]);
             s.Events.Writer.TryComplete();
         }
@@ -253,7 +317,7 @@ public sealed class EngineLoop : IAsyncDisposable
             var error = new InvalidOperationException(
                 $"sequence {s.Id} needs more latent cache ({s.Tokens.Count + 1} tokens) than an attention shard holds");
             if (_running.Contains(s)) await FinishAsync(s, "error", error);
-            else { _waiting.Remove(s); s.Events.Writer.TryComplete(error); }
+            else { _waiting.Remove(s); Dequeued(s); s.Events.Writer.TryComplete(error); }
         }
         if (plan.Preempted.Count > 0)
         {
@@ -275,6 +339,7 @@ public sealed class EngineLoop : IAsyncDisposable
         foreach (var s in plan.Admitted.Cast<Sequence>())
         {
             _waiting.Remove(s);
+            Dequeued(s);
             _running.Add(s);
         }
     }
@@ -406,7 +471,14 @@ public sealed class EngineLoop : IAsyncDisposable
         _stop.Cancel();
         try { await _loop; } catch (OperationCanceledException) { }
         foreach (var s in _running.Concat(_waiting)) s.Events.Writer.TryComplete(new ObjectDisposedException(nameof(EngineLoop)));
+        while (_incoming.Reader.TryRead(out var late)) late.Events.Writer.TryComplete(new ObjectDisposedException(nameof(EngineLoop)));
         _releases.Writer.TryComplete();
         try { await _releaser; } catch { }
     }
+}
+
+/// <summary>The queue is full, or a request waited too long for a place: a 429 with <see cref="RetryAfterSeconds"/>.</summary>
+public sealed class QueueFullException(string message, int retryAfterSeconds) : Exception(message)
+{
+    public int RetryAfterSeconds { get; } = retryAfterSeconds;
 }

@@ -53,6 +53,11 @@ public sealed class HttpOptions
     public int ChatDefaultMaxTokens { get; set; } = 4096;
     /// <summary>Most choices (n) per request.</summary>
     public int MaxChoices { get; set; } = 16;
+    /// <summary>
+    /// On SIGTERM: seconds running streams get to finish while /ready answers 503 and new requests get 503; then the
+    /// process exits (Kubernetes: keep terminationGracePeriodSeconds above it).
+    /// </summary>
+    public double DrainSeconds { get; set; } = 30;
     /// <summary>Expose /debug/steps and /debug/cache.</summary>
     public bool DebugEndpoints { get; set; } = true;
 }

@@ -67,6 +67,9 @@ sealed class SchedulerOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Scheduler:MaxRunningSequences", o.Scheduler.MaxRunningSequences, 1);
         AtLeast(fail, "Grid:Scheduler:MaxBatchedTokens", o.Scheduler.MaxBatchedTokens, 1);
         AtLeast(fail, "Grid:Scheduler:PrefillChunkTokens", o.Scheduler.PrefillChunkTokens, 1);
+        AtLeast(fail, "Grid:Scheduler:MaxWaiting", o.Scheduler.MaxWaiting, 1);
+        if (!(o.Http.DrainSeconds >= 0)) fail($"Grid:Http:DrainSeconds must be 0 or positive, got {o.Http.DrainSeconds}", null);
+        if (!(o.Scheduler.MaxQueueSeconds >= 0)) fail($"Grid:Scheduler:MaxQueueSeconds must be 0 (no limit) or positive, got {o.Scheduler.MaxQueueSeconds}", null);
     }
 }
 
