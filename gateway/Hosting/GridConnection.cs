@@ -144,7 +144,7 @@ public sealed class OwnedGridExecutor(GridConnection connection) : IStepExecutor
         if (!watch.AttentionServed) return "no silo in the cluster serves attention";
         var groups = Config.NRoutedExperts > 0 ? watch.UnservableGroups(connection.Cluster.ExpertGroups) : [];
         return groups.Length == 0 ? null
-            : $"no silo in the cluster can serve expert group{(groups.Length > 1 ? "s" : "")} {string.Join(", ", groups)} (none declares it and no elastic silo is running)";
+            : $"no silo in the cluster can serve expert group {groups[0]}{(groups.Length > 1 ? $" (nor groups {string.Join(", ", groups[1..])})" : "")}: none declares it and no elastic silo is running";
     }
 
     public ModelConfig Config => connection.Executor.Config;

@@ -48,12 +48,14 @@ public sealed class QueueBoundTests
     {
         var executor = new FakeExecutor(4, 1000);
         executor.Gate();
-        await using var loop = new EngineLoop(executor, new SchedulerOptions { MaxRunningSequences = 1, MaxWaiting = 8, MaxQueueSeconds = 0.001 },
+        await using var loop = new EngineLoop(executor, new SchedulerOptions { MaxRunningSequences = 1, MaxWaiting = 8, MaxQueueSeconds = 2 },
             NullLogger<EngineLoop>.Instance, contextLength: 1 << 20, firstSequenceId: 1);
         var running = loop.Submit(Request(10, 50), CancellationToken.None);
         executor.AllowSteps(1);
         Assert.True(await running.WaitToReadAsync());
         var waiting = loop.Submit(Request(20, 3), CancellationToken.None);
+        // The engine is held inside a step, so the second cannot be admitted; let it wait past the bound.
+        await Task.Delay(TimeSpan.FromSeconds(2.5));
         executor.Ungate();                                                   // the loop comes round and finds it waited too long
         var refused = await Assert.ThrowsAsync<QueueFullException>(async () => { await foreach (var _ in waiting.ReadAllAsync()) { } });
         Assert.Contains("waited", refused.Message);
