@@ -13,14 +13,23 @@ namespace Grid.Gateway.Api;
 /// </summary>
 public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemetry)
 {
-    public async IAsyncEnumerable<ChoiceUpdate> RunAsync(IReadOnlyList<ChoiceRun> choices, bool legacyLogprobs, bool chatLogprobs, bool tokensAsIds,
-        long startTimestamp, [EnumeratorCancellation] CancellationToken cancellationToken)
+    /// <summary>
+    /// Queues every choice now, together or not at all (<see cref="QueueFullException"/>, a 429, thrown here, before
+    /// the caller writes anything), and returns their merged updates.
+    /// </summary>
+    public IAsyncEnumerable<ChoiceUpdate> RunAsync(IReadOnlyList<ChoiceRun> choices, bool legacyLogprobs, bool chatLogprobs, bool tokensAsIds,
+        long startTimestamp, CancellationToken cancellationToken)
     {
         var scheduler = engine.Loop ?? throw new InvalidOperationException("the model is not loaded");
+        var readers = scheduler.SubmitAll(choices.Select(c => c.Request).ToArray(), choices.Select(c => c.Cancel.Token).ToArray());
+        return MergeAsync(choices, readers, legacyLogprobs, chatLogprobs, tokensAsIds, startTimestamp, cancellationToken);
+    }
+
+    async IAsyncEnumerable<ChoiceUpdate> MergeAsync(IReadOnlyList<ChoiceRun> choices, ChannelReader<GenerationEvent>[] readers, bool legacyLogprobs,
+        bool chatLogprobs, bool tokensAsIds, long startTimestamp, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
         var tokenizer = engine.Tokenizer!;
         var merged = Channel.CreateUnbounded<ChoiceUpdate>(new UnboundedChannelOptions { SingleReader = true });
-        // All choices enter the queue together or not at all (429 when it is full): before anything is written.
-        var readers = scheduler.SubmitAll(choices.Select(c => c.Request).ToArray(), choices.Select(c => c.Cancel.Token).ToArray());
         var pumps = choices.Select((c, i) => PumpAsync(c, readers[i])).ToArray();
         _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
