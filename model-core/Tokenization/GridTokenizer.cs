@@ -12,8 +12,11 @@ namespace Grid.ModelCore.Tokenization;
 public sealed class GridTokenizer : IDisposable
 {
     readonly Tokenizer _tokenizer;
-    /// <summary>The same tokenizer without its special added tokens: text in which special-token strings stay plain text.</summary>
-    readonly Tokenizer _plain;
+    /// <summary>
+    /// The same tokenizer without its special added tokens: text in which special-token strings stay plain text. Null
+    /// when it could not be written to the temporary folder (a read-only file system): see <see cref="EncodeBroken"/>.
+    /// </summary>
+    readonly Tokenizer? _plain;
     readonly object _lock = new();
     readonly Dictionary<int, string> _specialTokens = new();
     /// <summary>
@@ -83,7 +86,8 @@ public sealed class GridTokenizer : IDisposable
     /// </summary>
     public int[] Encode(string text, bool addSpecialTokens = true, bool parseSpecialTokens = true)
     {
-        var tokenizer = parseSpecialTokens ? _tokenizer : _plain;
+        if (!parseSpecialTokens && _plain is null && HoldsSpecialToken(text)) return EncodeBroken(text, addSpecialTokens);
+        var tokenizer = parseSpecialTokens ? _tokenizer : _plain ?? _tokenizer;
         uint[] raw;
         lock (_lock) raw = tokenizer.Encode(text);
         var ids = raw.Select(x => (int)x).ToArray();
@@ -91,11 +95,33 @@ public sealed class GridTokenizer : IDisposable
         return ids;
     }
 
+    /// <summary>
+    /// Fallback without <see cref="_plain"/>: the text is cut after the first character of every special-token string in
+    /// it and the pieces are encoded one by one, so that none of them can match a special token (the pieces around a cut
+    /// may tokenize a little differently than whole text would, but never as control tokens).
+    /// </summary>
+    int[] EncodeBroken(string text, bool addSpecialTokens)
+    {
+        var cuts = new SortedSet<int>();
+        foreach (var s in _specialStrings)
+            for (int at = text.IndexOf(s, StringComparison.Ordinal); at >= 0; at = text.IndexOf(s, at + 1, StringComparison.Ordinal))
+                cuts.Add(at + 1);
+        var ids = new List<int>();
+        if (addSpecialTokens) ids.AddRange(_specialPrefix);
+        int start = 0;
+        foreach (var cut in cuts.Append(text.Length))
+        {
+            if (cut > start) ids.AddRange(Encode(text[start..cut], addSpecialTokens: false));
+            start = cut;
+        }
+        return ids.ToArray();
+    }
+
     /// <summary>The special tokens' strings (e.g. <c>&lt;｜end▁of▁sentence｜&gt;</c>), longest first.</summary>
     public IReadOnlyList<string> SpecialTokenStrings => _specialStrings;
 
     /// <summary>A copy of tokenizer.json without the special added tokens (non-special added tokens stay), loaded.</summary>
-    static Tokenizer LoadWithoutSpecialTokens(JsonNode root)
+    static Tokenizer? LoadWithoutSpecialTokens(JsonNode root)
     {
         var copy = root.DeepClone();
         var added = copy["added_tokens"]!.AsArray();
@@ -108,6 +134,7 @@ public sealed class GridTokenizer : IDisposable
             File.WriteAllText(path, copy.ToJsonString());
             return new Tokenizer(vocabPath: path);
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
         finally { try { File.Delete(path); } catch (IOException) { } }
     }
 
@@ -317,7 +344,7 @@ public sealed class GridTokenizer : IDisposable
 
     public void Dispose()
     {
-        if (!ReferenceEquals(_plain, _tokenizer)) _plain.Dispose();
+        if (_plain is not null && !ReferenceEquals(_plain, _tokenizer)) _plain.Dispose();
         _tokenizer.Dispose();
     }
 }
