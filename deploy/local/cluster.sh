@@ -13,6 +13,7 @@
 # --no-build (use existing builds; GRID_BUILD_CONFIG picks Debug or Release), --timeout S (180),
 # --base-port P (21000: silo i listens on P+i, its client gateway on P+100+i),
 # --metrics-port P (9464: silo i serves Prometheus metrics on P+i; 0 = off). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
+# The gateway starts with its debug endpoints on (/debug/cache, /debug/steps: Grid__Http__DebugEndpoints=true unless set).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${GRID_CLUSTER_DIR:-$root/.grid/cluster}"
@@ -144,6 +145,7 @@ done
 echo "starting the gateway on http://127.0.0.1:$port"
 Grid__Cluster__Clustering=redis Grid__Cluster__Redis="127.0.0.1:$redis_port" Grid__Cluster__ClusterId="$cluster_id" \
 Grid__Cluster__ExpertGroups="$groups" Grid__Cluster__AttentionShards="$attention_silos" Grid__Cluster__MaxGroupsPerToken="$max_groups" \
+  Grid__Http__DebugEndpoints="${Grid__Http__DebugEndpoints:-true}" \
   nohup dotnet "$grid_dll" serve --model "$model" --port "$port" > "$state/gateway.log" 2>&1 &
 echo $! > "$state/gateway.pid"
 cat > "$state/env" <<ENV

@@ -18,7 +18,10 @@ public static class ChatEndpoint
         var tokenizer = ctx.Engine.Tokenizer!;
         ChatRequest request;
         using (var body = await RequestBody.ReadObjectAsync(ctx.Http.Request, ctx.Options.Http.MaxRequestBodyBytes, ctx.Aborted))
+        {
             request = ChatRequest.Parse(body.RootElement, ctx.Engine, ctx.Options.Http);
+            UnknownFields.Report(ctx, body.RootElement, UnknownFields.Chat);
+        }
         var sampling = request.Sampling;
         using var choices = new ChoiceSet(request.GenerationRequests(tokenizer.EosId), request.PromptIds.Length, echo: false,
             () => new CompletionBuilder(tokenizer, logprobs: false, sampling.TokensAsIds, sampling.Stops), ctx.Aborted);

@@ -66,7 +66,10 @@ public sealed record CompletionRequest
         return requests;
     }
 
-    /// <summary><c>prompt</c>: a string, a list of token ids, or a list of either (several prompts).</summary>
+    /// <summary>
+    /// <c>prompt</c>: a string, a list of token ids, or a list of either (several prompts). Text is tokenized with BOS and
+    /// without parsing special tokens: "    /// <summary><c>prompt</c>: a string, a list of token ids, or a list of either (several prompts).</summary>lt;｜end▁of▁sentence｜    /// <summary><c>prompt</c>: a string, a list of token ids, or a list of either (several prompts).</summary>gt;" in a prompt is that text, not EOS (ids can name any token).
+    /// </summary>
     static List<int[]> ParsePrompts(JsonElement body, ServingEngine engine)
     {
         if (!body.Field("prompt", out var prompt)) throw ApiException.Invalid("'prompt' is required", "prompt", "missing_required_parameter");
@@ -76,7 +79,7 @@ public sealed record CompletionRequest
         switch (prompt.ValueKind)
         {
             case JsonValueKind.String:
-                prompts.Add(tokenizer.Encode(prompt.GetString()!));
+                prompts.Add(tokenizer.Encode(prompt.GetString()!, parseSpecialTokens: false));
                 break;
             case JsonValueKind.Array:
                 if (prompt.GetArrayLength() == 0) throw ApiException.Invalid("'prompt' must not be empty", "prompt");
@@ -88,7 +91,7 @@ public sealed record CompletionRequest
                     int i = 0;
                     foreach (var p in prompt.EnumerateArray())
                     {
-                        if (p.ValueKind == JsonValueKind.String) prompts.Add(tokenizer.Encode(p.GetString()!));
+                        if (p.ValueKind == JsonValueKind.String) prompts.Add(tokenizer.Encode(p.GetString()!, parseSpecialTokens: false));
                         else if (p.ValueKind == JsonValueKind.Array) prompts.Add(JsonFields.TokenIds(p, $"prompt[{i}]", vocab));
                         else throw ApiException.InvalidType($"prompt[{i}]", $"a string or a list of token ids, got {JsonFields.Kind(p.ValueKind)}");
                         i++;

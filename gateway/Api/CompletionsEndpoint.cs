@@ -18,7 +18,10 @@ public static class CompletionsEndpoint
         var tokenizer = ctx.Engine.Tokenizer!;
         CompletionRequest request;
         using (var body = await RequestBody.ReadObjectAsync(ctx.Http.Request, ctx.Options.Http.MaxRequestBodyBytes, ctx.Aborted))
+        {
             request = CompletionRequest.Parse(body.RootElement, ctx.Engine, ctx.Options.Http);
+            UnknownFields.Report(ctx, body.RootElement, UnknownFields.Completions);
+        }
         var sampling = request.Sampling;
         bool logprobs = request.Logprobs is not null;
         using var choices = new ChoiceSet(request.GenerationRequests(tokenizer.EosId), request.PromptTokens, request.Echo,

@@ -69,15 +69,24 @@ public static class JsonFields
         return x;
     }
 
-    /// <summary><c>stop</c>: a string or a list of strings.</summary>
-    public static string[] Stops(this JsonElement obj, string name, int maxCount)
+    /// <summary><c>stop</c>: a string or a list of at most <paramref name="maxCount"/> strings, each at most <paramref name="maxLength"/> characters.</summary>
+    public static string[] Stops(this JsonElement obj, string name, int maxCount, int maxLength)
     {
         if (!obj.Field(name, out var v)) return [];
-        if (v.ValueKind == JsonValueKind.String) return [v.GetString()!];
-        if (v.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType(name, $"a string or a list of strings, got {Kind(v.ValueKind)}");
-        if (v.GetArrayLength() > maxCount) throw ApiException.OutOfRange($"'{name}' may hold at most {maxCount} strings, got {v.GetArrayLength()}", name);
-        return v.EnumerateArray().Select((s, i) => s.ValueKind == JsonValueKind.String ? s.GetString()!
-            : throw ApiException.InvalidType($"{name}[{i}]", $"a string, got {Kind(s.ValueKind)}")).ToArray();
+        string[] stops;
+        if (v.ValueKind == JsonValueKind.String) stops = [v.GetString()!];
+        else if (v.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType(name, $"a string or a list of strings, got {Kind(v.ValueKind)}");
+        else
+        {
+            if (v.GetArrayLength() > maxCount) throw ApiException.OutOfRange($"'{name}' may hold at most {maxCount} strings, got {v.GetArrayLength()}", name);
+            stops = v.EnumerateArray().Select((s, i) => s.ValueKind == JsonValueKind.String ? s.GetString()!
+                : throw ApiException.InvalidType($"{name}[{i}]", $"a string, got {Kind(s.ValueKind)}")).ToArray();
+        }
+        for (int i = 0; i < stops.Length; i++)
+            if (stops[i].Length > maxLength)
+                throw ApiException.OutOfRange($"each '{name}' string may be at most {maxLength} characters long; " +
+                    $"{(v.ValueKind == JsonValueKind.String ? "it" : $"{name}[{i}]")} has {stops[i].Length}", name);
+        return stops;
     }
 
     /// <summary>A list of token ids within the vocabulary.</summary>

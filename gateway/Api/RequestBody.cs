@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Net.Http.Headers;
 
 namespace Grid.Gateway.Api;
 
@@ -11,6 +12,7 @@ public static class RequestBody
     /// <summary>The body as a JSON object; 413 over <paramref name="maxBytes"/>, 400 when it is not a JSON object.</summary>
     public static async Task<JsonDocument> ReadObjectAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
     {
+        CheckContentType(request.ContentType);
         if (request.ContentLength > maxBytes) throw TooLarge(maxBytes);
         JsonDocument doc;
         try
@@ -20,6 +22,9 @@ public static class RequestBody
             await request.Body.CopyToAsync(buffer, cancellationToken);
             if (buffer.Length > maxBytes) throw TooLarge(maxBytes);
             if (buffer.Length == 0) throw ApiException.Invalid("the request body is empty; send a JSON object", null, "invalid_json");
+            // JSON text is UTF-8 (RFC 8259): a body with invalid bytes is refused whole, before any string is read.
+            if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
+                throw ApiException.Invalid("the request body is not valid UTF-8", null, "invalid_json");
             buffer.Position = 0;
             doc = await JsonDocument.ParseAsync(buffer, DocumentOptions, cancellationToken);
         }
@@ -72,6 +77,22 @@ public static class RequestBody
             default:
                 return null;
         }
+    }
+
+    /// <summary>
+    /// 415 unless the body is declared JSON: <c>application/json</c>, with no charset or <c>charset=utf-8</c> (JSON is
+    /// UTF-8, RFC 8259). A form post (curl -d without a header) or text/plain is refused before the body is read.
+    /// </summary>
+    static void CheckContentType(string? contentType)
+    {
+        string? problem = null;
+        if (string.IsNullOrWhiteSpace(contentType)) problem = "the request has no Content-Type";
+        else if (!MediaTypeHeaderValue.TryParse(contentType, out var type)) problem = $"the Content-Type '{contentType}' is malformed";
+        else if (!type.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase)) problem = $"the Content-Type '{type.MediaType}' is not supported";
+        else if (type.Charset.HasValue && !type.Charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase) && !type.Charset.Equals("utf8", StringComparison.OrdinalIgnoreCase))
+            problem = $"the charset '{type.Charset}' is not supported";
+        if (problem is not null)
+            throw new ApiException(StatusCodes.Status415UnsupportedMediaType, $"{problem}; send the body as 'Content-Type: application/json' (UTF-8)", null, "unsupported_media_type");
     }
 
     static ApiException TooLarge(long maxBytes) =>

@@ -27,7 +27,10 @@ public sealed record SamplingRequest
     public bool IncludeUsage { get; init; }
     public bool TokensAsIds { get; init; }
 
+    /// <summary>Most stop strings per request.</summary>
     public const int MaxStops = 16;
+    /// <summary>Longest stop string, in UTF-16 characters (a stop is matched in the text, not in tokens).</summary>
+    public const int MaxStopLength = 1024;
 
     /// <summary>Parses the shared fields; <paramref name="logprobs"/> (the endpoint's own top-N) takes part in the range checks.</summary>
     public static SamplingRequest Parse(JsonElement body, ServingEngine engine, HttpOptions http, bool chat, int? logprobs)
@@ -52,7 +55,7 @@ public sealed record SamplingRequest
             throw ApiException.OutOfRange(bad.Message.Replace("max_tokens", maxParam), bad.Param == "max_tokens" ? maxParam : bad.Param);
 
         var seed = body.OptLong("seed");
-        var stops = body.Stops("stop", MaxStops);
+        var stops = body.Stops("stop", MaxStops, MaxStopLength);
         var stopIds = body.Field("stop_token_ids", out var ids) ? JsonFields.TokenIds(ids, "stop_token_ids", engine.VocabSize) : [];
         var ignoreEos = body.OptBool("ignore_eos") ?? false;
         var n = body.OptInt("n", int.MinValue, int.MaxValue) ?? 1;

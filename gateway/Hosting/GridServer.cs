@@ -74,7 +74,9 @@ public static class GridServer
         var app = builder.Build();
         app.Services.GetRequiredService<GridTelemetry>();   // the gauges exist from the start
         app.Use(OpenAiStatusPagesAsync);
-        if (options.Http.ApiKeys.Count > 0) app.Use(ApiKeyCheck(options.Http.ApiKeys));
+        // Keys from Grid:Http:ApiKeys (appsettings, Grid__Http__ApiKeys__0, --api-key), Grid:Http:ApiKeysFile and GRID_API_KEY.
+        var keys = options.Http.ResolveApiKeys(builder.Configuration[ApiKeyEnvironmentVariable]);
+        if (keys.Count > 0) app.Use(ApiKeyCheck(keys));
         app.MapPost("/v1/completions", CompletionsEndpoint.HandleAsync);
         app.MapPost("/v1/chat/completions", ChatEndpoint.HandleAsync);
         SystemEndpoints.Map(app, options);
@@ -98,13 +100,23 @@ public static class GridServer
         await OpenAiErrors.WriteAsync(context, new ApiException(status, message, null, status == 404 ? "unknown_url" : "method_not_allowed"), CancellationToken.None);
     }
 
-    /// <summary>With API keys configured, /v1/* needs <c>Authorization: Bearer &lt;key&gt;</c>.</summary>
+    /// <summary>An API key in the environment (as vLLM's <c>VLLM_API_KEY</c>), e.g. from a Kubernetes Secret.</summary>
+    public const string ApiKeyEnvironmentVariable = "GRID_API_KEY";
+
+    /// <summary>The probes Kubernetes (or a load balancer) calls without credentials.</summary>
+    static bool IsProbe(PathString path) => path.Equals("/health", StringComparison.OrdinalIgnoreCase) || path.Equals("/ready", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// With API keys configured, every route but the probes (<c>/health</c>, <c>/ready</c>) needs <c>Authorization:
+    /// Bearer &lt;key&gt;</c>: <c>/v1/*</c>, <c>/metrics</c>, <c>/debug/*</c>, and unknown routes too (401 before 404, so
+    /// that a client without the key learns nothing about the routes).
+    /// </summary>
     static Func<HttpContext, RequestDelegate, Task> ApiKeyCheck(IReadOnlyList<string> keys)
     {
         var hashes = keys.Select(k => SHA256.HashData(Encoding.UTF8.GetBytes(k))).ToArray();
         return async (context, next) =>
         {
-            if (context.Request.Path.StartsWithSegments("/v1"))
+            if (!IsProbe(context.Request.Path))
             {
                 var header = context.Request.Headers.Authorization.ToString();
                 const string bearer = "Bearer ";

@@ -45,8 +45,29 @@ public sealed class HttpOptions
     public string Host { get; set; } = "0.0.0.0";
     /// <summary>TCP port; 0 = any free port.</summary>
     public int Port { get; set; } = 8080;
-    /// <summary>When non-empty, /v1/* requires <c>Authorization: Bearer &lt;one of these&gt;</c>.</summary>
+    /// <summary>
+    /// When any key is configured (here, in <see cref="ApiKeysFile"/> or in <c>GRID_API_KEY</c>), every route except
+    /// /health and /ready requires <c>Authorization: Bearer &lt;one of them&gt;</c>.
+    /// </summary>
     public List<string> ApiKeys { get; set; } = new();
+    /// <summary>A file of API keys, one per line (blank lines and lines starting with # skipped), e.g. a mounted Kubernetes Secret.</summary>
+    public string? ApiKeysFile { get; set; }
+
+    /// <summary>The keys of an <see cref="ApiKeysFile"/>: one per line, trimmed; blank lines and # comments skipped.</summary>
+    public static IReadOnlyList<string> ReadKeysFile(string path) =>
+        File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray();
+
+    /// <summary>
+    /// Every accepted key: <see cref="ApiKeys"/>, the lines of <see cref="ApiKeysFile"/>, and <paramref name="environmentKey"/>
+    /// (<c>GRID_API_KEY</c>). Empty: no authentication.
+    /// </summary>
+    public IReadOnlyList<string> ResolveApiKeys(string? environmentKey)
+    {
+        var keys = new List<string>(ApiKeys);
+        if (!string.IsNullOrEmpty(ApiKeysFile)) keys.AddRange(ReadKeysFile(ApiKeysFile));
+        if (!string.IsNullOrWhiteSpace(environmentKey)) keys.Add(environmentKey.Trim());
+        return keys.Distinct(StringComparer.Ordinal).ToArray();
+    }
     /// <summary>Largest request body accepted; larger ones get 413.</summary>
     public long MaxRequestBodyBytes { get; set; } = 4 * 1024 * 1024;
     /// <summary>Chat max_tokens when the request gives none (also capped by the room left in the context).</summary>
@@ -58,8 +79,8 @@ public sealed class HttpOptions
     /// process exits (Kubernetes: keep terminationGracePeriodSeconds above it).
     /// </summary>
     public double DrainSeconds { get; set; } = 30;
-    /// <summary>Expose /debug/steps and /debug/cache.</summary>
-    public bool DebugEndpoints { get; set; } = true;
+    /// <summary>Expose /debug/steps and /debug/cache (off by default; guarded by the API keys like every other route).</summary>
+    public bool DebugEndpoints { get; set; }
 }
 
 /// <summary>

@@ -56,6 +56,11 @@ sealed class HttpOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Http:MaxChoices", h.MaxChoices, 1);
         AtLeast(fail, "Grid:Http:ChatDefaultMaxTokens", h.ChatDefaultMaxTokens, 1);
         if (h.ApiKeys.Any(string.IsNullOrWhiteSpace)) fail("Grid:Http:ApiKeys: an API key is empty", null);
+        if (!string.IsNullOrEmpty(h.ApiKeysFile))
+        {
+            if (!File.Exists(h.ApiKeysFile)) fail($"Grid:Http:ApiKeysFile: '{h.ApiKeysFile}' not found", null);
+            else if (HttpOptions.ReadKeysFile(h.ApiKeysFile).Count == 0) fail($"Grid:Http:ApiKeysFile: '{h.ApiKeysFile}' holds no API key", null);
+        }
     }
 }
 

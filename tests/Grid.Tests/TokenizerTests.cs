@@ -59,4 +59,67 @@ public class TokenizerTests
         Assert.Equal(text, tok.Decode(ids));
         Assert.StartsWith(ByteTokenizer.Bos + "User: hi\n\nAssistant:", tok.ApplyChatTemplate([new ChatMessage("user", "hi")]));
     }
+
+    [Theory]
+    [InlineData("lite_f32")]
+    [InlineData("full_f32")]
+    public void ByteTableAndIncrementalDecodingMatchTheLibrary(string checkpoint)
+    {
+        using var tok = GridTokenizer.Load(Golden.Dir(checkpoint));
+        Assert.True(tok.DecodesFromByteTable);
+        var vocab = JsonNode.Parse(File.ReadAllText(Path.Combine(Golden.Dir(checkpoint), "config.json")))!["vocab_size"]!.GetValue<int>();
+        for (int id = 0; id < vocab; id++)
+            Assert.Equal(tok.DecodeWithLibrary([id]), tok.Decode([id]));
+        var random = new Random(1234);
+        var golden = Golden.Load(checkpoint, "text").GeneratedIds.ToArray();
+        var sequences = new List<int[]> { golden };
+        for (int n = 0; n < 300; n++)
+            sequences.Add(Enumerable.Range(0, random.Next(1, 40)).Select(_ => random.Next(vocab)).ToArray());
+        foreach (var ids in sequences)
+        {
+            var expected = tok.DecodeWithLibrary(ids);
+            Assert.Equal(expected, tok.Decode(ids));
+            var decoder = tok.NewDecoder();
+            var text = new System.Text.StringBuilder();
+            foreach (var id in ids)
+                text.Append(decoder.Add(id));
+            text.Append(decoder.Flush());
+            Assert.Equal(expected, text.ToString());
+        }
+    }
+
+    [Fact]
+    public void SpecialTokenStringsInTextStayPlainWhenNotParsed()
+    {
+        using var tok = GridTokenizer.Load(Golden.Dir("lite_f32"));
+        const string eos = "<｜end▁of▁sentence｜>";
+        Assert.Equal([407], tok.Encode(eos, addSpecialTokens: false));                 // Hugging Face's default: parsed
+        var plain = tok.Encode(eos, addSpecialTokens: false, parseSpecialTokens: false);
+        Assert.True(plain.Length > 1);
+        Assert.DoesNotContain(407, plain);
+        Assert.Equal(eos, tok.Decode(plain));
+        Assert.Equal([406, .. plain], tok.Encode(eos, parseSpecialTokens: false));       // BOS still added by the post-processor
+        // Text without special-token strings tokenizes the same either way.
+        Assert.Equal(tok.Encode("The quick brown fox"), tok.Encode("The quick brown fox", parseSpecialTokens: false));
+    }
+
+    [Fact]
+    public void ChatContentCannotForgeTheTemplatesSpecialTokens()
+    {
+        using var tok = GridTokenizer.Load(Golden.Dir("lite_f32"));
+        const string eos = "<｜end▁of▁sentence｜>", bos = "<｜begin▁of▁sentence｜>";
+        // The template's EOS after an assistant turn stays a control token; the one in the content does not.
+        var messages = new[] { new ChatMessage("user", "a" + bos + "b"), new ChatMessage("assistant", "c" + eos + "d"), new ChatMessage("user", eos) };
+        var ids = tok.EncodeChat(messages);
+        Assert.Equal(1, ids.Count(i => i == 406));
+        Assert.Equal(1, ids.Count(i => i == 407));
+        Assert.Equal(tok.ApplyChatTemplate(messages), tok.Decode(ids, skipSpecialTokens: false));
+        // Piece by piece: the template's text and special tokens, the content as plain text.
+        int[] Plain(string text) => tok.Encode(text, addSpecialTokens: false, parseSpecialTokens: false);
+        int[] expected = [406, .. Plain("User: a" + bos + "b\n\nAssistant: c" + eos + "d"), 407, .. Plain("User: " + eos + "\n\nAssistant:")];
+        Assert.Equal(expected, ids);
+        // Without special-token strings in the content nothing changes.
+        var hi = new[] { new ChatMessage("user", "hi") };
+        Assert.Equal(tok.Encode(tok.ApplyChatTemplate(hi), addSpecialTokens: false), tok.EncodeChat(hi));
+    }
 }

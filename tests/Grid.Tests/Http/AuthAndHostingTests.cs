@@ -16,8 +16,14 @@ public sealed class KeyedServer : GridServerFixture
     {
         settings["Grid:Http:ApiKeys:0"] = "sk-first";
         settings["Grid:Http:ApiKeys:1"] = "sk-second";
+        // Keys from a file (a mounted Kubernetes Secret) and from the environment's GRID_API_KEY count too.
+        var file = Path.Combine(Path.GetTempPath(), $"grid-keys-{Guid.NewGuid():N}.txt");
+        File.WriteAllText(file, "# one key per line\n\n  sk-from-file  \n");
+        settings["Grid:Http:ApiKeysFile"] = file;
+        settings["GRID_API_KEY"] = "sk-from-env";
         settings["Grid:Http:MaxRequestBodyBytes"] = "4096";
         settings["Grid:Model:ServedName"] = "lite_f32";
+        settings.Remove("Grid:Http:DebugEndpoints");   // the default: off
     }
 }
 
@@ -37,6 +43,9 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
     [InlineData("sk-wrong", HttpStatusCode.Unauthorized)]
     [InlineData("sk-first", HttpStatusCode.OK)]
     [InlineData("sk-second", HttpStatusCode.OK)]
+    [InlineData("sk-from-file", HttpStatusCode.OK)]
+    [InlineData("sk-from-env", HttpStatusCode.OK)]
+    [InlineData("# one key per line", HttpStatusCode.Unauthorized)]
     public async Task ApiKeysGuardTheV1Routes(string? key, HttpStatusCode expected)
     {
         var (status, json) = await keyed.PostRawAsync("/v1/completions", Body, key);
@@ -46,9 +55,70 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
             Assert.Equal("invalid_api_key", json!["error"]!["code"]!.GetValue<string>());
             Assert.Equal("invalid_request_error", json["error"]!["type"]!.GetValue<string>());
         }
-        // Probes and metrics stay open.
+        // The probes stay open.
         Assert.Equal(HttpStatusCode.OK, (await keyed.Http.GetAsync(keyed.BaseUrl + "/health")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await keyed.Http.GetAsync(keyed.BaseUrl + "/ready")).StatusCode);
+    }
+
+    async Task<(HttpStatusCode Status, string Body)> GetAsync(string path, string? key)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, keyed.BaseUrl + path);
+        if (key is not null) request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        using var response = await keyed.Http.SendAsync(request);
+        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
+
+    [Theory]
+    [InlineData("/metrics")]
+    [InlineData("/debug/cache")]
+    [InlineData("/debug/steps")]
+    [InlineData("/v1/models")]
+    [InlineData("/v1/models/lite_f32")]
+    [InlineData("/no/such/route")]
+    public async Task EveryRouteButTheProbesNeedsTheKey(string path)
+    {
+        foreach (var key in new[] { null, "sk-wrong" })
+        {
+            var (status, body) = await GetAsync(path, key);
+            Assert.Equal(HttpStatusCode.Unauthorized, status);
+            Assert.Equal("invalid_api_key", System.Text.Json.Nodes.JsonNode.Parse(body)!["error"]!["code"]!.GetValue<string>());
+        }
+        var (withKey, text) = await GetAsync(path, "sk-first");
+        if (path.StartsWith("/debug/", StringComparison.Ordinal) || path == "/no/such/route")
+        {
+            // Debug endpoints are off unless Grid:Http:DebugEndpoints is true: with the key they are unknown routes.
+            Assert.Equal(HttpStatusCode.NotFound, withKey);
+            Assert.Equal("unknown_url", System.Text.Json.Nodes.JsonNode.Parse(text)!["error"]!["code"]!.GetValue<string>());
+        }
+        else
+        {
+            Assert.Equal(HttpStatusCode.OK, withKey);
+            if (path == "/metrics") Assert.Contains("grid_model_ready", text);
+        }
+    }
+
+    [Fact]
+    public void DebugEndpointsAreOffByDefaultAndAMissingKeysFileIsAConfigurationError()
+    {
+        Assert.False(new Grid.Configuration.HttpOptions().DebugEndpoints);
+        var e = Assert.Throws<Grid.Configuration.GridConfigurationException>(() => Grid.Gateway.Hosting.GridServer.Build(new Dictionary<string, string?>
+        {
+            ["Grid:Model:Path"] = Golden.Dir("lite_f32"),
+            ["Grid:Http:ApiKeysFile"] = "/nonexistent/keys.txt",
+        }));
+        Assert.Contains("Grid:Http:ApiKeysFile", e.Message);
+        var empty = Path.Combine(Path.GetTempPath(), $"grid-keys-{Guid.NewGuid():N}.txt");
+        File.WriteAllText(empty, "# no keys here\n\n");
+        try
+        {
+            e = Assert.Throws<Grid.Configuration.GridConfigurationException>(() => Grid.Gateway.Hosting.GridServer.Build(new Dictionary<string, string?>
+            {
+                ["Grid:Model:Path"] = Golden.Dir("lite_f32"),
+                ["Grid:Http:ApiKeysFile"] = empty,
+            }));
+            Assert.Contains("holds no API key", e.Message);
+        }
+        finally { File.Delete(empty); }
     }
 
     [Fact]

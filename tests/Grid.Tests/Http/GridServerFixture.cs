@@ -46,6 +46,7 @@ public abstract class GridServerFixture : IAsyncLifetime
             ["Grid:Model:MaxModelLen"] = ContextLength.ToString(),
             ["Grid:Http:Host"] = "127.0.0.1",
             ["Grid:Http:Port"] = "0",
+            ["Grid:Http:DebugEndpoints"] = "true",   // off by default; the tests read /debug/cache and /debug/steps
         };
         Configure(settings);
         _app = GridServer.Build(settings, l => l.ClearProviders().SetMinimumLevel(LogLevel.Warning));
