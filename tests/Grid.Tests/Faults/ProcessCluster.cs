@@ -206,6 +206,7 @@ public sealed class ProcessCluster : IAsyncDisposable
             ["Grid__Cluster__ClusterId"] = ClusterId,
             ["Grid__Cluster__ExpertGroups"] = ExpertGroups.ToString(),
             ["Grid__Cluster__AttentionShards"] = attentionShards.ToString(),
+            ["Grid__Http__DebugEndpoints"] = "true",   // the tests read /debug/cache
         };
         foreach (var (k, v) in extraEnv ?? new Dictionary<string, string>()) env[k] = v;
         Start(name, "dotnet", [GatewayDll, "serve", "--model", ModelDir, "--host", "127.0.0.1", "--port", port.ToString()], env);
