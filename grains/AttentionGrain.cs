@@ -72,11 +72,22 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         }, cancellationToken);
 
     public Task<StepProgress> ContinueStepAsync(Guid owner, long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default) =>
-        host.RunAsync(model => Measure(model, owner, shard =>
+        host.RunAsync(model =>
         {
-            using var scope = NewDisposeScope();
-            return shard.Continue(routedOutput.ToTensor(), owner, stepId);
-        }), cancellationToken);
+            try
+            {
+                return Measure(model, owner, shard =>
+                {
+                    using var scope = NewDisposeScope();
+                    return shard.Continue(routedOutput.ToTensor(), owner, stepId);
+                });
+            }
+            catch (WalkLostException lost)
+            {
+                // Typed, as data: the gateway steps again (and recomputes what this shard no longer holds).
+                return new StepProgress(-1, null, 0, null, null, null) { Lost = lost.Message, Silo = RuntimeIdentity };
+            }
+        }, cancellationToken);
 
     StepProgress Measure(DeepseekV2Model model, Guid owner, Func<AttentionShard, MoeDispatch?> advance)
     {
@@ -112,6 +123,7 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         host.RunAsync(model =>
         {
             var shard = Shard(model);
+            shard.Touch(owner, DateTimeOffset.UtcNow);   // the gateway's lease loop reads budgets: that renews its lease
             var (sequences, tokens, inUse, reserved) = shard.Stats();
             var budget = shard.Budget(Index, owner);
             return new CacheReport(sequences, tokens, inUse, reserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks)

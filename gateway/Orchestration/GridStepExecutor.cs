@@ -207,6 +207,8 @@ public sealed class GridStepExecutor : IStepExecutor
             Wire?.Hidden(routed);
             progress = await Task.WhenAll(shards.Select((s, k) =>
                 CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(Owner, stepId, routed[k], ct), cancellationToken)));
+            if (progress.FirstOrDefault(p => p.Lost is not null) is { } lostWalk)
+                throw new StepInterruptedException($"attention shard on {lostWalk.Silo} lost step {stepId}: {lostWalk.Lost}");
         }
         if (progress.Any(p => !p.Finished)) throw new InvalidOperationException("attention shards are out of step");
         if (Wire is { } meter)

@@ -75,6 +75,8 @@ public sealed record StepProgress(
 {
     [Id(6)] public RefusedChunk[]? Refused { get; init; }
     [Id(7)] public string Silo { get; init; } = "";
+    /// <summary>The shard was not walking this step (it re-activated elsewhere mid-step): nothing changed, step again.</summary>
+    [Id(8)] public string? Lost { get; init; }
     public bool Finished => Results is not null;
 }
 

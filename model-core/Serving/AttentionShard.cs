@@ -33,6 +33,12 @@ public sealed class StepRefusedException(IReadOnlyList<ChunkRefusal> refusals)
 }
 
 /// <summary>
+/// A continue call for a step the shard is not walking: the shard re-activated elsewhere (its silo shut down mid-step)
+/// or the lease expired. Nothing changed; the gateway steps again.
+/// </summary>
+public sealed class WalkLostException(string message) : InvalidOperationException(message);
+
+/// <summary>
 /// The attention side of a step on one host: the latent caches of its sequences, the walks of the current steps
 /// (embedding, MLA, dense MLPs, gates, shared experts) and sampling where the logits are. The routed experts run
 /// elsewhere (<see cref="LocalStepExecutor"/> runs them in process, the grid on expert-group grains): the caller
@@ -125,7 +131,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         var who = owner ?? LocalOwner;
         Touch(who, now ?? DateTimeOffset.UtcNow);
         if (!_walks.TryGetValue(who, out var walk) || (stepId is { } id && walk.StepId != id))
-            throw new InvalidOperationException($"step {stepId} of gateway {who} is not running on this shard");
+            throw new WalkLostException($"step {stepId} of gateway {who} is not running on this shard (it moved, or a newer step replaced it)");
         return Advance(who, routedOutput);
     }
 
