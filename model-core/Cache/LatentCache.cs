@@ -77,8 +77,14 @@ public sealed class LatentCache : IDisposable
     /// <summary>Blocks the pools start with and never shrink below.</summary>
     public int InitialBlocks { get; }
 
-    /// <summary>Whether releases and the ends of steps trim the pools (default true).</summary>
-    public bool AutoTrim { get; set; } = true;
+    /// <summary>
+    /// Whether releases and the ends of steps trim the pools. Off by default for now: with it on,
+    /// AttentionFailoverTests failed about one run in three ("step N ... is not running on this shard"), not yet explained.
+    /// </summary>
+    public bool AutoTrim { get; set; } = false;
+
+    /// <summary>Trims that free at least this many bytes also hand free heap pages back to the OS (<see cref="HeapTrim"/>).</summary>
+    public const long HeapTrimBytes = 16L << 20;
 
     /// <summary>Times <see cref="Trim"/> shrank the pools.</summary>
     public long Trims { get; private set; }
@@ -210,9 +216,11 @@ public sealed class LatentCache : IDisposable
         _freeBlocks.Clear();
         var used = new HashSet<int>(_live.Values.SelectMany(s => s.Blocks));
         for (int b = 0; b < target; b++) if (!used.Contains(b)) _freeBlocks.Add(b);
+        long freed = (long)(_capacityBlocks - target) * BytesPerBlock;
         _capacityBlocks = target;
         Trims++;
-        HeapTrim.Return();
+        // malloc_trim walks the whole heap on the inference thread: only worth it when much was freed.
+        if (freed >= HeapTrimBytes) HeapTrim.Return();
         return true;
     }
 

@@ -44,7 +44,7 @@ public sealed class LatentCacheTrimTests
     public void ReleasingMostSequencesGivesTheMemoryBackAndKeepsTheLiveLatents()
     {
         using var _ = no_grad();
-        using var cache = new LatentCache(Layers, Dim, ScalarType.Float32, BlockSize, initialBlocks: 2, maxBlocks: 1000);
+        using var cache = new LatentCache(Layers, Dim, ScalarType.Float32, BlockSize, initialBlocks: 2, maxBlocks: 1000) { AutoTrim = true };
         long initial = cache.BytesReserved;
         var seqs = Enumerable.Range(0, 20).Select(_ => cache.Create()).ToList();
         foreach (var s in seqs) Fill(cache, s, 0, 5);                       // 3 blocks each: 60 blocks in use
@@ -85,7 +85,7 @@ public sealed class LatentCacheTrimTests
     public void NoTrimMovesBlocksWhileABatchIsOpen()
     {
         using var _ = no_grad();
-        using var cache = new LatentCache(Layers, Dim, ScalarType.Float32, BlockSize, initialBlocks: 1);
+        using var cache = new LatentCache(Layers, Dim, ScalarType.Float32, BlockSize, initialBlocks: 1) { AutoTrim = true };
         var seqs = Enumerable.Range(0, 8).Select(_ => cache.Create()).ToList();
         foreach (var s in seqs) Fill(cache, s, 0, 4);
         int capacity = cache.CapacityBlocks;
