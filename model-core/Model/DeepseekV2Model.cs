@@ -1,5 +1,6 @@
 using Grid.ModelCore.Cache;
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Runtime;
 using Grid.ModelCore.Weights;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -165,7 +166,7 @@ public sealed class DeepseekV2Model : IDisposable
                 : l.Attention.AttendNaive(qn, qr, seqCache, batch.Starts[i]);
             output.narrow(0, offset, n).copy_(attended);
         }
-        return h + l.Attention.Output(output);
+        return h.Add(l.Attention.Output(output));
     }
 
     /// <summary>The post-attention RMSNorm: the input of the layer's feed-forward block.</summary>
@@ -189,7 +190,7 @@ public sealed class DeepseekV2Model : IDisposable
         foreach (var g in ExpertGroups)
         {
             var part = g.Forward(layer, x, routing);
-            sum = sum is null ? part : sum + part;
+            sum = sum is null ? part : sum.Add(part);
         }
         return sum ?? zeros_like(x);
     }

@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Runtime;
 using Grid.ModelCore.Weights;
 using static TorchSharp.torch;
 
@@ -80,7 +81,7 @@ public sealed class Experts : IDisposable
             var gathered = x.index_select(0, index);                                 // [n_e, d]
             var scale = tensor(weights[local].ToArray(), [rows.Count, 1]);            // [n_e, 1]
             if (x.dtype != ScalarType.Float32) scale = scale.to(x.dtype);
-            output.index_add_(0, index, experts[local].Forward(gathered) * scale, 1.0);
+            output.index_add_(0, index, experts[local].Forward(gathered) * scale, Scalars.One);
         }
         return output;
     }

@@ -1,3 +1,4 @@
+using Grid.ModelCore.Runtime;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Model;
@@ -53,7 +54,7 @@ public sealed class LayerWalk : IDisposable
         else
         {
             if (routedOutput is null) throw new ArgumentNullException(nameof(routedOutput), "the dispatched MoE layer's routed output is required");
-            h = _pending! + routedOutput;           // residual + (shared + routed) of the pending layer
+            h = _pending!.Add(routedOutput);           // residual + (shared + routed) of the pending layer
             _pending!.Dispose();
             _input!.Dispose();
             _pending = _input = null;
@@ -66,12 +67,12 @@ public sealed class LayerWalk : IDisposable
             if (!_model.IsMoeLayer(_layer))
             {
                 var attended = h;
-                h = Measure(StepProfile.DenseMlp, () => attended + _model.Dense(_layer, x));
+                h = Measure(StepProfile.DenseMlp, () => attended.Add(_model.Dense(_layer, x)));
                 continue;
             }
             var routing = Measure(StepProfile.Gate, () => _model.Route(_layer, x, _limit));
             var shared = Measure(StepProfile.SharedExperts, () => _model.Shared(_layer, x));
-            Replace(ref _pending, (shared is null ? h : h + shared).DetachFromDisposeScope());
+            Replace(ref _pending, (shared is null ? h : h.Add(shared)).DetachFromDisposeScope());
             _input = x.DetachFromDisposeScope();
             return new MoeDispatch(_layer++, _input, routing);
         }

@@ -1,4 +1,6 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Runtime;
+using TorchSharp;
 using Grid.ModelCore.Weights;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -25,7 +27,7 @@ public enum AttentionMode
 public sealed class MlaAttention : IDisposable
 {
     readonly int _heads, _nope, _rope, _v, _kvLoraRank;
-    readonly double _softmaxScale;
+    readonly Scalar _softmaxScale;           // owned for the layer's lifetime (see Scalars)
     readonly Tensor? _qProj;                 // [H*(nope+rope), d]            (q_lora_rank null)
     readonly Tensor? _qAProj, _qABias;       // [q_lora_rank, d]
     readonly RmsNorm? _qANorm;
@@ -48,7 +50,7 @@ public sealed class MlaAttention : IDisposable
         _rope = c.QkRopeHeadDim;
         _v = c.VHeadDim;
         _kvLoraRank = c.KvLoraRank;
-        _softmaxScale = softmaxScale;
+        _softmaxScale = softmaxScale.ToScalar();
         if (c.QLoraRank is null)
         {
             _qProj = w.Get($"{p}.q_proj.weight");
@@ -107,7 +109,7 @@ public sealed class MlaAttention : IDisposable
         var kNope = kv.narrow(2, 0, _nope).permute(1, 2, 0);             // [H, nope, T]
         var values = kv.narrow(2, _nope, _v).transpose(0, 1);            // [H, T, v]
         var scores = qNope.transpose(0, 1).bmm(kNope)                    // [H, n, T]
-                     + qRope.transpose(0, 1).matmul(kRope.t());
+                     .Add(qRope.transpose(0, 1).matmul(kRope.t()));
         var probs = CausalSoftmax(scores, start, n, t);
         var output = probs.bmm(values);                                  // [H, n, v]
         return output.transpose(0, 1).reshape(n, _heads * _v);
@@ -123,7 +125,7 @@ public sealed class MlaAttention : IDisposable
         var cKV = cache.narrow(1, 0, _kvLoraRank);                       // [T, kvr]
         var kRope = cache.narrow(1, _kvLoraRank, _rope);                 // [T, rope]
         var qLatent = qNope.transpose(0, 1).bmm(_wUK);                   // [H, n, kvr]
-        var scores = qLatent.matmul(cKV.t()) + qRope.transpose(0, 1).matmul(kRope.t()); // [H, n, T]
+        var scores = qLatent.matmul(cKV.t()).Add(qRope.transpose(0, 1).matmul(kRope.t())); // [H, n, T]
         var probs = CausalSoftmax(scores, start, n, t);
         var outLatent = probs.matmul(cKV);                               // [H, n, kvr]
         var output = outLatent.bmm(_wUVt);                               // [H, n, v]
@@ -141,9 +143,9 @@ public sealed class MlaAttention : IDisposable
         var cKV = caches.narrow(2, 0, _kvLoraRank);                      // [B, Tmax, kvr]
         var kRope = caches.narrow(2, _kvLoraRank, _rope);                // [B, Tmax, rope]
         var qLatent = qNope.transpose(0, 1).bmm(_wUK).transpose(0, 1);   // [B, H, kvr]
-        var scores = qLatent.bmm(cKV.transpose(1, 2)) + qRope.bmm(kRope.transpose(1, 2)); // [B, H, Tmax]
-        scores = scores.to(ScalarType.Float32) * _softmaxScale;
-        scores = scores.masked_fill(validMask.logical_not().unsqueeze(1), float.NegativeInfinity);
+        var scores = qLatent.bmm(cKV.transpose(1, 2)).Add(qRope.bmm(kRope.transpose(1, 2))); // [B, H, Tmax]
+        scores = scores.to(ScalarType.Float32).mul(_softmaxScale);
+        scores = scores.masked_fill(validMask.logical_not().unsqueeze(1), Scalars.NegativeInfinity);
         var probs = softmax(scores, -1).to(qNope.dtype);
         var outLatent = probs.bmm(cKV);                                  // [B, H, kvr]
         var output = outLatent.transpose(0, 1).bmm(_wUVt);               // [H, B, v]
@@ -152,14 +154,21 @@ public sealed class MlaAttention : IDisposable
 
     Tensor CausalSoftmax(Tensor scores, int start, long n, long t)
     {
-        scores = scores.to(ScalarType.Float32) * _softmaxScale;
+        scores = scores.to(ScalarType.Float32).mul(_softmaxScale);
         if (n > 1 || start + n < t)
         {
-            var queryPos = arange(start, start + n, dtype: ScalarType.Int64).unsqueeze(1);  // [n, 1]
-            var keyPos = arange(0, t, dtype: ScalarType.Int64).unsqueeze(0);                // [1, T]
-            scores = scores.masked_fill(keyPos.gt(queryPos).unsqueeze(0), float.NegativeInfinity);
+            var queryPos = tensor(Positions(start, n), ScalarType.Int64).unsqueeze(1);      // [n, 1]
+            var keyPos = tensor(Positions(0, t), ScalarType.Int64).unsqueeze(0);            // [1, T]
+            scores = scores.masked_fill(keyPos.gt(queryPos).unsqueeze(0), Scalars.NegativeInfinity);
         }
         return softmax(scores, -1).to(_kvBProj.dtype);
+    }
+
+    static long[] Positions(long start, long count)
+    {
+        var p = new long[count];
+        for (long i = 0; i < count; i++) p[i] = start + i;
+        return p;
     }
 
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
@@ -171,5 +180,6 @@ public sealed class MlaAttention : IDisposable
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();
+        _softmaxScale.Dispose();
     }
 }

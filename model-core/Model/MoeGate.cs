@@ -1,4 +1,6 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Runtime;
+using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
 
@@ -27,10 +29,13 @@ public sealed class MoeGate : IDisposable
 {
     readonly ModelConfig _c;
     readonly Tensor _weight;   // [E, d], float32
+    readonly Scalar _routedScaling, _tiny;   // owned for the gate's lifetime (see Scalars)
 
     public MoeGate(Tensor weight, ModelConfig config)
     {
         _c = config;
+        _routedScaling = config.RoutedScalingFactor.ToScalar();
+        _tiny = 1e-20.ToScalar();
         using (NewDisposeScope()) _weight = weight.to(ScalarType.Float32).DetachFromDisposeScope();
         if (!ReferenceEquals(_weight, weight)) weight.Dispose();
     }
@@ -50,9 +55,9 @@ public sealed class MoeGate : IDisposable
             candidates = KeepBestGroups(candidates, l.Groups, l.MaxGroups);
         var (weights, ids) = candidates.topk(_c.NumExpertsPerTok, dim: -1, largest: true, sorted: true);
         if (_c.NumExpertsPerTok > 1 && _c.NormTopkProb)
-            weights = weights / (weights.sum(-1, keepdim: true) + 1e-20);
+            weights = weights / weights.sum(-1, keepdim: true).Add(_tiny);
         else
-            weights = weights * _c.RoutedScalingFactor;
+            weights = weights.mul(_routedScaling);
         return new Routing((int)n, _c.NumExpertsPerTok,
             ids.to(ScalarType.Int32).data<int>().ToArray(),
             weights.to(ScalarType.Float32).data<float>().ToArray());
@@ -66,8 +71,13 @@ public sealed class MoeGate : IDisposable
         var best = groupScores.topk(keep, dim: -1, largest: true, sorted: false).indexes;
         var groupMask = zeros_like(groupScores).scatter_(1, best, ones_like(best, dtype: groupScores.dtype));
         var expertMask = groupMask.unsqueeze(-1).expand(n, groups, e / groups).reshape(n, e);
-        return scores.masked_fill(expertMask.eq(0), 0.0);
+        return scores.masked_fill(expertMask.eq(Scalars.Zero), Scalars.ZeroFloat);
     }
 
-    public void Dispose() => _weight.Dispose();
+    public void Dispose()
+    {
+        _weight.Dispose();
+        _routedScaling.Dispose();
+        _tiny.Dispose();
+    }
 }

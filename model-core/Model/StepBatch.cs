@@ -84,7 +84,11 @@ public sealed class StepBatch : IDisposable
             DecodeGather = Keep(tensor(gather, ScalarType.Int64));
             DecodeMask = Keep(tensor(mask, [decode.Count, tmax]));
         }
+        _cache = cache;
+        cache.BeginBatch();   // the rows above stay valid: no trim moves blocks until Dispose
     }
+
+    LatentCache? _cache;
 
     readonly List<Tensor> _owned = new();
     (Tensor Cos, Tensor Sin)? _rotary;
@@ -110,6 +114,9 @@ public sealed class StepBatch : IDisposable
     {
         foreach (var t in _owned) t.Dispose();
         _owned.Clear();
+        var cache = _cache;
+        _cache = null;
+        cache?.EndBatch();
     }
 
     /// <summary>Rows whose logits the caller wants: the last row of each chunk, all rows of AllLogits chunks, none of NoLogits chunks.</summary>

@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Runtime;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Model;
@@ -126,7 +127,7 @@ public sealed class YarnRope : IDisposable
         }
         var halves = grouped.chunk(2, -1);
         var rotated = cat([-halves[1], halves[0]], -1);
-        return grouped * cos + rotated * sin;
+        return (grouped * cos).Add(rotated * sin);
     }
 
     public void Dispose()

@@ -149,7 +149,8 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         try
         {
             using var logits = walk.Layers.TakeLogits();                      // [rows, V] float32
-            var values = logits.numel() == 0 ? [] : logits.contiguous().data<float>().ToArray();
+            using var dense = logits.contiguous();   // owned: a temporary left to the finalizer could be freed mid-read
+            var values = logits.numel() == 0 ? [] : dense.data<float>().ToArray();
             int v = (int)logits.shape[1], row = 0;
             var chunks = walk.Chunks;
             var results = new ChunkResult[chunks.Count];
