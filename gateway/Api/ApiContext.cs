@@ -61,7 +61,7 @@ public sealed class ApiContext
             activity?.SetStatus(ActivityStatusCode.Error, cause.Message);
             ctx.Logger.LogWarning("request {RequestId} to {Endpoint} failed: {Message}", ctx.RequestId, endpoint, cause.Message);
             var error = new ApiException(503, cause.Message, null,
-                cause.Message.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable", OpenAiErrors.Unavailable);
+                OpenAiErrors.UnavailablePartCode(cause.Message), OpenAiErrors.Unavailable);
             failed = 503;
             if (!http.Response.HasStarted) await OpenAiErrors.WriteAsync(http, error, CancellationToken.None);
             else await TryWriteStreamErrorAsync(http, error);

@@ -11,6 +11,10 @@ public static class OpenAiErrors
     public const string NotFound = "not_found_error";
     public const string Server = "server_error";
     public const string Unavailable = "service_unavailable";
+    /// <summary>The 503 code for a part of the model no live silo can serve, from the message that names it.</summary>
+    public static string UnavailablePartCode(string message) =>
+        message.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable";
+
     /// <summary>OpenAI's type for 429s.</summary>
     public const string RateLimit = "rate_limit_error";
 

@@ -22,7 +22,7 @@ public static class SystemEndpoints
             // Membership says a part of the model has no live silo: not ready (Kubernetes stops routing here), naming it.
             if (engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
                 return OpenAiErrors.Result(503, missing, OpenAiErrors.Unavailable, null,
-                    missing.Contains("expert group", StringComparison.Ordinal) ? "expert_group_unavailable" : "model_part_unavailable");
+                    OpenAiErrors.UnavailablePartCode(missing));
             return Results.Json(new { status = "ready", model = engine.ModelName });
         });
         app.MapGet("/v1/models", (ServingEngine engine) => Json(new JsonObject

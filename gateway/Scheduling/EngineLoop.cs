@@ -251,16 +251,22 @@ public sealed class EngineLoop : IAsyncDisposable
         if (noRoom.Count > 0)
         {
             Release(noRoom);
-            foreach (var s in noRoom)
-            {
-                _running.Remove(s);
-                Restart(s);
-                s.Shard = -1;
-            }
-            _waiting.InsertRange(0, noRoom.OrderBy(s => s.Id));
-            Preemptions += noRoom.Count;
+            Requeue(noRoom);
             _logger.LogInformation("re-queued {Count} sequences their shard had no latent-cache room for", noRoom.Count);
         }
+    }
+
+    /// <summary>Preempted (their caches already released): back to the head of the queue, to be recomputed.</summary>
+    void Requeue(IReadOnlyList<Sequence> victims)
+    {
+        foreach (var s in victims)
+        {
+            _running.Remove(s);
+            Restart(s);
+            s.Shard = -1;
+        }
+        _waiting.InsertRange(0, victims.OrderBy(s => s.Id));
+        Preemptions += victims.Count;
     }
 
     /// <summary>Forgets the sequence's cache: it is prefilled again from position 0 under a new cache id.</summary>
@@ -326,14 +332,7 @@ public sealed class EngineLoop : IAsyncDisposable
             // shard is alive (this is memory pressure, not a failure); if the call fails anyway, the step's own
             // refusal (no room) re-queues what does not fit.
             await ReleaseNowAsync(victims);
-            foreach (var s in victims)
-            {
-                _running.Remove(s);
-                Restart(s);
-                s.Shard = -1;
-            }
-            _waiting.InsertRange(0, victims.OrderBy(s => s.Id));
-            Preemptions += victims.Count;
+            Requeue(victims);
             _logger.LogInformation("preempted {Count} sequences for latent-cache room (recomputed when room returns)", victims.Count);
         }
         foreach (var s in plan.Admitted.Cast<Sequence>())
