@@ -124,10 +124,11 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         {
             var shard = Shard(model);
             shard.Touch(owner, DateTimeOffset.UtcNow);   // the gateway's lease loop reads budgets: that renews its lease
-            var (sequences, tokens, inUse, reserved) = shard.Stats();
+            var stats = shard.Stats();
             var budget = shard.Budget(Index, owner);
-            return new CacheReport(sequences, tokens, inUse, reserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks)
+            return new CacheReport(stats.Sequences, stats.Tokens, stats.BytesInUse, stats.BytesReserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks)
             {
+                BytesBudget = stats.BytesBudget,
                 OwnBlocks = budget.OwnBlocks,
                 Silo = RuntimeIdentity,
                 Reclaimed = shard.Reclaimed,

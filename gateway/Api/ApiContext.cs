@@ -21,6 +21,10 @@ public sealed class ApiContext
     /// <summary>The client went away or the server is stopping.</summary>
     public required CancellationToken Aborted { get; init; }
     public long StartTimestamp { get; } = Stopwatch.GetTimestamp();
+    /// <summary>Silence after which a stream writes an SSE keep-alive comment (Grid:Http:KeepAliveSeconds; zero = off).</summary>
+    public TimeSpan KeepAlive => TimeSpan.FromSeconds(Options.Http.KeepAliveSeconds);
+    /// <summary>The clock keep-alives run on (the registered TimeProvider, else the system's).</summary>
+    public TimeProvider Time => Http.RequestServices.GetService<TimeProvider>() ?? TimeProvider.System;
     public string RequestId { get; } = Guid.NewGuid().ToString("N")[..24];
 
     /// <summary>Runs a generation endpoint: 503 until the model is loaded, OpenAI error JSON for every refusal.</summary>

@@ -34,9 +34,9 @@ public static class ChatStreamWriter
             return chunk;
         }
         var response = ctx.Http.Response;
-        await Sse.StartAsync(response, ctx.Aborted);
+        await using var sse = await SseStream.StartAsync(response, ctx.KeepAlive, ctx.Time, ctx.Aborted);
         foreach (var c in choices.Choices)
-            await Sse.WriteAsync(response, Chunk(c.Index, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null, null), ctx.Aborted);
+            await sse.WriteAsync(Chunk(c.Index, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null, null));
         await foreach (var update in updates.WithCancellation(ctx.Aborted))
         {
             JsonObject? chunk = update switch
@@ -46,15 +46,15 @@ public static class ChatStreamWriter
                 FinishUpdate f => Chunk(f.Choice.Index, f.Delta.Length > 0 ? new JsonObject { ["content"] = f.Delta } : new JsonObject(), null, f.Reason),
                 _ => null,
             };
-            if (chunk is not null) await Sse.WriteAsync(response, chunk, ctx.Aborted);
+            if (chunk is not null) await sse.WriteAsync(chunk);
         }
         if (includeUsage)
         {
             var last = Chunk(0, new JsonObject(), null, null);
             last["choices"] = new JsonArray();
             last["usage"] = choices.Usage();
-            await Sse.WriteAsync(response, last, ctx.Aborted);
+            await sse.WriteAsync(last);
         }
-        await Sse.DoneAsync(response, ctx.Aborted);
+        await sse.DoneAsync();
     }
 }

@@ -27,7 +27,7 @@ public static class CompletionStreamWriter
             return chunk;
         }
         var response = ctx.Http.Response;
-        await Sse.StartAsync(response, ctx.Aborted);
+        await using var sse = await SseStream.StartAsync(response, ctx.KeepAlive, ctx.Time, ctx.Aborted);
         await foreach (var update in updates.WithCancellation(ctx.Aborted))
         {
             JsonObject? choice = update switch
@@ -37,16 +37,16 @@ public static class CompletionStreamWriter
                 FinishUpdate f => Choice(f.Choice.Index, f.Delta, null, f.Reason),
                 _ => null,
             };
-            if (choice is not null) await Sse.WriteAsync(response, Chunk(choice), ctx.Aborted);
+            if (choice is not null) await sse.WriteAsync(Chunk(choice));
         }
         if (includeUsage)
         {
             var last = Chunk(new JsonObject());
             last["choices"] = new JsonArray();
             last["usage"] = choices.Usage();
-            await Sse.WriteAsync(response, last, ctx.Aborted);
+            await sse.WriteAsync(last);
         }
-        await Sse.DoneAsync(response, ctx.Aborted);
+        await sse.DoneAsync();
     }
 
     static JsonObject Choice(int index, string text, JsonObject? logprobs, string? finish) => new()

@@ -31,7 +31,7 @@ public static class EngineFactory
         try
         {
             var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory,
-                new ModelLoadOptions { Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes },
+                new ModelLoadOptions { Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes, MemoryUtilization = cache.MemoryUtilization },
                 progress is null ? null : new DecileProgress(progress)), cancellationToken);
             return new LocalStepExecutor(model, thread, ownsThread: true);
         }

@@ -58,6 +58,7 @@ public sealed class GridConnection : IAsyncDisposable
                 {
                     CacheBlockSize = cache.CacheBlockSize,
                     CacheMaxBytes = cache.CacheMaxBytes,
+                    MemoryUtilization = cache.MemoryUtilization,
                     TorchThreads = cache.TorchThreads,
                     Attention = true,
                     ExpertGroups = config.NRoutedExperts > 0 ? Enumerable.Range(0, cluster.ExpertGroups).ToArray() : [],

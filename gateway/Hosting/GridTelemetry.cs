@@ -39,6 +39,8 @@ public sealed class GridTelemetry : IDisposable
         RequestDuration = _meter.CreateHistogram("grid_request_duration_seconds", null, "Generation request duration", null, Buckets);
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
+        _meter.CreateObservableGauge("grid_latent_cache_usage_ratio", () => engine.CacheStats.UsageRatio, description: "Latent-cache blocks in use over the budget, every attention host counted once (vLLM's kv_cache_usage_perc), 0..1");
+        _meter.CreateObservableGauge("grid_latent_cache_budget_bytes", () => engine.CacheStats.BytesBudget, unit: "By", description: "Latent-cache budget of the attention hosts (Grid:Silo:CacheMaxBytes or from Grid:Silo:MemoryUtilization)");
         _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");
         _meter.CreateObservableGauge("grid_running_sequences", () => engine.Loop?.RunningCount ?? 0, description: "Sequences in the running batch");
         _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Loop?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");

@@ -340,7 +340,10 @@ public sealed class GridStepExecutor : IStepExecutor
     public async Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken)
     {
         var reports = await CacheReportsAsync(cancellationToken);
-        return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), reports.Sum(r => r.BytesReserved));
+        // Shards on one silo share its cache: count each silo's blocks once.
+        var pools = reports.GroupBy(r => r.Silo).Select(g => g.First()).ToArray();
+        return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), pools.Sum(r => r.BytesReserved),
+            pools.Sum(r => (long)r.UsedBlocks), pools.Sum(r => (long)r.TotalBlocks), pools.Sum(r => r.BytesBudget));
     }
 
     /// <summary>

@@ -97,6 +97,8 @@ public sealed record CacheReport(
     [Id(8)] public string Silo { get; init; } = "";
     /// <summary>Caches this shard freed because their gateway's lease expired.</summary>
     [Id(9)] public long Reclaimed { get; init; }
+    /// <summary>The host's latent-cache budget in bytes (TotalBlocks whole blocks).</summary>
+    [Id(10)] public long BytesBudget { get; init; }
 }
 
 /// <summary>

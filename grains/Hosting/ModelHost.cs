@@ -91,12 +91,14 @@ public sealed class ModelHost : IHostedService, IDisposable
                     ExpertRanges = ranges,
                     CacheBlockSize = _options.CacheBlockSize,
                     CacheMaxBytes = _options.CacheMaxBytes,
+                    MemoryUtilization = _options.MemoryUtilization,
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);
                 _declaredLoaded = true;
                 UpdateDetail(model);   // before completing: the "ready" line reads it
                 _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
+                if (model.Cache is not null) _logger.LogInformation("latent-cache budget {Budget}", model.CacheBudgetReason);
                 _loaded.TrySetResult(model);
             }
             catch (Exception e)

@@ -12,7 +12,8 @@ public sealed class SiloTelemetry : IDisposable
     public const string Name = "Grid.Silo";
 
     readonly Meter _meter = new(Name);
-    long _cacheTokens, _cacheBytes, _cacheReserved, _cacheSequences;
+    long _cacheTokens, _cacheBytes, _cacheReserved, _cacheSequences, _cacheBudget;
+    double _cacheUsage;
 
     public Counter<long> ExpertTokens { get; }
     public Counter<long> ExpertCalls { get; }
@@ -25,6 +26,8 @@ public sealed class SiloTelemetry : IDisposable
         _meter.CreateObservableGauge("grid_silo_latent_cache_tokens", () => Interlocked.Read(ref _cacheTokens), description: "Tokens in this silo's MLA latent cache");
         _meter.CreateObservableGauge("grid_silo_latent_cache_bytes", () => Interlocked.Read(ref _cacheBytes), unit: "By", description: "Latent cache bytes held by live sequences on this silo");
         _meter.CreateObservableGauge("grid_silo_latent_cache_reserved_bytes", () => Interlocked.Read(ref _cacheReserved), unit: "By", description: "Latent cache pool bytes reserved on this silo");
+        _meter.CreateObservableGauge("grid_silo_latent_cache_budget_bytes", () => Interlocked.Read(ref _cacheBudget), unit: "By", description: "Latent cache budget of this silo (the pools grow to it on demand)");
+        _meter.CreateObservableGauge("grid_silo_latent_cache_usage_ratio", () => Volatile.Read(ref _cacheUsage), description: "Latent-cache blocks in use over the budget's blocks on this silo, 0..1");
         _meter.CreateObservableGauge("grid_silo_sequences", () => Interlocked.Read(ref _cacheSequences), description: "Sequences whose latent cache lives on this silo");
         ExpertTokens = _meter.CreateCounter<long>("grid_expert_tokens", description: "Token rows routed into this silo's expert groups, by group");
         ExpertCalls = _meter.CreateCounter<long>("grid_expert_calls", description: "Expert-group calls served, by group");
@@ -39,6 +42,8 @@ public sealed class SiloTelemetry : IDisposable
         Interlocked.Exchange(ref _cacheBytes, cache.BytesInUse);
         Interlocked.Exchange(ref _cacheReserved, cache.BytesReserved);
         Interlocked.Exchange(ref _cacheSequences, cache.LiveSequences);
+        Interlocked.Exchange(ref _cacheBudget, cache.MaxBlocks * cache.BytesPerBlock);
+        Volatile.Write(ref _cacheUsage, (double)cache.BlocksInUse / cache.MaxBlocks);
     }
 
     public void Dispose() => _meter.Dispose();

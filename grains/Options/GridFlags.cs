@@ -52,6 +52,7 @@ public static class GridFlags
         new("--max-running-sequences", "Grid:Scheduler:MaxRunningSequences", Gateway, "Most sequences in the running batch"),
         new("--max-batched-tokens", "Grid:Scheduler:MaxBatchedTokens", Gateway, "Most new tokens one step carries"),
         new("--prefill-chunk-tokens", "Grid:Scheduler:PrefillChunkTokens", Gateway, "Longest prefill chunk of one sequence per step"),
+        new("--keep-alive-seconds", "Grid:Http:KeepAliveSeconds", Gateway, "Seconds of silence after which a stream gets an SSE keep-alive comment (0 = off)"),
         new("--drain-seconds", "Grid:Http:DrainSeconds", Gateway, "On SIGTERM, seconds running streams get to finish"),
         new("--max-waiting", "Grid:Scheduler:MaxWaiting", Gateway, "Most requests waiting to be admitted (429 beyond)"),
         new("--max-queue-seconds", "Grid:Scheduler:MaxQueueSeconds", Gateway, "Longest wait to be admitted before 429 (0 = no limit)"),
@@ -71,7 +72,8 @@ public static class GridFlags
         new("--torch-threads", "Grid:Silo:TorchThreads", GridExecutable.Silo, "Torch intra-op threads (0 = torch default)"),
         new("--metrics-port", "Grid:Silo:MetricsPort", GridExecutable.Silo, "Prometheus metrics port (0 = off)"),
         new("--block-size", "Grid:Silo:CacheBlockSize", Everywhere, "Latent cache block (page) size in tokens"),
-        new("--cache-max-bytes", "Grid:Silo:CacheMaxBytes", Everywhere, "Latent-cache budget of an attention host in bytes (the planner admits and preempts against it)"),
+        new("--cache-max-bytes", "Grid:Silo:CacheMaxBytes", Everywhere, "Latent-cache budget of an attention host in bytes (the planner admits and preempts against it); default: from --memory-utilization"),
+        new("--memory-utilization", "Grid:Silo:MemoryUtilization", Everywhere, "Fraction of host memory this process may use (weights + latent cache), like vLLM's --gpu-memory-utilization; sets the cache budget when --cache-max-bytes is not given (default 0.9)"),
     ];
 
     /// <summary>Older spellings still accepted: <c>--group-count</c> (grid-silo) is <c>--expert-groups</c>.</summary>

@@ -79,6 +79,8 @@ public sealed class HttpOptions
     /// process exits (Kubernetes: keep terminationGracePeriodSeconds above it).
     /// </summary>
     public double DrainSeconds { get; set; } = 30;
+    /// <summary>A streamed response that has written nothing for this long gets an SSE comment line (": keep-alive"); 0 = off.</summary>
+    public double KeepAliveSeconds { get; set; } = 15;
     /// <summary>Expose /debug/steps and /debug/cache (off by default; guarded by the API keys like every other route).</summary>
     public bool DebugEndpoints { get; set; }
 }
@@ -102,8 +104,12 @@ public sealed class SiloOptions
     public string Device { get; set; } = "cpu";
     /// <summary>Latent cache block size in tokens.</summary>
     public int CacheBlockSize { get; set; } = 16;
-    /// <summary>Latent-cache budget of this silo's attention shards in bytes (whole blocks); the planner admits and preempts against it.</summary>
-    public long CacheMaxBytes { get; set; } = Grid.ModelCore.Model.ModelLoadOptions.DefaultCacheMaxBytes;
+    /// <summary>Latent-cache budget of this silo's attention shards in bytes (whole blocks); the planner admits and preempts
+    /// against it. Null: derived from <see cref="MemoryUtilization"/> once the weights are loaded.</summary>
+    public long? CacheMaxBytes { get; set; }
+    /// <summary>Fraction of the host's memory (the container limit where there is one) this process may use in all, like
+    /// vLLM's gpu_memory_utilization: without CacheMaxBytes the latent cache gets what is left after the weights.</summary>
+    public double MemoryUtilization { get; set; } = Grid.ModelCore.Cache.CacheBudget.DefaultMemoryUtilization;
     /// <summary>Torch intra-op threads for this silo's inference thread (0 = torch default).</summary>
     public int TorchThreads { get; set; }
     /// <summary>Prometheus listener port for this silo's metrics (0 = off).</summary>

@@ -73,6 +73,7 @@ sealed class SchedulerOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Scheduler:MaxBatchedTokens", o.Scheduler.MaxBatchedTokens, 1);
         AtLeast(fail, "Grid:Scheduler:PrefillChunkTokens", o.Scheduler.PrefillChunkTokens, 1);
         AtLeast(fail, "Grid:Scheduler:MaxWaiting", o.Scheduler.MaxWaiting, 1);
+        if (!(o.Http.KeepAliveSeconds >= 0)) fail($"Grid:Http:KeepAliveSeconds must be 0 (off) or positive, got {o.Http.KeepAliveSeconds}", null);
         if (!(o.Http.DrainSeconds >= 0)) fail($"Grid:Http:DrainSeconds must be 0 or positive, got {o.Http.DrainSeconds}", null);
         if (!(o.Scheduler.MaxQueueSeconds >= 0)) fail($"Grid:Scheduler:MaxQueueSeconds must be 0 (no limit) or positive, got {o.Scheduler.MaxQueueSeconds}", null);
     }
@@ -116,7 +117,9 @@ sealed class CacheOptionsValidator : GridValidator
     protected override void Check(GridOptions o, Action<string, string?> fail)
     {
         AtLeast(fail, "Grid:Silo:CacheBlockSize", o.Silo.CacheBlockSize, 1);
-        AtLeast(fail, "Grid:Silo:CacheMaxBytes", o.Silo.CacheMaxBytes, 1 << 20);
+        if (o.Silo.CacheMaxBytes is long bytes) AtLeast(fail, "Grid:Silo:CacheMaxBytes", bytes, 1 << 20);
+        if (!(o.Silo.MemoryUtilization > 0 && o.Silo.MemoryUtilization <= 1))
+            fail($"{GridFlags.Describe("Grid:Silo:MemoryUtilization")} must be a fraction in (0, 1], got {o.Silo.MemoryUtilization}", null);
     }
 }
 

@@ -17,10 +17,11 @@ public sealed record ModelLoadOptions
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
     public int CacheBlockSize { get; init; } = 16;
     public int CacheInitialBlocks { get; init; } = 64;
-    /// <summary>The latent-cache budget of this host in bytes (rounded down to whole blocks).</summary>
-    public long CacheMaxBytes { get; init; } = DefaultCacheMaxBytes;
-
-    public const long DefaultCacheMaxBytes = 2L << 30;
+    /// <summary>The latent-cache budget of this host in bytes (rounded down to whole blocks); null derives it from
+    /// <see cref="MemoryUtilization"/> once the weights are loaded (<see cref="CacheBudget"/>).</summary>
+    public long? CacheMaxBytes { get; init; }
+    /// <summary>The fraction of host memory this process may use in all when <see cref="CacheMaxBytes"/> is not given.</summary>
+    public double MemoryUtilization { get; init; } = CacheBudget.DefaultMemoryUtilization;
 }
 
 /// <summary>
@@ -40,6 +41,9 @@ public sealed class DeepseekV2Model : IDisposable
     public ScalarType Dtype { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
+    /// <summary>The latent-cache budget chosen at load (bytes, before rounding to blocks) and how it was chosen.</summary>
+    public long CacheBudgetBytes { get; }
+    public string CacheBudgetReason { get; } = "";
     /// <summary>The expert groups this host holds, in expert order (a snapshot: <see cref="LoadExpertGroup(string, ExpertRange, IProgress{LoadProgress}?)"/> replaces it).</summary>
     public IReadOnlyList<Experts> ExpertGroups => _expertGroups;
     public bool HasAttention => _embedTokens is not null;
@@ -63,8 +67,6 @@ public sealed class DeepseekV2Model : IDisposable
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
             _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
             _lmHead = config.TieWordEmbeddings ? _embedTokens : w.Get("lm_head.weight");
-            Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
-                LatentCache.BlocksFor(options.CacheMaxBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize));
         }
         else
         {
@@ -72,6 +74,14 @@ public sealed class DeepseekV2Model : IDisposable
         }
         _expertGroups = ranges.Select(r => new Experts(w, r)).ToArray();
         _loadedTensors = w.Loaded.ToArray();
+        if (options.LoadAttention)
+        {
+            // Every weight is resident now: what is left of the host's share is the cache's.
+            CacheBudgetBytes = CacheBudget.Resolve(options.CacheMaxBytes, options.MemoryUtilization, out var reason);
+            CacheBudgetReason = reason;
+            Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
+                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize));
+        }
     }
 
     public static DeepseekV2Model Load(string directory, ModelLoadOptions? options = null, IProgress<LoadProgress>? progress = null)

@@ -212,7 +212,8 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
     public CacheStats Stats()
     {
         var c = Cache;
-        return new CacheStats(_sequences.Count, _sequences.Values.Sum(s => (long)s.Length), _sequences.Values.Sum(c.SequenceBytes), c.BytesReserved);
+        return new CacheStats(_sequences.Count, _sequences.Values.Sum(s => (long)s.Length), _sequences.Values.Sum(c.SequenceBytes), c.BytesReserved,
+            c.BlocksInUse, c.MaxBlocks, c.MaxBlocks * c.BytesPerBlock);
     }
 
     /// <summary>

@@ -40,7 +40,11 @@ public sealed record StepChunk(long SequenceId, int Position, int[] Tokens, int 
 public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored);
 
 /// <summary>Latent cache occupancy of the hosts an executor drives.</summary>
-public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved);
+public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved, long BlocksInUse = 0, long BlocksBudget = 0, long BytesBudget = 0)
+{
+    /// <summary>Blocks in use over the budget's blocks, across every host's cache counted once (vLLM's kv_cache_usage_perc, 0..1).</summary>
+    public double UsageRatio => BlocksBudget > 0 ? (double)BlocksInUse / BlocksBudget : 0;
+}
 
 /// <summary>
 /// An attention shard's latent-cache budget: blocks of <see cref="BlockSize"/> tokens, how many its host may hold and

@@ -39,6 +39,9 @@ public class ConfigurationTests
     [InlineData(GridExecutable.Benchmark, "Grid:Cluster:Clustering", "zookeeper", "Grid:Cluster:Clustering: 'zookeeper' is not supported")]
     [InlineData(GridExecutable.Benchmark, "Grid:Cluster:ExpertGroups", "0", "Grid:Cluster:ExpertGroups must be at least 1, got 0")]
     [InlineData(GridExecutable.Serve, "Grid:Http:Port", "abc", "'Grid:Http:Port'")]
+    [InlineData(GridExecutable.Serve, "Grid:Silo:MemoryUtilization", "1.5", "Grid:Silo:MemoryUtilization (--memory-utilization) must be a fraction in (0, 1], got 1.5")]
+    [InlineData(GridExecutable.Generate, "Grid:Silo:MemoryUtilization", "0", "must be a fraction in (0, 1], got 0")]
+    [InlineData(GridExecutable.Serve, "Grid:Silo:CacheMaxBytes", "1000", "Grid:Silo:CacheMaxBytes must be at least 1048576, got 1000")]
     public void BadValuesGiveOneLineThatNamesTheKey(GridExecutable executable, string key, string value, string message)
     {
         var e = Assert.Throws<GridConfigurationException>(() => Load(executable, (key, value)));
