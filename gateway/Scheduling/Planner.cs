@@ -141,8 +141,12 @@ public sealed class Planner(SchedulerOptions options)
             if (budget <= 0 && chunks.Count > 0) break;
             int want = Blocks(seq.Tokens.Count + 1);
             if (!capacity.Any(c => want <= c)) { refused.Add(seq); continue; }
-            // The shard whose host has the most room; among equals, the one running fewest of this gateway's sequences.
-            int shard = Enumerable.Range(0, shards.Count).OrderByDescending(i => free[poolOf[i]]).ThenBy(i => load[i]).ThenBy(i => i).First();
+            // The shard whose host has the most room as a share of its budget, in sixteenths (hosts' budgets differ:
+            // raw block counts would send everything to the biggest); among those, the one running fewest of this
+            // gateway's sequences, then the most blocks free.
+            int shard = Enumerable.Range(0, shards.Count)
+                .OrderByDescending(i => RoomBand(free[poolOf[i]], capacity[poolOf[i]]))
+                .ThenBy(i => load[i]).ThenByDescending(i => free[poolOf[i]]).ThenBy(i => i).First();
             if (want > free[poolOf[shard]]) break;
             int n = Math.Min(seq.Remaining, Math.Min(options.PrefillChunkTokens, Math.Max(1, budget)));
             seq.Shard = shard;
@@ -154,6 +158,9 @@ public sealed class Planner(SchedulerOptions options)
         }
         return new StepPlan(chunks, admitted, preempted, refused);
     }
+
+    /// <summary>A pool's free share of its budget in sixteenths (0..16): hosts within one band count as equally roomy.</summary>
+    static int RoomBand(int free, int capacity) => capacity <= 0 ? 0 : (int)Math.Clamp(16L * Math.Max(0, free) / capacity, 0, 16);
 
     /// <summary>
     /// Positions [Computed, Computed + n): sampled when the chunk reaches the end of the known tokens; with prompt

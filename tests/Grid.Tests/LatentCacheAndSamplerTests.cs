@@ -15,6 +15,7 @@ public class LatentCacheAndSamplerTests
         using var model = DeepseekV2Model.Load(Golden.Dir("full_f32"), new ModelLoadOptions { CacheBlockSize = 16, CacheInitialBlocks = 2 });
         var c = model.Config;
         var cache = model.Cache!;
+        cache.AutoTrim = false;   // the pool stays as grown, to show freed blocks are reused (trimming: LatentCacheTrimTests)
         // (kv_lora_rank + qk_rope_head_dim) * layers * 4 bytes per token: (48 + 16) * 4 * 4.
         Assert.Equal((c.KvLoraRank + c.QkRopeHeadDim) * c.NumHiddenLayers * 4, cache.BytesPerToken);
         Assert.Equal(1024, cache.BytesPerToken);

@@ -55,17 +55,26 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         }
     }
 
-    /// <summary>Lets the test hold the engine between steps.</summary>
+    /// <summary>
+    /// Holds the engine before a given step, counted from when the test arms it: the hold lands at a step the test
+    /// chose, however fast the machine steps (a hold requested from outside the engine raced it).
+    /// </summary>
     sealed class Gated(IStepExecutor inner) : IStepExecutor
     {
-        readonly SemaphoreSlim _open = new(1, 1);
+        int _countdown = int.MaxValue;
+        readonly TaskCompletionSource _held = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        readonly TaskCompletionSource _resume = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public ModelConfig Config => inner.Config;
-        public async Task HoldAsync() => await _open.WaitAsync();
-        public void Resume() => _open.Release();
+        /// <summary>Holds the engine before its <paramref name="steps"/>-th step from now; the task completes once it holds.</summary>
+        public Task HoldBeforeStepAsync(int steps) { Volatile.Write(ref _countdown, steps); return _held.Task; }
+        public void Resume() => _resume.TrySetResult();
         public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
         {
-            await _open.WaitAsync(cancellationToken);
-            _open.Release();
+            if (Interlocked.Decrement(ref _countdown) == 0)
+            {
+                _held.TrySetResult();
+                await _resume.Task.WaitAsync(cancellationToken);
+            }
             return await inner.StepAsync(chunks, cancellationToken);
         }
         public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => inner.ReleaseAsync(sequenceIds, cancellationToken);
@@ -109,23 +118,23 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         var solo = new List<List<int>>();
         foreach (var r in requests) solo.Add((await RunAsync(loop, r)).Tokens);
 
-        // All six at once; hold the engine once every stream has some tokens, and take one attention silo away.
-        int started = 0;
-        var held = new TaskCompletionSource();
-        var runs = requests.Select(r =>
-        {
-            bool counted = false;
-            return RunAsync(loop, r, n =>
-            {
-                if (n >= 5 && !counted) { counted = true; if (Interlocked.Increment(ref started) == requests.Length) held.TrySetResult(); }
-            });
-        }).ToArray();
-        await Poll.UntilAsync(() => Task.FromResult(held.Task.IsCompleted), "the streams did not start");
-        await gated.HoldAsync();
+        // All six at once; hold the engine at its 10th step (every stream running, none near its 40 tokens), and take
+        // one attention silo away.
+        // The planner spreads new sequences over the hosts with the most room: wait until the budgets it reads show the
+        // solo runs' caches released, so the six land on both shards.
+        await Poll.UntilAsync(async () => (await grid.GetBudgetsAsync(CancellationToken.None)).All(b => b.UsedBlocks == 0), "the solo runs' caches were not released");
+        var held = gated.HoldBeforeStepAsync(10);
+        var tokensAtHold = new int[requests.Length];
+        var runs = requests.Select((r, i) => RunAsync(loop, r, n => Volatile.Write(ref tokensAtHold[i], n))).ToArray();
+        await held.WaitAsync(Poll.Deadline);
         var shardSilos = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
         var victim = _cluster.Silos.Single(s => s != _cluster.Primary! && shardSilos.Any(x => x.Silo == s.SiloAddress.ToString()));
+        var victimShard = Array.FindIndex(shardSilos, x => x.Silo == victim.SiloAddress.ToString());
+        var victimCache = await _cluster.Client.GetGrain<IAttentionGrain>(victimShard).GetCacheAsync(grid.Owner);
+        Assert.True(victimCache.Sequences > 0, $"no sequence runs on the shard of the silo the test stops (shard {victimShard})");
         await _cluster.StopSiloAsync(victim);
         await Poll.UntilAsync(() => Task.FromResult(watch.Silos.All(s => s.Address != victim.SiloAddress.ToString() || !s.Active)), "membership did not show the silo leaving");
+        Assert.All(tokensAtHold, n => Assert.InRange(n, 0, 39));   // nothing had finished when the silo left
         gated.Resume();
 
         var done = await Task.WhenAll(runs);

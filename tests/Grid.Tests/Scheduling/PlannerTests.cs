@@ -22,6 +22,24 @@ public sealed class PlannerTests
         new(new SchedulerOptions { MaxRunningSequences = maxRunning, MaxBatchedTokens = maxBatched, PrefillChunkTokens = chunk });
 
     [Fact]
+    public void HostsWithDifferentBudgetsShareNewSequencesByLoadWhileBothHaveRoom()
+    {
+        // Budgets from host memory differ between hosts; raw block counts would send every sequence to the bigger one.
+        var shards = new[] { new ShardBudget(0, 16, 1_000_000, 0) { Pool = "big" }, new ShardBudget(1, 16, 900_000, 0) { Pool = "small" } };
+        var waiting = Enumerable.Range(1, 6).Select(i => Seq(i, 10)).ToArray();
+        var plan = Planner().Plan([], waiting, shards);
+        Assert.Equal(6, plan.Admitted.Count);
+        Assert.Equal(3, waiting.Count(s => s.Shard == 0));
+        Assert.Equal(3, waiting.Count(s => s.Shard == 1));
+
+        // A host clearly fuller (in sixteenths of its budget) gets nothing while another has more room.
+        var tight = new[] { new ShardBudget(0, 16, 100, 60) { Pool = "a" }, new ShardBudget(1, 16, 100, 0) { Pool = "b" } };
+        var more = Enumerable.Range(1, 4).Select(i => Seq(i, 10)).ToArray();
+        Planner().Plan([], more, tight);
+        Assert.All(more, s => Assert.Equal(1, s.Shard));
+    }
+
+    [Fact]
     public void DecodesComeFirstThenPrefillChunksWithinTheTokenBudget()
     {
         // Two decoding sequences (prompt done, one generated token pending) and two half-prefilled ones.
