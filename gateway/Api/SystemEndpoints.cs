@@ -45,6 +45,8 @@ public static class SystemEndpoints
                 tokens = stats.Tokens,
                 bytes_in_use = stats.BytesInUse,
                 bytes_reserved = stats.BytesReserved,
+                bytes_budget = stats.BytesBudget,
+                usage_ratio = stats.UsageRatio,
                 running = engine.Loop?.RunningCount ?? 0,
                 waiting = engine.Loop?.WaitingCount ?? 0,
             });
