@@ -19,6 +19,9 @@ public static class GridClusteringExtensions
         int gatewayPort = o.IsEmbedded ? 0 : o.GatewayPort > 0 ? o.GatewayPort : GridClusterOptions.FreePort();
         silo.Configure<ClusterOptions>(c => { c.ClusterId = o.ClusterId; c.ServiceId = o.ServiceId; });
         silo.Configure<ClusterMembershipOptions>(m => ConfigureMembership(m, o));
+        silo.Services.AddSingleton(sp => new JoinAwareFatalErrorHandler(o, sp.GetRequiredService<ILogger<JoinAwareFatalErrorHandler>>()));
+        silo.Services.AddSingleton<IFatalErrorHandler>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
         if (o.IsRedis)
         {
             silo.UseRedisClustering(r => r.ConfigurationOptions = RedisConfiguration(o));

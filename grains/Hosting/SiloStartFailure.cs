@@ -22,14 +22,18 @@ public static class SiloStartFailure
             return $"cannot reach the Redis membership store at {cluster.Redis} ({redis.FailureType}): {FirstLine(redis.Message)}";
         }
         if (all.Any(e => e.GetType().Name.Contains("ConnectivityCheckFailed", StringComparison.Ordinal) || e.Message.Contains("join", StringComparison.OrdinalIgnoreCase)))
-        {
-            var tls = cluster.Tls.IsEnabled
-                ? $"cluster TLS is on here (certificate {cluster.Tls.CertificatePath}): the other silos must use TLS and a certificate from the same cluster CA"
-                : "cluster TLS is off here (Grid:Cluster:Tls:CertificatePath): if the cluster uses TLS, this silo needs a certificate from the cluster CA";
-            return $"could not join cluster '{cluster.ClusterId}' within {cluster.MaxJoinSeconds:0.#} s (Grid:Cluster:MaxJoinSeconds): the cluster's silos did not answer this silo; {tls}. {FirstLine(failure.Message)}";
-        }
+            return JoinFailure(cluster, $"the cluster's silos did not answer it within {cluster.MaxJoinSeconds:0.#} s (Grid:Cluster:MaxJoinSeconds). {FirstLine(failure.Message)}");
         var root = all[^1];
         return $"{root.GetType().Name}: {FirstLine(root.Message)}";
+    }
+
+    /// <summary>"could not join cluster 'id': {why}; {what cluster TLS says about it}".</summary>
+    public static string JoinFailure(GridClusterOptions cluster, string why)
+    {
+        var tls = cluster.Tls.IsEnabled
+            ? $"cluster TLS is on here (certificate {cluster.Tls.CertificatePath}): the other silos must use TLS and a certificate from the same cluster CA"
+            : "cluster TLS is off here (Grid:Cluster:Tls:CertificatePath): if the cluster uses TLS, this silo needs a certificate from the cluster CA";
+        return $"could not join cluster '{cluster.ClusterId}': {why}; {tls}";
     }
 
     static IEnumerable<Exception> Flatten(Exception e)

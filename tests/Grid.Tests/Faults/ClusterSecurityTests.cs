@@ -169,7 +169,8 @@ public sealed class ClusterSecurityTests(SecureClusterFixture fixture, ITestOutp
             if (row.StartsWith(prefix, StringComparison.Ordinal)) seen.Add(status);
         output.WriteLine($"{name}: exit {code}, membership statuses seen: [{string.Join(",", seen)}]\n{Cluster.LogTail(name, 15)}");
         Assert.DoesNotContain(Active, seen);
-        Assert.Equal(1, code);
+        // Either it gave up joining (exit 1) or the cluster voted it dead first and Orleans stopped it (FailFast: 134).
+        Assert.NotEqual(0, code);
         var log = Cluster.LogTail(name, 400);
         Assert.Contains($"error: silo did not start: could not join cluster '{Cluster.ClusterId}'", log);
         Assert.Contains(hint, log);
