@@ -37,6 +37,9 @@ public sealed class ClusterTls
             throw new GridConfigurationException($"Grid:Cluster:Tls:CaPath: cannot read '{o.CaPath}': {e.Message}", e);
         }
         if (authorities.Count == 0) throw new GridConfigurationException($"Grid:Cluster:Tls:CaPath: '{o.CaPath}' holds no PEM certificate");
+        bool pkcs12 = o.CertificatePath!.EndsWith(".pfx", StringComparison.OrdinalIgnoreCase) || o.CertificatePath.EndsWith(".p12", StringComparison.OrdinalIgnoreCase);
+        if (!pkcs12 && string.IsNullOrEmpty(o.KeyPath) && File.Exists(o.CertificatePath) && !File.ReadAllText(o.CertificatePath).Contains("PRIVATE KEY-----", StringComparison.Ordinal))
+            throw new GridConfigurationException($"Grid:Cluster:Tls:CertificatePath: '{o.CertificatePath}' has no private key (set Grid:Cluster:Tls:KeyPath)");
         X509Certificate2 certificate;
         try { certificate = LoadCertificate(o); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)

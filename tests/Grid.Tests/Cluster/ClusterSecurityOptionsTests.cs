@@ -65,7 +65,8 @@ public sealed class ClusterSecurityOptionsTests
         {
             var redis = host.Services.GetRequiredService<IOptions<RedisClusteringOptions>>().Value.ConfigurationOptions!;
             Assert.Equal("pw-1", redis.Password);
-            Assert.Equal("redis.example:6380", redis.EndPoints.Single().ToString());
+            var endpoint = Assert.IsType<System.Net.DnsEndPoint>(redis.EndPoints.Single());
+            Assert.Equal(("redis.example", 6380), (endpoint.Host, endpoint.Port));
             Assert.Equal(TimeSpan.FromSeconds(42), host.Services.GetRequiredService<IOptions<ClusterMembershipOptions>>().Value.MaxJoinAttemptTime);
             Assert.IsType<JoinAwareFatalErrorHandler>(host.Services.GetRequiredService<Orleans.Runtime.IFatalErrorHandler>());
         }

@@ -191,7 +191,7 @@ public sealed class KubernetesManifestTests
         var volume = pod.Volumes.Single(v => v.Name == mount.Name);
         Assert.Equal(secret, volume.Secret?.SecretName);
         var file = path[(mount.MountPath.TrimEnd('/').Length + 1)..];
-        Assert.True(volume.Secret.Items is null || volume.Secret.Items.Any(i => i.Path == file), $"{container.Name}: secret {secret} does not project {file}");
+        Assert.True(volume.Secret!.Items is null || volume.Secret.Items.Any(i => i.Path == file), $"{container.Name}: secret {secret} does not project {file}");
     }
 
     [Fact]
