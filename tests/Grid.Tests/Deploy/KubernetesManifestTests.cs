@@ -250,4 +250,21 @@ public sealed class KubernetesManifestTests
         var covered = Enumerable.Range(0, silos).SelectMany(i => ExpertLayout.GroupsFor(i, silos, groups)).Distinct().Order();
         Assert.Equal(Enumerable.Range(0, groups), covered);
     }
+
+    [Fact]
+    public void TheImageRunsAsNonRootAndItsBuildContextLeavesOutBuildOutput()
+    {
+        var dockerfile = File.ReadAllLines(Path.Combine(Root, "deploy", "docker", "Dockerfile"));
+        // The final stage's last USER is a non-root uid, set before the entrypoint.
+        int finalStage = Array.FindLastIndex(dockerfile, l => l.StartsWith("FROM ", StringComparison.Ordinal));
+        var user = dockerfile.Skip(finalStage).LastOrDefault(l => l.StartsWith("USER ", StringComparison.Ordinal));
+        Assert.True(user is not null, "the final stage sets no USER");
+        var uid = user["USER ".Length..].Split(':')[0];
+        Assert.True(long.TryParse(uid, out var id) && id > 0, $"USER {uid} must be a numeric non-root uid (runAsNonRoot can only check numbers)");
+        Assert.True(Array.FindIndex(dockerfile, finalStage, l => l.StartsWith("USER ", StringComparison.Ordinal)) < Array.FindIndex(dockerfile, l => l.StartsWith("ENTRYPOINT", StringComparison.Ordinal)));
+        Assert.Contains(dockerfile, l => l.Contains("COPY . ."));   // the context is the repository root
+        var ignore = File.ReadAllLines(Path.Combine(Root, ".dockerignore")).Select(l => l.Trim()).ToHashSet();
+        foreach (var entry in new[] { ".git", "**/bin/", "**/obj/", ".grid/", "**/*.safetensors" })
+            Assert.Contains(entry, ignore);
+    }
 }
