@@ -19,9 +19,13 @@ public static class GridClusteringExtensions
         int gatewayPort = o.IsEmbedded ? 0 : o.GatewayPort > 0 ? o.GatewayPort : GridClusterOptions.FreePort();
         silo.Configure<ClusterOptions>(c => { c.ClusterId = o.ClusterId; c.ServiceId = o.ServiceId; });
         silo.Configure<ClusterMembershipOptions>(m => ConfigureMembership(m, o));
-        silo.Services.AddSingleton(sp => new JoinAwareFatalErrorHandler(o, sp.GetRequiredService<ILogger<JoinAwareFatalErrorHandler>>()));
-        silo.Services.AddSingleton<IFatalErrorHandler>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
-        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+        if (!o.IsEmbedded)
+        {
+            // A silo process of a cluster: say why it stops when the cluster votes it dead before it ever joined.
+            silo.Services.AddSingleton(sp => new JoinAwareFatalErrorHandler(o, sp.GetRequiredService<ILogger<JoinAwareFatalErrorHandler>>()));
+            silo.Services.AddSingleton<IFatalErrorHandler>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+        }
         if (o.IsRedis)
         {
             silo.UseRedisClustering(r => r.ConfigurationOptions = RedisConfiguration(o));
