@@ -57,8 +57,29 @@ builder.Services.AddOpenTelemetry()
         if (otlp) t.AddOtlpExporter();
     });
 builder.Services.AddHostedService<ReadyReporter>();
-var host = builder.Build();
-await host.RunAsync();
+IHost host;
+try
+{
+    host = builder.Build();
+}
+catch (GridConfigurationException e)
+{
+    Console.Error.WriteLine("error: " + e.Message);
+    return 2;
+}
+try
+{
+    await host.StartAsync();
+}
+catch (Exception e) when (e is not OperationCanceledException)
+{
+    // Membership store refused or unreachable, or the cluster's silos did not answer (TLS): one clear line, exit 1.
+    Console.Error.WriteLine("error: silo did not start: " + SiloStartFailure.Describe(e, cluster));
+    host.Dispose();
+    return 1;
+}
+await host.WaitForShutdownAsync();
+host.Dispose();
 return 0;
 
 /// <summary>Logs one "ready" line once this silo's model part is loaded (deploy/local/cluster.sh waits for it).</summary>

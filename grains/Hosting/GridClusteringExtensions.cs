@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Orleans.Clustering.Redis;
 using Orleans.Configuration;
+using StackExchange.Redis;
 
 namespace Grid.Grains.Hosting;
 
@@ -18,9 +19,16 @@ public static class GridClusteringExtensions
         int gatewayPort = o.IsEmbedded ? 0 : o.GatewayPort > 0 ? o.GatewayPort : GridClusterOptions.FreePort();
         silo.Configure<ClusterOptions>(c => { c.ClusterId = o.ClusterId; c.ServiceId = o.ServiceId; });
         silo.Configure<ClusterMembershipOptions>(m => ConfigureMembership(m, o));
+        if (!o.IsEmbedded)
+        {
+            // A silo process of a cluster: say why it stops when the cluster votes it dead before it ever joined.
+            silo.Services.AddSingleton(sp => new JoinAwareFatalErrorHandler(o, sp.GetRequiredService<ILogger<JoinAwareFatalErrorHandler>>()));
+            silo.Services.AddSingleton<IFatalErrorHandler>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => sp.GetRequiredService<JoinAwareFatalErrorHandler>());
+        }
         if (o.IsRedis)
         {
-            silo.UseRedisClustering(o.Redis);
+            silo.UseRedisClustering(r => r.ConfigurationOptions = RedisConfiguration(o));
             if (o.MembershipStoreCheckSeconds > 0)
                 silo.Services.AddHostedService(sp =>
                 {
@@ -34,6 +42,11 @@ public static class GridClusteringExtensions
             silo.UseDevelopmentClustering(new IPEndPoint(IPAddress.Loopback, siloPort));
         else
             silo.UseDevelopmentClustering(new IPEndPoint(IPAddress.Parse(o.AdvertisedAddress), o.PrimarySiloPort));
+        if (o.Tls.IsEnabled && !o.IsEmbedded)
+        {
+            var tls = ClusterTls.Load(o.Tls);
+            silo.UseTls(t => tls.Configure(t));
+        }
         silo.Configure<EndpointOptions>(e =>
         {
             e.AdvertisedIPAddress = IPAddress.Parse(o.AdvertisedAddress);
@@ -52,10 +65,23 @@ public static class GridClusteringExtensions
         // Re-read the live gateways often, so a dead silo stops being used as a gateway within seconds.
         client.Configure<GatewayOptions>(g => g.GatewayListRefreshPeriod = TimeSpan.FromSeconds(o.GatewayListRefreshSeconds));
         if (o.IsRedis)
-            client.UseRedisClustering(o.Redis);
+            client.UseRedisClustering(r => r.ConfigurationOptions = RedisConfiguration(o));
         else
             client.UseStaticClustering(o.GatewayPorts.Select(p => new IPEndPoint(IPAddress.Parse(o.AdvertisedAddress), p)).ToArray());
+        if (o.Tls.IsEnabled)
+        {
+            var tls = ClusterTls.Load(o.Tls);
+            client.UseTls(t => tls.Configure(t));
+        }
         return client;
+    }
+
+    /// <summary>The Redis membership store's connection: <c>Grid:Cluster:Redis</c>, with <c>Grid:Cluster:RedisPassword</c> when set.</summary>
+    public static ConfigurationOptions RedisConfiguration(GridClusterOptions o)
+    {
+        var options = ConfigurationOptions.Parse(o.Redis);
+        if (!string.IsNullOrEmpty(o.RedisPassword)) options.Password = o.RedisPassword;
+        return options;
     }
 
     /// <summary>
@@ -77,6 +103,7 @@ public static class GridClusteringExtensions
         m.NumVotesForDeathDeclaration = o.DeathVotes;
         m.TableRefreshTimeout = TimeSpan.FromSeconds(o.TableRefreshSeconds);
         m.IAmAliveTablePublishTimeout = TimeSpan.FromSeconds(o.IAmAliveSeconds);
+        m.MaxJoinAttemptTime = TimeSpan.FromSeconds(o.MaxJoinSeconds);
         // What keeps a busy silo alive with probes this short (Orleans' defaults, stated so they stay on).
         m.EnableIndirectProbes = true;
         m.ExtendProbeTimeoutDuringDegradation = true;

@@ -10,6 +10,13 @@ public sealed class GridClusterOptions
     public string Clustering { get; set; } = "embedded";
     /// <summary>Redis connection string for membership (Clustering = redis).</summary>
     public string Redis { get; set; } = "127.0.0.1:6379";
+    /// <summary>
+    /// Password of the Redis membership store (Redis <c>requirepass</c>/ACL default user); overrides a <c>password=</c>
+    /// in <see cref="Redis"/>. Empty: none. Give it from a secret (<c>Grid__Cluster__RedisPassword</c>), not in argv.
+    /// </summary>
+    public string? RedisPassword { get; set; }
+    /// <summary>TLS with mutual authentication on silo-to-silo and gateway-to-silo connections (off unless a certificate is set).</summary>
+    public ClusterTlsOptions Tls { get; set; } = new();
     public string ClusterId { get; set; } = "grid";
     public string ServiceId { get; set; } = "grid";
     public string AdvertisedAddress { get; set; } = "127.0.0.1";
@@ -62,6 +69,12 @@ public sealed class GridClusterOptions
     /// back empty the first silo to notice restores the last table it saw and every silo its own row (0 = off).
     /// </summary>
     public double MembershipStoreCheckSeconds { get; set; } = 1;
+    /// <summary>
+    /// How long a silo keeps trying to join the cluster before it stops with an error, seconds (Orleans
+    /// <c>MaxJoinAttemptTime</c>): a silo that cannot reach the others (wrong certificate, a network policy) exits
+    /// instead of waiting forever.
+    /// </summary>
+    public double MaxJoinSeconds { get; set; } = 300;
 
     public static int FreePort()
     {
@@ -72,4 +85,23 @@ public sealed class GridClusterOptions
 
     public bool IsEmbedded => string.Equals(Clustering, "embedded", StringComparison.OrdinalIgnoreCase);
     public bool IsRedis => string.Equals(Clustering, "redis", StringComparison.OrdinalIgnoreCase);
+}
+
+/// <summary>
+/// <c>Grid:Cluster:Tls:*</c>: TLS on every Orleans connection (silo to silo, gateway to silo) with mutual authentication:
+/// each side presents its certificate and accepts the other's only when it chains to the cluster CA
+/// (<see cref="CaPath"/>). Host names are not checked (silos connect by IP); the CA is what authenticates.
+/// </summary>
+public sealed class ClusterTlsOptions
+{
+    /// <summary>This process's certificate: a PEM file (key in <see cref="KeyPath"/> or in the same file) or a PKCS#12 (.pfx/.p12) file. Empty: TLS off.</summary>
+    public string? CertificatePath { get; set; }
+    /// <summary>The PEM private key of <see cref="CertificatePath"/> when it is not in the same file (Kubernetes TLS secrets: tls.key).</summary>
+    public string? KeyPath { get; set; }
+    /// <summary>Password of a PKCS#12 file or of an encrypted PEM key (empty: none).</summary>
+    public string? CertificatePassword { get; set; }
+    /// <summary>PEM file of the cluster CA certificate(s) a peer's certificate must chain to (several for a rotation).</summary>
+    public string? CaPath { get; set; }
+
+    public bool IsEnabled => !string.IsNullOrEmpty(CertificatePath);
 }

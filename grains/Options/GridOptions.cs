@@ -96,6 +96,13 @@ public sealed class SiloOptions
     /// <summary>The expert groups this silo serves (indices in 0..Grid:Cluster:ExpertGroups-1), e.g. "0,1".</summary>
     public GroupList ExpertGroups { get; set; } = GroupList.Empty;
     /// <summary>
+    /// This silo's index among <see cref="ExpertSilos"/> expert silos (a StatefulSet pod's ordinal); -1 = not set. When
+    /// set, the silo's expert groups come from <see cref="ExpertLayout.GroupsFor"/> and replace <see cref="ExpertGroups"/>.
+    /// </summary>
+    public int Ordinal { get; set; } = -1;
+    /// <summary>How many expert silos the layout is computed over (the StatefulSet's intended replica count); 0 = not set.</summary>
+    public int ExpertSilos { get; set; }
+    /// <summary>
     /// Whether this silo can serve any expert group: placement falls back to elastic silos for a group no live silo
     /// declares, and the silo loads that group's tensors from the checkpoint when its grain activates there.
     /// </summary>

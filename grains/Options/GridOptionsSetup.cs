@@ -22,7 +22,13 @@ public static class GridOptionsSetup
             services.TryAddEnumerable(ServiceDescriptor.Singleton(typeof(IValidateOptions<GridOptions>), validator));
         // A silo joins a cluster: the "embedded" default (the gateway co-hosting its own silo) means localhost membership.
         if (executable == GridExecutable.Silo)
-            services.PostConfigure<GridOptions>(o => { if (o.Cluster.IsEmbedded) o.Cluster.Clustering = "localhost"; });
+            services.PostConfigure<GridOptions>(o =>
+            {
+                if (o.Cluster.IsEmbedded) o.Cluster.Clustering = "localhost";
+                // A StatefulSet pod: its expert groups follow from its ordinal (ExpertLayout), whatever the file says.
+                if (o.Silo.Ordinal >= 0 && o.Silo.ExpertSilos >= 1 && o.Cluster.ExpertGroups >= 1)
+                    o.Silo.ExpertGroups = ExpertLayout.GroupsFor(o.Silo.Ordinal, o.Silo.ExpertSilos, o.Cluster.ExpertGroups);
+            });
         return services;
     }
 

@@ -107,6 +107,14 @@ sealed class ClusterOptionsValidator : GridValidator
         if (!(c.TableRefreshSeconds > 0)) fail($"Grid:Cluster:TableRefreshSeconds must be positive, got {c.TableRefreshSeconds}", null);
         if (!(c.IAmAliveSeconds > 0)) fail($"Grid:Cluster:IAmAliveSeconds must be positive, got {c.IAmAliveSeconds}", null);
         if (!(c.GatewayListRefreshSeconds > 0)) fail($"Grid:Cluster:GatewayListRefreshSeconds must be positive, got {c.GatewayListRefreshSeconds}", null);
+        if (!(c.MaxJoinSeconds > 0)) fail($"Grid:Cluster:MaxJoinSeconds must be positive, got {c.MaxJoinSeconds}", null);
+        if (c.Tls.IsEnabled)
+        {
+            try { Grid.Grains.Hosting.ClusterTls.Load(c.Tls); }
+            catch (GridConfigurationException e) { fail(e.Message, null); }
+        }
+        else if (!string.IsNullOrEmpty(c.Tls.CaPath) || !string.IsNullOrEmpty(c.Tls.KeyPath))
+            fail("Grid:Cluster:Tls:CertificatePath must be set when Grid:Cluster:Tls:CaPath or KeyPath is (TLS needs this process's certificate)", null);
         if (!(c.MembershipStoreCheckSeconds >= 0)) fail($"Grid:Cluster:MembershipStoreCheckSeconds must be 0 (off) or positive, got {c.MembershipStoreCheckSeconds}", null);
     }
 }
@@ -136,6 +144,10 @@ sealed class SiloOptionsValidator : GridValidator
         foreach (var g in s.ExpertGroups)
             if (g < 0 || g >= o.Cluster.ExpertGroups)
                 fail($"Grid:Silo:ExpertGroups: group {g} is outside 0..{o.Cluster.ExpertGroups - 1} (Grid:Cluster:ExpertGroups is {o.Cluster.ExpertGroups})", null);
+        AtLeast(fail, "Grid:Silo:Ordinal", s.Ordinal, -1);
+        AtLeast(fail, "Grid:Silo:ExpertSilos", s.ExpertSilos, 0);
+        if (s.Ordinal >= 0 && s.ExpertSilos == 0)
+            fail($"Grid:Silo:ExpertSilos must be set (>= 1) when Grid:Silo:Ordinal is ({s.Ordinal}): the expert layout is computed over it", null);
         AtLeast(fail, "Grid:Silo:TorchThreads", s.TorchThreads, 0);
         Port(fail, "Grid:Silo:MetricsPort", s.MetricsPort);
     }

@@ -76,12 +76,21 @@ public sealed class ProcessCluster : IAsyncDisposable
 
     // ---- Redis ----
 
-    /// <summary>Starts an empty <c>redis-server</c> (no persistence) on a free loopback port; returns once it answers PING.</summary>
-    public async Task StartRedisAsync()
+    /// <summary>The Redis password (<c>--requirepass</c>) when <see cref="StartRedisAsync"/> was given one.</summary>
+    public string? RedisPassword { get; private set; }
+
+    /// <summary>
+    /// Starts an empty <c>redis-server</c> (no persistence) on a free loopback port, requiring <paramref name="password"/>
+    /// when one is given (silos and gateways then need <c>Grid__Cluster__RedisPassword</c>); returns once it answers PING.
+    /// </summary>
+    public async Task StartRedisAsync(string? password = null)
     {
         if (RedisPort == 0) RedisPort = GridClusterOptions.FreePort();
-        Start("redis", "redis-server", ["--port", RedisPort.ToString(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], new Dictionary<string, string>());
-        await PollAsync(async () => await RedisPingAsync(RedisPort), "redis", "redis-server answering PING");
+        RedisPassword = password ?? RedisPassword;
+        List<string> args = ["--port", RedisPort.ToString(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        if (RedisPassword is not null) args.AddRange(["--requirepass", RedisPassword]);
+        Start("redis", "redis-server", args, new Dictionary<string, string>());
+        await PollAsync(async () => await RedisPingAsync(RedisPort, RedisPassword), "redis", "redis-server answering PING");
         _log($"redis up on {RedisAddress}");
     }
 
@@ -92,7 +101,7 @@ public sealed class ProcessCluster : IAsyncDisposable
         await StartRedisAsync();
     }
 
-    static async Task<bool> RedisPingAsync(int port)
+    static async Task<bool> RedisPingAsync(int port, string? password)
     {
         try
         {
@@ -100,6 +109,14 @@ public sealed class ProcessCluster : IAsyncDisposable
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
             await client.ConnectAsync(IPAddress.Loopback, port, timeout.Token);
             var stream = client.GetStream();
+            if (password is not null)
+            {
+                // RESP array: AUTH <password>, then the +OK.
+                await stream.WriteAsync(Encoding.UTF8.GetBytes($"*2\r\n$4\r\nAUTH\r\n${Encoding.UTF8.GetByteCount(password)}\r\n{password}\r\n"), timeout.Token);
+                var ok = new byte[64];
+                int read = await stream.ReadAsync(ok, timeout.Token);
+                if (!Encoding.ASCII.GetString(ok, 0, read).StartsWith("+OK")) return false;
+            }
             await stream.WriteAsync("PING\r\n"u8.ToArray(), timeout.Token);
             var buffer = new byte[16];
             int n = await stream.ReadAsync(buffer, timeout.Token);
@@ -243,6 +260,20 @@ public sealed class ProcessCluster : IAsyncDisposable
         await child.Process.WaitForExitAsync(limit.Token);
         lock (_children) _children.Remove(name);
         child.Process.Dispose();
+    }
+
+    /// <summary>Waits until process <paramref name="name"/> exits by itself (within <paramref name="limit"/>, default <see cref="StartLimit"/>); returns its exit code.</summary>
+    public async Task<int> WaitForExitAsync(string name, TimeSpan? limit = null)
+    {
+        Child child;
+        lock (_children) child = _children[name];
+        using var timeout = new CancellationTokenSource(limit ?? StartLimit);
+        try { await child.Process.WaitForExitAsync(timeout.Token); }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"{name} did not exit within {(limit ?? StartLimit).TotalSeconds:F0} s; last log lines:\n{LogTail(name)}");
+        }
+        return child.Process.ExitCode;
     }
 
     public bool IsRunning(string name)
