@@ -20,6 +20,8 @@ public static class GridSiloExtensions
     public static ISiloBuilder AddGridSilo(this ISiloBuilder silo, GridOptions options)
     {
         silo.UseSiloMetadata(SiloMetadataKeys.For(options.Silo));
+        // Grain calls carry the caller's trace context (W3C): a gateway step's calls and their work here are one trace.
+        silo.AddActivityPropagation();
         silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>()));
         silo.Services.AddSingleton<SiloTelemetry>();
         silo.Services.AddSingleton(new ShardLease(TimeSpan.FromSeconds(options.Cluster.LeaseSeconds)));
