@@ -65,6 +65,7 @@ public sealed class GridTelemetry : IDisposable
         RequestPromptTokens = _meter.CreateHistogram("grid_request_prompt_tokens", null, "Prompt tokens per finished request", null, TokenBuckets);
         RequestGenerationTokens = _meter.CreateHistogram("grid_request_generation_tokens", null, "Generated tokens per finished request (all choices)", null, TokenBuckets);
         RequestSuccess = _meter.CreateCounter<long>("grid_request_success", description: "Choices that finished, by finish_reason (stop, length)");
+        Rejected.Add(0);   // exported (as 0) from the start, not only after the first 429
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
         _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");

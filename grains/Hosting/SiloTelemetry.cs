@@ -30,6 +30,7 @@ public sealed class SiloTelemetry : IDisposable
         ExpertCalls = _meter.CreateCounter<long>("grid_expert_calls", description: "Expert-group calls served, by group");
         CachesReclaimed = _meter.CreateCounter<long>("grid_silo_caches_reclaimed", description: "Latent caches freed because their gateway's lease expired (a gateway that died)");
         ComputeMs = _meter.CreateHistogram<double>("grid_silo_compute_ms", unit: "ms", description: "Tensor work per grain call on the inference thread, by kind");
+        CachesReclaimed.Add(0);   // exported (as 0) from the start, not only once a gateway died
     }
 
     /// <summary>Takes a snapshot of the cache (call on the inference thread).</summary>
