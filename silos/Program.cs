@@ -81,6 +81,7 @@ if (builder is WebApplicationBuilder webBuilder)
     host = app;
 }
 else host = ((HostApplicationBuilder)builder).Build();
+host.Services.GetRequiredService<SiloTelemetry>();   // the gauges exist from the start, not from the first grain call
 await host.RunAsync();
 return 0;
 

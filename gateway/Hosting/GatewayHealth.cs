@@ -12,7 +12,7 @@ namespace Grid.Gateway.Hosting;
 /// The gateway's probes as ASP.NET Core health checks: <c>/health</c> (liveness: tag <c>live</c>, the process
 /// answers) and <c>/ready</c> (readiness: tag <c>ready</c>, <see cref="GatewayReadyCheck"/>). Both keep their bodies:
 /// <c>{"status":"ok"}</c>, <c>{"status":"ready","model":...}</c>, and a 503 in OpenAI's error JSON whose code says why
-/// (<c>model_not_ready</c>, <c>server_shutting_down</c>, <c>expert_group_unavailable</c>, <c>attention_unavailable</c>).
+/// (<c>model_not_ready</c>, <c>server_shutting_down</c>, <c>expert_group_unavailable</c>, <c>model_part_unavailable</c>).
 /// </summary>
 public static class GatewayHealth
 {

@@ -83,6 +83,7 @@ public static class GridServer
         app.MapPost("/v1/completions", CompletionsEndpoint.HandleAsync);
         app.MapPost("/v1/chat/completions", ChatEndpoint.HandleAsync);
         SystemEndpoints.Map(app, options);
+        if (options.Cluster.Dashboard) GatewayDashboard.Map(app);
         app.MapPrometheusScrapingEndpoint("/metrics");
         return app;
     }

@@ -62,6 +62,11 @@ public sealed class GridClusterOptions
     /// back empty the first silo to notice restores the last table it saw and every silo its own row (0 = off).
     /// </summary>
     public double MembershipStoreCheckSeconds { get; set; } = 1;
+    /// <summary>
+    /// The Orleans Dashboard: every silo runs its grain-call profiler and dashboard grains, and the gateway serves the
+    /// dashboard on <c>/dashboard</c> (behind the API key). Set it on silos and gateway alike.
+    /// </summary>
+    public bool Dashboard { get; set; }
 
     public static int FreePort()
     {
