@@ -29,8 +29,9 @@ public sealed class GridTelemetry : IDisposable
         HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
     };
     public Counter<long> Requests { get; }
-    /// <summary>Requests refused with 429 (queue full or waited too long).</summary>
-    public Counter<long> Rejected { get; }
+    /// <summary>Counts a request refused with 429 (queue full or waited too long).</summary>
+    public void Rejected() => Interlocked.Increment(ref _rejected);
+    long _rejected;
     public Counter<long> PromptTokens { get; }
     public Counter<long> GenerationTokens { get; }
     public Histogram<double> TimeToFirstToken { get; }
@@ -53,7 +54,8 @@ public sealed class GridTelemetry : IDisposable
     {
         _meter = meters.Create(Name);
         Requests = _meter.CreateCounter<long>("grid_requests", description: "HTTP API requests by endpoint and status code");
-        Rejected = _meter.CreateCounter<long>("grid_requests_rejected", description: "Requests refused with 429: the waiting queue was full or the request waited past Grid:Scheduler:MaxQueueSeconds");
+        // Observable: exported (as 0) from the first scrape, not only after the first 429.
+        _meter.CreateObservableCounter("grid_requests_rejected", () => Interlocked.Read(ref _rejected), description: "Requests refused with 429: the waiting queue was full or the request waited past Grid:Scheduler:MaxQueueSeconds");
         PromptTokens = _meter.CreateCounter<long>("grid_prompt_tokens", description: "Prompt tokens of accepted requests");
         GenerationTokens = _meter.CreateCounter<long>("grid_generation_tokens", description: "Generated tokens");
         TimeToFirstToken = _meter.CreateHistogram("grid_time_to_first_token_seconds", null, "Time from request arrival to a choice's first token", null, Buckets);
@@ -65,7 +67,6 @@ public sealed class GridTelemetry : IDisposable
         RequestPromptTokens = _meter.CreateHistogram("grid_request_prompt_tokens", null, "Prompt tokens per finished request", null, TokenBuckets);
         RequestGenerationTokens = _meter.CreateHistogram("grid_request_generation_tokens", null, "Generated tokens per finished request (all choices)", null, TokenBuckets);
         RequestSuccess = _meter.CreateCounter<long>("grid_request_success", description: "Choices that finished, by finish_reason (stop, length)");
-        Rejected.Add(0);   // exported (as 0) from the start, not only after the first 429
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
         _meter.CreateObservableGauge("grid_latent_cache_sequences", () => engine.CacheStats.Sequences, description: "Sequences holding latent cache");

@@ -108,7 +108,7 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
     [InlineData("/v1/models")]
     [InlineData("/v1/models/lite_f32")]
     [InlineData("/no/such/route")]
-    [InlineData("/dashboard")]
+    [InlineData("/dashboard/")]
     [InlineData("/dashboard/DashboardCounters")]
     public async Task EveryRouteButTheProbesNeedsTheKey(string path)
     {
