@@ -44,7 +44,7 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         }, cancellationToken);
         if (freed > 0)
         {
-            telemetry.CachesReclaimed.Add(freed);
+            telemetry.CachesReclaimed(freed);
             logger.LogInformation("attention shard {Shard}: freed {Count} latent caches of gateways whose lease ({Lease} s) expired",
                 Index, freed, lease.Lease.TotalSeconds);
         }

@@ -44,9 +44,9 @@ public static class TensorPayloads
         ScoreTop = c.ScoreTop,
     };
 
-    public static ChunkOutput ToOutput(this ChunkResult r) => new(r.Next?.ToWire(), r.Scored.Select(ToWire).ToArray());
+    public static ChunkOutput ToOutput(this ChunkResult r) => new(r.Next?.ToWire(), r.Scored.Select(ToWire).ToArray()) { LatentBytes = r.LatentBytes };
 
-    public static ChunkResult ToResult(this ChunkOutput o) => new(o.Next?.ToToken(), o.Scored.Select(ToToken).ToArray());
+    public static ChunkResult ToResult(this ChunkOutput o) => new(o.Next?.ToToken(), o.Scored.Select(ToToken).ToArray()) { LatentBytes = o.LatentBytes };
 
     static TokenLogprobs ToWire(this SampledToken t) =>
         new(t.Token, t.Logprob, t.Top.Select(x => x.Id).ToArray(), t.Top.Select(x => x.Logprob).ToArray());

@@ -75,7 +75,7 @@ public sealed class ApiContext
             // At capacity: OpenAI's rate-limit error and a hint when to come back.
             var full = e as QueueFullException ?? (QueueFullException)e.InnerException!;
             failed = 429;
-            ctx.Telemetry.Rejected.Add(1);
+            ctx.Telemetry.Rejected();
             ctx.Logger.LogInformation("request {RequestId} to {Endpoint} refused: 429 {Message}", ctx.RequestId, endpoint, full.Message);
             var error = new ApiException(429, full.Message, null, "rate_limit_exceeded", OpenAiErrors.RateLimit);
             if (!http.Response.HasStarted)

@@ -21,18 +21,23 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
         long startTimestamp, CancellationToken cancellationToken)
     {
         var scheduler = engine.Loop ?? throw new InvalidOperationException("the model is not loaded");
-        var readers = scheduler.SubmitAll(choices.Select(c => c.Request).ToArray(), choices.Select(c => c.Cancel.Token).ToArray());
-        return MergeAsync(choices, readers, legacyLogprobs, chatLogprobs, tokensAsIds, startTimestamp, cancellationToken);
+        var timelines = choices.Select(_ => new SequenceTimeline()).ToArray();
+        var readers = scheduler.SubmitAll(choices.Select((c, i) => c.Request with { Timeline = timelines[i] }).ToArray(), choices.Select(c => c.Cancel.Token).ToArray());
+        return MergeAsync(choices, readers, timelines, legacyLogprobs, chatLogprobs, tokensAsIds, startTimestamp, cancellationToken);
     }
 
-    async IAsyncEnumerable<ChoiceUpdate> MergeAsync(IReadOnlyList<ChoiceRun> choices, ChannelReader<GenerationEvent>[] readers, bool legacyLogprobs,
-        bool chatLogprobs, bool tokensAsIds, long startTimestamp, [EnumeratorCancellation] CancellationToken cancellationToken)
+    async IAsyncEnumerable<ChoiceUpdate> MergeAsync(IReadOnlyList<ChoiceRun> choices, ChannelReader<GenerationEvent>[] readers, SequenceTimeline[] timelines,
+        bool legacyLogprobs, bool chatLogprobs, bool tokensAsIds, long startTimestamp, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         var tokenizer = engine.Tokenizer!;
         var merged = Channel.CreateUnbounded<ChoiceUpdate>(new UnboundedChannelOptions { SingleReader = true });
-        var pumps = choices.Select((c, i) => PumpAsync(c, readers[i])).ToArray();
-        _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException),
-            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        var firstTokenAt = new long[choices.Count];
+        var pumps = choices.Select((c, i) => PumpAsync(c, i, readers[i])).ToArray();
+        _ = Task.WhenAll(pumps).ContinueWith(t =>
+        {
+            if (t.IsCompletedSuccessfully && choices.All(c => c.Finished)) RecordFinished();
+            merged.Writer.TryComplete(t.Exception?.InnerException);
+        }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
             await foreach (var update in merged.Reader.ReadAllAsync(cancellationToken)) yield return update;
@@ -42,7 +47,27 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
             foreach (var c in choices) c.Cancel.Cancel();   // whatever still runs (client gone, writer failed) leaves the batch
         }
 
-        async Task PumpAsync(ChoiceRun c, ChannelReader<GenerationEvent> reader)
+        // vLLM's per-request metrics, for a request whose choices all finished (not cancelled, not failed): queue time
+        // (until the first choice was admitted), prefill time (from then to the first token), end to end, token counts.
+        void RecordFinished()
+        {
+            long end = Stopwatch.GetTimestamp();
+            var admitted = timelines.Select(t => t.AdmittedAt).Where(a => a != 0).DefaultIfEmpty(0).Min();
+            var queued = timelines.Select(t => t.QueuedAt).Where(q => q != 0).DefaultIfEmpty(startTimestamp).Min();
+            var first = firstTokenAt.Where(f => f != 0).DefaultIfEmpty(0).Min();
+            if (admitted != 0)
+            {
+                telemetry.RequestQueueTime.Record(Stopwatch.GetElapsedTime(queued, admitted).TotalSeconds);
+                if (first != 0) telemetry.RequestPrefillTime.Record(Stopwatch.GetElapsedTime(admitted, first).TotalSeconds);
+            }
+            telemetry.EndToEndLatency.Record(Stopwatch.GetElapsedTime(startTimestamp, end).TotalSeconds);
+            telemetry.RequestPromptTokens.Record(choices[0].PromptIds.Length);
+            telemetry.RequestGenerationTokens.Record(choices.Sum(c => (long)c.Builder.CompletionTokens));
+        }
+
+        void Finished(string reason) => telemetry.RequestSuccess.Add(1, new KeyValuePair<string, object?>("finish_reason", reason));
+
+        async Task PumpAsync(ChoiceRun c, int index, ChannelReader<GenerationEvent> reader)
         {
             await Task.Yield();
             if (c.Echo && !c.Request.PromptLogprobs)
@@ -82,7 +107,11 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
                             var delta = c.Builder.Add(t);
                             if (c.Builder.CompletionTokens == before) break;
                             long now = Stopwatch.GetTimestamp();
-                            if (last == 0) telemetry.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(startTimestamp, now).TotalSeconds);
+                            if (last == 0)
+                            {
+                                telemetry.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(startTimestamp, now).TotalSeconds);
+                                firstTokenAt[index] = now;
+                            }
                             else telemetry.InterTokenLatency.Record(Stopwatch.GetElapsedTime(last, now).TotalSeconds);
                             last = now;
                             telemetry.GenerationTokens.Add(1);
@@ -103,6 +132,7 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
                                 // A stop string: the text is complete; cancel the sequence so its cache is freed now.
                                 c.Finished = true;
                                 c.Cancel.Cancel();
+                                Finished(reason);
                                 merged.Writer.TryWrite(new FinishUpdate(c, "", reason));
                             }
                             break;
@@ -111,6 +141,7 @@ public sealed class GenerationRunner(ServingEngine engine, GridTelemetry telemet
                         {
                             var delta = c.Builder.Add(f);
                             c.Finished = true;
+                            Finished(c.Builder.FinishReason ?? f.Reason);
                             merged.Writer.TryWrite(new FinishUpdate(c, delta, c.Builder.FinishReason ?? f.Reason));
                             break;
                         }

@@ -6,25 +6,12 @@ using Microsoft.AspNetCore.Routing;
 
 namespace Grid.Gateway.Api;
 
-/// <summary>/v1/models, /health, /ready and the debug endpoints.</summary>
+/// <summary>/v1/models, /health, /ready (<see cref="GatewayHealth"/>) and the debug endpoints.</summary>
 public static class SystemEndpoints
 {
     public static void Map(IEndpointRouteBuilder app, GridOptions options)
     {
-        app.MapGet("/health", () => Results.Json(new { status = "ok" }));
-        app.MapGet("/ready", (ServingEngine engine) =>
-        {
-            if (!engine.Ready)
-                return OpenAiErrors.Result(503, engine.LoadError is { } e ? $"the model failed to load: {e}" : "the model is still loading",
-                    OpenAiErrors.Unavailable, null, "model_not_ready");
-            if (engine.Draining)
-                return OpenAiErrors.Result(503, "the server is shutting down", OpenAiErrors.Unavailable, null, "server_shutting_down");
-            // Membership says a part of the model has no live silo: not ready (Kubernetes stops routing here), naming it.
-            if (engine.Executor is OwnedGridExecutor grid && grid.Unservable() is { } missing)
-                return OpenAiErrors.Result(503, missing, OpenAiErrors.Unavailable, null,
-                    OpenAiErrors.UnavailablePartCode(missing));
-            return Results.Json(new { status = "ready", model = engine.ModelName });
-        });
+        GatewayHealth.Map(app);   // /health and /ready: health checks
         app.MapGet("/v1/models", (ServingEngine engine) => Json(new JsonObject
         {
             ["object"] = "list",

@@ -68,7 +68,7 @@ public sealed class GridConnection : IAsyncDisposable
         }
         else
         {
-            builder.UseOrleansClient(client => client.UseGridClustering(cluster));
+            builder.UseOrleansClient(client => client.UseGridClustering(cluster).AddActivityPropagation());
         }
         var host = builder.Build();
         ClusterWatch? watching = null;

@@ -54,6 +54,7 @@ public static class GridServer
         builder.Services.AddSingleton<ServingEngine>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ServingEngine>());
         builder.Services.AddSingleton<GridTelemetry>();
+        GatewayHealth.Add(builder.Services);
         // Metrics on /metrics (Prometheus text); OTLP export of metrics and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
         // Grid.Silo carries the embedded silo's instruments (latent cache, expert work) when the gateway co-hosts one.
         bool otlp = !string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
@@ -67,7 +68,9 @@ public static class GridServer
             })
             .WithTracing(t =>
             {
-                t.AddSource(GridTelemetry.Name);
+                // One trace per request (ApiContext), step spans linked to it (EngineLoop), the steps' grain calls
+                // beneath them (Orleans activity propagation, on the client and on every silo).
+                t.AddSource(GridTelemetry.Name, "Microsoft.Orleans.Runtime", "Microsoft.Orleans.Application");
                 if (otlp) t.AddOtlpExporter();
             });
 
@@ -80,6 +83,7 @@ public static class GridServer
         app.MapPost("/v1/completions", CompletionsEndpoint.HandleAsync);
         app.MapPost("/v1/chat/completions", ChatEndpoint.HandleAsync);
         SystemEndpoints.Map(app, options);
+        if (options.Cluster.Dashboard) GatewayDashboard.Map(app);
         app.MapPrometheusScrapingEndpoint("/metrics");
         return app;
     }

@@ -18,25 +18,55 @@ public sealed class GridTelemetry : IDisposable
     {
         HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60],
     };
+    /// <summary>Request-length buckets as vLLM's (1, 2, 5 per decade).</summary>
+    static readonly InstrumentAdvice<long> TokenBuckets = new()
+    {
+        HistogramBucketBoundaries = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000],
+    };
+    /// <summary>Latency buckets for whole requests (queue, prefill, end to end), up to 10 minutes.</summary>
+    static readonly InstrumentAdvice<double> RequestBuckets = new()
+    {
+        HistogramBucketBoundaries = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600],
+    };
     public Counter<long> Requests { get; }
-    /// <summary>Requests refused with 429 (queue full or waited too long).</summary>
-    public Counter<long> Rejected { get; }
+    /// <summary>Counts a request refused with 429 (queue full or waited too long).</summary>
+    public void Rejected() => Interlocked.Increment(ref _rejected);
+    long _rejected;
     public Counter<long> PromptTokens { get; }
     public Counter<long> GenerationTokens { get; }
     public Histogram<double> TimeToFirstToken { get; }
     public Histogram<double> InterTokenLatency { get; }
     public Histogram<double> RequestDuration { get; }
+    /// <summary>vLLM's <c>request_queue_time_seconds</c>: submitted until first admitted to the running batch, per request.</summary>
+    public Histogram<double> RequestQueueTime { get; }
+    /// <summary>vLLM's <c>request_prefill_time_seconds</c>: first admitted until the first token, per request.</summary>
+    public Histogram<double> RequestPrefillTime { get; }
+    /// <summary>vLLM's <c>e2e_request_latency_seconds</c>: arrival until the last choice finished, per request.</summary>
+    public Histogram<double> EndToEndLatency { get; }
+    /// <summary>vLLM's <c>request_prompt_tokens</c>: prompt tokens per finished request.</summary>
+    public Histogram<long> RequestPromptTokens { get; }
+    /// <summary>vLLM's <c>request_generation_tokens</c>: generated tokens per finished request (all its choices).</summary>
+    public Histogram<long> RequestGenerationTokens { get; }
+    /// <summary>vLLM's <c>request_success_total</c>: finished choices by <c>finish_reason</c> (stop, length).</summary>
+    public Counter<long> RequestSuccess { get; }
 
     public GridTelemetry(IMeterFactory meters, ServingEngine engine)
     {
         _meter = meters.Create(Name);
         Requests = _meter.CreateCounter<long>("grid_requests", description: "HTTP API requests by endpoint and status code");
-        Rejected = _meter.CreateCounter<long>("grid_requests_rejected", description: "Requests refused with 429: the waiting queue was full or the request waited past Grid:Scheduler:MaxQueueSeconds");
+        // Observable: exported (as 0) from the first scrape, not only after the first 429.
+        _meter.CreateObservableCounter("grid_requests_rejected", () => Interlocked.Read(ref _rejected), description: "Requests refused with 429: the waiting queue was full or the request waited past Grid:Scheduler:MaxQueueSeconds");
         PromptTokens = _meter.CreateCounter<long>("grid_prompt_tokens", description: "Prompt tokens of accepted requests");
         GenerationTokens = _meter.CreateCounter<long>("grid_generation_tokens", description: "Generated tokens");
         TimeToFirstToken = _meter.CreateHistogram("grid_time_to_first_token_seconds", null, "Time from request arrival to a choice's first token", null, Buckets);
         InterTokenLatency = _meter.CreateHistogram("grid_inter_token_latency_seconds", null, "Time between consecutive tokens of a choice", null, Buckets);
         RequestDuration = _meter.CreateHistogram("grid_request_duration_seconds", null, "Generation request duration", null, Buckets);
+        RequestQueueTime = _meter.CreateHistogram("grid_request_queue_time_seconds", null, "Time a request waited in the queue before its first admission to the running batch", null, RequestBuckets);
+        RequestPrefillTime = _meter.CreateHistogram("grid_request_prefill_time_seconds", null, "Time from a request's first admission to its first token (prefill)", null, RequestBuckets);
+        EndToEndLatency = _meter.CreateHistogram("grid_e2e_request_latency_seconds", null, "Time from a request's arrival until its last choice finished", null, RequestBuckets);
+        RequestPromptTokens = _meter.CreateHistogram("grid_request_prompt_tokens", null, "Prompt tokens per finished request", null, TokenBuckets);
+        RequestGenerationTokens = _meter.CreateHistogram("grid_request_generation_tokens", null, "Generated tokens per finished request (all choices)", null, TokenBuckets);
+        RequestSuccess = _meter.CreateCounter<long>("grid_request_success", description: "Choices that finished, by finish_reason (stop, length)");
         _meter.CreateObservableGauge("grid_latent_cache_tokens", () => engine.CacheStats.Tokens, description: "Tokens held in the MLA latent cache");
         _meter.CreateObservableGauge("grid_latent_cache_bytes", () => engine.CacheStats.BytesInUse, description: "Bytes of latent cache in use");
         _meter.CreateObservableGauge("grid_latent_cache_usage_ratio", () => engine.CacheStats.UsageRatio, description: "Latent-cache blocks in use over the budget, every attention host counted once (vLLM's kv_cache_usage_perc), 0..1");

@@ -42,6 +42,9 @@ public sealed class ClusterWatch : IAsyncDisposable
 
     async Task RunAsync()
     {
+        // Twice a second, for the gateway's whole life: not traced (it would bury the requests' traces).
+        System.Diagnostics.Activity.Current = null;
+        using var untraced = OpenTelemetry.SuppressInstrumentationScope.Begin();
         var ct = _stop.Token;
         while (!ct.IsCancellationRequested)
         {

@@ -200,10 +200,14 @@ public sealed class GridStepExecutor : IStepExecutor
             throw new StepRefusedException(progress.Where(p => p.Refused is not null).SelectMany(p => p.Refused!)
                 .Select(r => new ChunkRefusal(r.SequenceId, r.NoRoom ? RefusalReason.NoRoom : RefusalReason.Mismatch, r.Position, r.Held)).ToList());
 
+        // Which chunk each routed row belongs to (a shard's rows are its chunks' tokens in chunk order, shards in
+        // order), to report the expert groups each sequence reached (trace attributes).
+        var rowChunk = shards.SelectMany(s => byShard[s].SelectMany(i => Enumerable.Repeat(i, chunks[i].Tokens.Length))).ToArray();
+        var reached = new SortedSet<int>?[chunks.Count];
         while (!progress[0].Finished)
         {
             Wire?.Hidden(progress);
-            var routed = await DispatchExpertsAsync(progress, cancellationToken);
+            var routed = await DispatchExpertsAsync(progress, rowChunk, reached, cancellationToken);
             Wire?.Hidden(routed);
             progress = await Task.WhenAll(shards.Select((s, k) =>
                 CallAsync("attention.continue", ct => Shard(s).ContinueStepAsync(Owner, stepId, routed[k], ct), cancellationToken)));
@@ -223,7 +227,8 @@ public sealed class GridStepExecutor : IStepExecutor
         {
             var outputs = progress[k].Results!;
             var order = byShard[shards[k]];
-            for (int j = 0; j < order.Count; j++) results[order[j]] = outputs[j].ToResult();
+            for (int j = 0; j < order.Count; j++)
+                results[order[j]] = outputs[j].ToResult() with { ExpertGroups = reached[order[j]]?.ToArray() ?? [] };
         }
         return results;
     }
@@ -259,7 +264,7 @@ public sealed class GridStepExecutor : IStepExecutor
     /// One MoE layer: bundles the routed tokens of all shards per expert group, calls each group that any token
     /// reached once, sums the groups' outputs in group order and splits the sum back per shard.
     /// </summary>
-    async Task<TensorPayload[]> DispatchExpertsAsync(StepProgress[] progress, CancellationToken cancellationToken)
+    async Task<TensorPayload[]> DispatchExpertsAsync(StepProgress[] progress, int[] rowChunk, SortedSet<int>?[] reached, CancellationToken cancellationToken)
     {
         int layer = progress[0].Layer, topK = progress[0].TopK;
         if (progress.Any(p => p.Finished || p.Layer != layer)) throw new InvalidOperationException("attention shards are out of step");
@@ -274,6 +279,9 @@ public sealed class GridStepExecutor : IStepExecutor
             foreach (var g in Enumerable.Range(0, topK).Select(k => ids[r * topK + k] / groupSize).Distinct())
                 (rowsOfGroup[g] ??= new()).Add(r);
         var groups = Enumerable.Range(0, _topology.ExpertGroups).Where(g => rowsOfGroup[g] is not null).ToArray();
+        if (rowChunk.Length == rows)
+            foreach (var g in groups)
+                foreach (var r in rowsOfGroup[g]) (reached[rowChunk[r]] ??= new()).Add(g);
         var outputs = await Task.WhenAll(groups.Select(g =>
         {
             var sel = rowsOfGroup[g];
@@ -358,6 +366,9 @@ public sealed class GridStepExecutor : IStepExecutor
             if (_leaseLoop is not null) return;
             _leaseLoop = Task.Run(async () =>
             {
+                // Started inside the first step's span: renewals belong to no request and are not traced.
+                Activity.Current = null;
+                using var untraced = OpenTelemetry.SuppressInstrumentationScope.Begin();
                 var ct = _stop.Token;
                 while (!ct.IsCancellationRequested)
                 {

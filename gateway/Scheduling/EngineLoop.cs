@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Threading.Channels;
+using Grid.Gateway.Hosting;
 using Grid.ModelCore.Sampling;
 using Grid.ModelCore.Serving;
 using Microsoft.Extensions.Logging;
@@ -30,6 +31,14 @@ public sealed class EngineLoop : IAsyncDisposable
         /// <summary>When it was submitted; it counts against the queue bound until first admitted.</summary>
         public readonly long QueuedAt = Stopwatch.GetTimestamp();
         public bool Queued = true;
+        /// <summary>The request's span (the caller's activity when it was submitted): steps link to it, routing is tagged on it.</summary>
+        public readonly Activity? RequestActivity = Activity.Current;
+        /// <summary>Expert groups this sequence's tokens reached, over all its steps (trace attribute).</summary>
+        public readonly SortedSet<int> ExpertGroups = new();
+        /// <summary>Most latent-cache bytes its shard held for it after a step (trace attribute).</summary>
+        public long PeakLatentBytes;
+        /// <summary>Steps it took part in, recomputes included (trace attribute).</summary>
+        public int Steps;
     }
 
     /// <summary>Recomputes of one sequence without a token in between before it fails.</summary>
@@ -138,12 +147,15 @@ public sealed class EngineLoop : IAsyncDisposable
             ScorePrompt = request.PromptLogprobs,
             ScoreTop = request.Sampling.Logprobs,
         };
+        if (request.Timeline is { } timeline) timeline.QueuedAt = seq.QueuedAt;
         if (!_incoming.Writer.TryWrite(seq)) throw new ObjectDisposedException(nameof(EngineLoop));
         return events.Reader;
     }
 
     async Task RunAsync()
     {
+        // Steps are spans of their own (a step serves many requests): never children of whoever created the loop.
+        Activity.Current = null;
         var ct = _stop.Token;
         while (!ct.IsCancellationRequested)
         {
@@ -337,6 +349,7 @@ public sealed class EngineLoop : IAsyncDisposable
         }
         foreach (var s in plan.Admitted.Cast<Sequence>())
         {
+            if (s.Queued && s.Request.Timeline is { } timeline) timeline.AdmittedAt = Stopwatch.GetTimestamp();
             _waiting.Remove(s);
             Dequeued(s);
             _running.Add(s);
@@ -351,8 +364,22 @@ public sealed class EngineLoop : IAsyncDisposable
             s.InCache = true;
             return Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
         }).ToList();
+        // One span per step, linked to the span of every request it serves (a step is shared, so it has no one
+        // parent); the grain calls of the step are its children (Orleans activity propagation).
+        var sequences = plan.Chunks.Select(c => (Sequence)c.Sequence).ToArray();
+        using var span = GridTelemetry.ActivitySource.StartActivity("grid.step", ActivityKind.Internal, default(ActivityContext),
+            links: sequences.Select(s => s.RequestActivity).OfType<Activity>().Distinct().Select(a => new ActivityLink(a.Context)).ToArray());
+        span?.SetTag("grid.step.sequences", sequences.Length);
+        span?.SetTag("grid.step.tokens", plan.Chunks.Sum(c => c.Count));
         var sw = Stopwatch.StartNew();
-        var results = await _executor.StepAsync(chunks, ct);
+        ChunkResult[] results;
+        try { results = await _executor.StepAsync(chunks, ct); }
+        catch (Exception e)
+        {
+            span?.SetStatus(ActivityStatusCode.Error, e.Message);
+            throw;
+        }
+        span?.SetTag("grid.expert_groups", results.SelectMany(r => r.ExpertGroups).Distinct().Order().ToArray());
         int decode = plan.Chunks.Count(c => c.Count == 1 && c.Sample);
         var record = new StepRecord(++_steps, decode, plan.Chunks.Count - decode,
             plan.Chunks.Where(c => !(c.Count == 1 && c.Sample)).Sum(c => c.Count), sw.Elapsed.TotalMilliseconds,
@@ -374,6 +401,9 @@ public sealed class EngineLoop : IAsyncDisposable
     async Task ApplyAsync(Sequence s, PlannedChunk chunk, ChunkResult result)
     {
         s.Computed += chunk.Count;
+        s.Steps++;
+        s.ExpertGroups.UnionWith(result.ExpertGroups);
+        s.PeakLatentBytes = Math.Max(s.PeakLatentBytes, result.LatentBytes);
         if (chunk.ScoreNext is not null)
         {
             if (chunk.Start == 0) s.PromptLogprobs.Add(null);   // the first prompt token has no logprob
@@ -426,6 +456,7 @@ public sealed class EngineLoop : IAsyncDisposable
 
     async Task ReleaseLoopAsync()
     {
+        Activity.Current = null;
         while (await _releases.Reader.WaitToReadAsync().ConfigureAwait(false))
         {
             var ids = new List<long>();
@@ -455,6 +486,7 @@ public sealed class EngineLoop : IAsyncDisposable
     {
         _running.Remove(s);
         Release([s]);
+        TagRequest(s, reason);
         if (error is not null) s.Events.Writer.TryComplete(error);
         else
         {
@@ -462,6 +494,29 @@ public sealed class EngineLoop : IAsyncDisposable
             s.Events.Writer.TryComplete();
         }
         return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Puts the sequence's routing on its request's span before the request sees its end: the expert groups its tokens
+    /// reached and the latent-cache bytes it held (merged over the request's choices, which all run on this loop), and
+    /// an event per choice.
+    /// </summary>
+    static void TagRequest(Sequence s, string reason)
+    {
+        if (s.RequestActivity is not { } request) return;
+        var groups = request.GetTagItem("grid.expert_groups") is int[] known ? s.ExpertGroups.Union(known).Order().ToArray() : s.ExpertGroups.ToArray();
+        request.SetTag("grid.expert_groups", groups);
+        request.SetTag("grid.latent_cache_bytes", (request.GetTagItem("grid.latent_cache_bytes") is long held ? held : 0) + s.PeakLatentBytes);
+        request.SetTag("grid.steps", (request.GetTagItem("grid.steps") is int steps ? steps : 0) + s.Steps);
+        request.AddEvent(new ActivityEvent("grid.choice.finished", tags: new ActivityTagsCollection
+        {
+            ["grid.choice"] = s.Request.Choice,
+            ["finish_reason"] = reason,
+            ["grid.expert_groups"] = s.ExpertGroups.ToArray(),
+            ["grid.latent_cache_bytes"] = s.PeakLatentBytes,
+            ["grid.steps"] = s.Steps,
+            ["grid.generated_tokens"] = s.Generated,
+        }));
     }
 
     public async ValueTask DisposeAsync()

@@ -14,6 +14,21 @@ public sealed record GenerationRequest
     public IReadOnlyCollection<int> StopTokenIds { get; init; } = [];
     /// <summary>Also return logprobs of the prompt tokens (for echo with logprobs).</summary>
     public bool PromptLogprobs { get; init; }
+    /// <summary>When set, the engine notes here when the sequence was queued and first admitted (request metrics).</summary>
+    public SequenceTimeline? Timeline { get; init; }
+}
+
+/// <summary>
+/// <see cref="System.Diagnostics.Stopwatch"/> timestamps of a sequence's life in the engine (0: not yet), written by the
+/// engine loop, read by the request once its events have ended: vLLM's queue and prefill times come from these.
+/// </summary>
+public sealed class SequenceTimeline
+{
+    long _queuedAt, _admittedAt;
+    /// <summary>Submitted to the engine's queue.</summary>
+    public long QueuedAt { get => Volatile.Read(ref _queuedAt); set => Volatile.Write(ref _queuedAt, value); }
+    /// <summary>First admitted to the running batch (a preempted sequence keeps its first admission).</summary>
+    public long AdmittedAt { get => Volatile.Read(ref _admittedAt); set => Volatile.Write(ref _admittedAt, value); }
 }
 
 /// <summary>A generated token, or the prompt's logprobs, or the end of the sequence.</summary>

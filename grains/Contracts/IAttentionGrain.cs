@@ -57,7 +57,11 @@ public sealed record TokenLogprobs(
 [GenerateSerializer, Immutable]
 public sealed record ChunkOutput(
     [property: Id(0)] TokenLogprobs? Next,
-    [property: Id(1)] TokenLogprobs[] Scored);
+    [property: Id(1)] TokenLogprobs[] Scored)
+{
+    /// <summary>Latent-cache bytes (whole blocks) the sequence holds on the shard after the step.</summary>
+    [Id(2)] public long LatentBytes { get; init; }
+}
 
 /// <summary>
 /// Where a shard's step stands: either a MoE layer that needs its routed experts (input rows [n, d] with their

@@ -20,6 +20,10 @@ public static class GridSiloExtensions
     public static ISiloBuilder AddGridSilo(this ISiloBuilder silo, GridOptions options)
     {
         silo.UseSiloMetadata(SiloMetadataKeys.For(options.Silo));
+        // Grain calls carry the caller's trace context (W3C): a gateway step's calls and their work here are one trace.
+        silo.AddActivityPropagation();
+        // Grid:Cluster:Dashboard: the dashboard's grains and call profiler here, its pages on the gateway.
+        if (options.Cluster.Dashboard) Orleans.Dashboard.ServiceCollectionExtensions.AddDashboard(silo);
         silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>()));
         silo.Services.AddSingleton<SiloTelemetry>();
         silo.Services.AddSingleton(new ShardLease(TimeSpan.FromSeconds(options.Cluster.LeaseSeconds)));

@@ -75,6 +75,9 @@ public sealed class ModelHost : IHostedService, IDisposable
 
     public bool IsReady => _loaded.Task.IsCompletedSuccessfully;
 
+    /// <summary>Why loading the model part failed (null while loading or once loaded).</summary>
+    public Exception? LoadError => _loaded.Task.Exception?.InnerException;
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
         // Load in the background: the silo joins the cluster at once and reports ready when this completes.

@@ -18,8 +18,9 @@ public sealed class SiloTelemetry : IDisposable
     public Counter<long> ExpertTokens { get; }
     public Counter<long> ExpertCalls { get; }
     public Histogram<double> ComputeMs { get; }
-    /// <summary>Sequences whose caches a shard freed because their gateway's lease expired.</summary>
-    public Counter<long> CachesReclaimed { get; }
+    /// <summary>Counts sequences whose caches a shard freed because their gateway's lease expired.</summary>
+    public void CachesReclaimed(long freed) => Interlocked.Add(ref _cachesReclaimed, freed);
+    long _cachesReclaimed;
 
     public SiloTelemetry()
     {
@@ -31,7 +32,8 @@ public sealed class SiloTelemetry : IDisposable
         _meter.CreateObservableGauge("grid_silo_sequences", () => Interlocked.Read(ref _cacheSequences), description: "Sequences whose latent cache lives on this silo");
         ExpertTokens = _meter.CreateCounter<long>("grid_expert_tokens", description: "Token rows routed into this silo's expert groups, by group");
         ExpertCalls = _meter.CreateCounter<long>("grid_expert_calls", description: "Expert-group calls served, by group");
-        CachesReclaimed = _meter.CreateCounter<long>("grid_silo_caches_reclaimed", description: "Latent caches freed because their gateway's lease expired (a gateway that died)");
+        // Observable: exported (as 0) from the first scrape, not only once a gateway died.
+        _meter.CreateObservableCounter("grid_silo_caches_reclaimed", () => Interlocked.Read(ref _cachesReclaimed), description: "Latent caches freed because their gateway's lease expired (a gateway that died)");
         ComputeMs = _meter.CreateHistogram<double>("grid_silo_compute_ms", unit: "ms", description: "Tensor work per grain call on the inference thread, by kind");
     }
 

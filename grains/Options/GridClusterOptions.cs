@@ -75,6 +75,11 @@ public sealed class GridClusterOptions
     /// instead of waiting forever.
     /// </summary>
     public double MaxJoinSeconds { get; set; } = 300;
+    /// <summary>
+    /// The Orleans Dashboard: every silo runs its grain-call profiler and dashboard grains, and the gateway serves the
+    /// dashboard on <c>/dashboard</c> (behind the API key). Set it on silos and gateway alike.
+    /// </summary>
+    public bool Dashboard { get; set; }
 
     public static int FreePort()
     {

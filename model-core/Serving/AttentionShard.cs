@@ -162,7 +162,10 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
                     scored[r] = Sampler.Score(values.AsSpan(row * v, v), c.ScoreNext![r], c.ScoreTop);
                 SampledToken? next = null;
                 if (c.Sample is { } s) next = Sampler.Sample(values.AsSpan(row++ * v, v), s.Params, s.Key);
-                results[i] = new ChunkResult(next, scored);
+                results[i] = new ChunkResult(next, scored)
+                {
+                    LatentBytes = (_sequences.GetValueOrDefault(new SequenceKey(who, c.SequenceId))?.BlockCount ?? 0) * Cache.BytesPerBlock,
+                };
             }
             return results;
         }

@@ -36,8 +36,17 @@ public sealed record StepChunk(long SequenceId, int Position, int[] Tokens, int 
     }
 }
 
-/// <summary>What a step returns for one chunk: the sampled token (when asked) and the prompt rows' logprobs.</summary>
-public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored);
+/// <summary>
+/// What a step returns for one chunk: the sampled token (when asked) and the prompt rows' logprobs; for tracing, the
+/// latent-cache bytes the sequence holds after the step and the expert groups its tokens reached in it.
+/// </summary>
+public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored)
+{
+    /// <summary>Bytes of latent cache (whole blocks) the sequence holds on its shard after this step; 0 when unknown.</summary>
+    public long LatentBytes { get; init; }
+    /// <summary>Expert groups any of the chunk's tokens was routed to in this step (ascending); empty when unknown.</summary>
+    public int[] ExpertGroups { get; init; } = [];
+}
 
 /// <summary>Latent cache occupancy of the hosts an executor drives.</summary>
 public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved, long BlocksInUse = 0, long BlocksBudget = 0, long BytesBudget = 0)

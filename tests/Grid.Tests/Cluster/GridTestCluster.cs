@@ -24,6 +24,8 @@ public abstract class GridTestCluster : IAsyncLifetime
     public static readonly ConcurrentDictionary<string, long> Calls = new();
 
     protected abstract string Checkpoint { get; }
+    /// <summary>Names the cluster (its service id and its grain-call counts) when several fixtures serve one checkpoint.</summary>
+    protected virtual string Name => Checkpoint;
     public TestCluster Cluster { get; private set; } = null!;
     public ModelConfig Config { get; private set; } = null!;
     public GridStepExecutor Executor { get; private set; } = null!;
@@ -33,7 +35,7 @@ public abstract class GridTestCluster : IAsyncLifetime
     /// Step calls (start, continue, expert forward) this cluster's attention and expert-group grains have received so
     /// far; the background lease renewals and cache reads are not step calls.
     /// </summary>
-    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(ModelPath + "|", StringComparison.Ordinal)
+    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(Name + "|", StringComparison.Ordinal)
         && (kv.Key.EndsWith(".StartStepAsync", StringComparison.Ordinal) || kv.Key.EndsWith(".ContinueStepAsync", StringComparison.Ordinal)
             || kv.Key.EndsWith(".ForwardAsync", StringComparison.Ordinal))).Sum(kv => kv.Value);
 
@@ -41,9 +43,10 @@ public abstract class GridTestCluster : IAsyncLifetime
     {
         Config = ModelConfig.Load(Path.Combine(ModelPath, "config.json"));
         var builder = new TestClusterBuilder(3);
-        builder.Options.ServiceId = "grid-test-" + Checkpoint;
-        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = ModelPath }));
+        builder.Options.ServiceId = "grid-test-" + Name;
+        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = ModelPath, ["GridClusterName"] = Name }));
         builder.AddSiloBuilderConfigurator<SiloConfigurator>();
+        builder.AddClientBuilderConfigurator<ClientConfigurator>();
         Cluster = builder.Build();
         await Cluster.DeployAsync();
         Executor = new GridStepExecutor(Cluster.Client, Config, new GridTopology { AttentionShards = 1, ExpertGroups = Groups }, NullLogger<GridStepExecutor>.Instance);
@@ -72,15 +75,21 @@ public abstract class GridTestCluster : IAsyncLifetime
                 Cluster = new GridClusterOptions { ExpertGroups = Groups },
                 Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
             });
-            var model = silo.Configuration["GridModelPath"]!;
+            var model = silo.Configuration["GridClusterName"]!;
             silo.AddIncomingGrainCallFilter(async ctx =>
             {
-                // Keyed by the cluster's model: the lite and full clusters run their test classes in parallel.
+                // Keyed by the cluster's name: the lite and full clusters run their test classes in parallel.
                 if (ctx.Grain is AttentionGrain or ExpertGroupGrain)
                     Calls.AddOrUpdate(model + "|" + ctx.Grain.GetType().Name + "." + ctx.InterfaceMethod.Name, 1, (_, v) => v + 1);
                 await ctx.Invoke();
             });
         }
+    }
+
+    /// <summary>The test's client (the gateway's role) carries trace context into its grain calls, as the gateway's does.</summary>
+    sealed class ClientConfigurator : IClientBuilderConfigurator
+    {
+        public void Configure(IConfiguration configuration, IClientBuilder client) => client.AddActivityPropagation();
     }
 }
 

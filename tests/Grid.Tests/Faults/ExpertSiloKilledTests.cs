@@ -45,22 +45,33 @@ public sealed class ExpertSiloKilledTests(ITestOutputHelper output)
         AssertSameAsSolo(cluster, expected.Take(1).ToArray(), [after], "a new request after the kill");
     }
 
+    /// <summary>
+    /// Also the probes: every silo answers /health and /ready on its metrics port (200 once it is an active member with
+    /// its model part loaded); the gateway's /ready turns 503 <c>expert_group_unavailable</c> before a 15 s deadline
+    /// from the kill (polled), and 200 again once a silo serving the groups joined.
+    /// </summary>
     [Fact]
     public async Task WithoutElasticSiloNewRequestsGet503UntilASiloServesTheGroupsAgain()
     {
         await using var cluster = NewCluster(output);
         await cluster.StartRedisAsync();
-        cluster.StartSilo("attention", attention: true, groups: [0]);
-        cluster.StartSilo("experts", attention: false, groups: [1, 2, 3]);
+        cluster.StartSilo("attention", attention: true, groups: [0], metrics: true);
+        cluster.StartSilo("experts", attention: false, groups: [1, 2, 3], metrics: true);
         await Task.WhenAll(cluster.WaitSiloReadyAsync("attention"), cluster.WaitSiloReadyAsync("experts"));
+        foreach (var silo in new[] { "attention", "experts" }) await AssertSiloProbesAsync(cluster, silo);
         var gateway = await cluster.StartGatewayAsync("gateway", attentionShards: 1);
+        Assert.Equal(HttpStatusCode.OK, (await gateway.Http.GetAsync("/ready")).StatusCode);
 
         var specs = Specs(2, 48, seeded: false).Concat(Specs(1, 48, seeded: true, salt: 2)).ToArray();
         var solo = await SoloAsync(cluster, gateway, specs);
 
         var inFlight = StreamClient.StartAll(gateway.Http, Specs(4, 2000, seeded: false, salt: 50));
         await StreamClient.WaitAllTokensAsync(inFlight, KillAfterTokens, StateLimit);
+        var sinceKill = System.Diagnostics.Stopwatch.StartNew();
         await cluster.Kill9Async("experts");
+        // /ready turns 503 (membership lost the groups' only silo): polled, the state change timed from the kill.
+        var notReady = Poll.UntilAsync(() => ReadyAsync(gateway), r => r.Status == HttpStatusCode.ServiceUnavailable, StateLimit)
+            .ContinueWith(t => (Ready: t.Result, After: sinceKill.Elapsed), TaskScheduler.Default);
 
         // The streams in flight end (an error event, or whatever ends them), none hangs.
         foreach (var r in await Task.WhenAll(inFlight.Select(s => s.Completion)))
@@ -69,6 +80,12 @@ public sealed class ExpertSiloKilledTests(ITestOutputHelper output)
             Assert.False(r.TimedOut, $"a stream in flight hung after its expert groups died: {r.Describe()}\n{cluster.AllLogTails()}");
             Assert.False(r.Complete, r.Describe());
         }
+
+        var (readyAfterKill, after) = await notReady;
+        Log(output, $"gateway /ready after the kill: HTTP {(int)readyAfterKill.Status} after {after.TotalSeconds:F1} s: {readyAfterKill.Body}");
+        Assert.True(readyAfterKill.Status == HttpStatusCode.ServiceUnavailable, $"/ready stayed {(int)readyAfterKill.Status}\n{cluster.AllLogTails()}");
+        Assert.True(after < TimeSpan.FromSeconds(15), $"/ready turned 503 only {after.TotalSeconds:F1} s after the kill (deadline 15 s)");
+        Assert.Equal("expert_group_unavailable", JsonNode.Parse(readyAfterKill.Body)!["error"]!["code"]!.GetValue<string>());
 
         // A new request: 503 expert_group_unavailable, naming the group.
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -80,10 +97,45 @@ public sealed class ExpertSiloKilledTests(ITestOutputHelper output)
         Assert.Matches("expert group [123]", error["message"]!.GetValue<string>());
 
         // A silo declaring the groups joins: requests succeed again (poll for that state), identical to solo.
-        await cluster.StartSiloAsync("experts2", attention: false, groups: [1, 2, 3]);
+        await cluster.StartSiloAsync("experts2", attention: false, groups: [1, 2, 3], metrics: true);
+        await AssertSiloProbesAsync(cluster, "experts2");
+        var readyAgain = await Poll.UntilAsync(() => ReadyAsync(gateway), r => r.Status == HttpStatusCode.OK, StateLimit);
+        Assert.True(readyAgain.Status == HttpStatusCode.OK, $"/ready did not turn 200 after experts2 joined: {readyAgain.Body}\n{cluster.AllLogTails()}");
+        Assert.Equal("ready", JsonNode.Parse(readyAgain.Body)!["status"]!.GetValue<string>());
         var first = await Poll.UntilAsync(() => StreamClient.RunAsync(gateway.Http, specs[0]), r => r.Status != 503, StateLimit);
         var rest = await Task.WhenAll(specs.Skip(1).Select(s => StreamClient.RunAsync(gateway.Http, s)));
         AssertSameAsSolo(cluster, solo, [first, .. rest], "requests after a silo declaring groups 1-3 joined");
+    }
+
+    /// <summary>GET /ready on the gateway: its status and body.</summary>
+    static async Task<(HttpStatusCode Status, string Body)> ReadyAsync(GatewayHandle gateway)
+    {
+        using var response = await gateway.Http.GetAsync("/ready");
+        return (response.StatusCode, await response.Content.ReadAsStringAsync());
+    }
+
+    /// <summary>
+    /// A silo's probes on its metrics port: /health 200, and /ready 200 (polled: it logged "ready" when its weights were
+    /// loaded; Active membership may follow a moment later) with the model-part and membership checks healthy.
+    /// </summary>
+    static async Task AssertSiloProbesAsync(ProcessCluster cluster, string name)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{cluster.Silo(name).MetricsPort}"), Timeout = TimeSpan.FromSeconds(30) };
+        using var health = await http.GetAsync("/health");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Equal("healthy", JsonNode.Parse(await health.Content.ReadAsStringAsync())!["status"]!.GetValue<string>());
+        var (status, body) = await Poll.UntilAsync(async () =>
+        {
+            using var r = await http.GetAsync("/ready");
+            return (r.StatusCode, await r.Content.ReadAsStringAsync());
+        }, r => r.StatusCode == HttpStatusCode.OK, StateLimit);
+        Assert.True(status == HttpStatusCode.OK, $"silo {name} /ready: {(int)status} {body}");
+        var checks = JsonNode.Parse(body)!["checks"]!;
+        Assert.Equal("healthy", checks["model_part"]!["status"]!.GetValue<string>());
+        Assert.Equal("healthy", checks["membership"]!["status"]!.GetValue<string>());
+        Assert.Contains("active cluster member", checks["membership"]!["description"]!.GetValue<string>());
+        // The metrics endpoint shares the port.
+        Assert.Contains("grid_silo_latent_cache_reserved_bytes", await http.GetStringAsync("/metrics"));
     }
 
     /// <summary>A non-streamed completion: its status and body.</summary>

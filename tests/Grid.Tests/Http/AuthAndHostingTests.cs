@@ -24,6 +24,7 @@ public sealed class KeyedServer : GridServerFixture
         settings["Grid:Http:MaxRequestBodyBytes"] = "4096";
         settings["Grid:Model:ServedName"] = "lite_f32";
         settings.Remove("Grid:Http:DebugEndpoints");   // the default: off
+        settings["Grid:Cluster:Dashboard"] = "true";       // the Orleans Dashboard, behind the keys
     }
 }
 
@@ -60,6 +61,38 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
         Assert.Equal(HttpStatusCode.OK, (await keyed.Http.GetAsync(keyed.BaseUrl + "/ready")).StatusCode);
     }
 
+    /// <summary>
+    /// The Orleans Dashboard on the gateway (Grid:Cluster:Dashboard): its page and its API answer with the key, and its
+    /// counters show the grid's own grains once a request ran through them.
+    /// </summary>
+    [Fact]
+    public async Task TheOrleansDashboardIsServedBehindTheKey()
+    {
+        using var noRedirects = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false });
+        using (var bare = new HttpRequestMessage(HttpMethod.Get, keyed.BaseUrl + "/dashboard"))
+        {
+            bare.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "sk-first");
+            using var redirect = await noRedirects.SendAsync(bare);
+            Assert.True((int)redirect.StatusCode is >= 300 and < 400, $"/dashboard answered {(int)redirect.StatusCode}");
+            Assert.Equal("/dashboard/", redirect.Headers.Location?.OriginalString);
+        }
+        var (pageStatus, page) = await GetAsync("/dashboard/", "sk-first");
+        Assert.Equal(HttpStatusCode.OK, pageStatus);
+        Assert.Contains("<html", page, StringComparison.OrdinalIgnoreCase);
+        var (versionStatus, version) = await GetAsync("/dashboard/version", "sk-first");
+        Assert.Equal(HttpStatusCode.OK, versionStatus);
+        Assert.Contains("version", version);
+
+        var (status, _) = await keyed.PostRawAsync("/v1/completions", Body, "sk-first");
+        Assert.Equal(HttpStatusCode.OK, status);
+        // The dashboard grain gathers the silos' call statistics periodically: wait for the grid's grains to show.
+        var counters = await Poll.UntilAsync(() => GetAsync("/dashboard/DashboardCounters", "sk-first"),
+            r => r.Status == HttpStatusCode.OK && r.Body.Contains("AttentionGrain", StringComparison.Ordinal), TimeSpan.FromMinutes(2));
+        Assert.Equal(HttpStatusCode.OK, counters.Status);
+        Assert.Contains("AttentionGrain", counters.Body);
+        Assert.Contains("ExpertGroupGrain", counters.Body);
+    }
+
     async Task<(HttpStatusCode Status, string Body)> GetAsync(string path, string? key)
     {
         using var request = new HttpRequestMessage(HttpMethod.Get, keyed.BaseUrl + path);
@@ -75,6 +108,8 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
     [InlineData("/v1/models")]
     [InlineData("/v1/models/lite_f32")]
     [InlineData("/no/such/route")]
+    [InlineData("/dashboard/")]
+    [InlineData("/dashboard/DashboardCounters")]
     public async Task EveryRouteButTheProbesNeedsTheKey(string path)
     {
         foreach (var key in new[] { null, "sk-wrong" })
