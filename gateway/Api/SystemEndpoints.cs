@@ -22,6 +22,8 @@ public static class SystemEndpoints
             : OpenAiErrors.Result(404, $"The model '{id}' does not exist", OpenAiErrors.InvalidRequest, "model", "model_not_found"));
         if (!options.Http.DebugEndpoints) return;
         app.MapGet("/debug/steps", (ServingEngine engine) => Results.Json(engine.Loop?.RecentSteps() ?? []));
+        app.MapPost("/debug/pause", (ServingEngine engine) => { engine.Loop?.Pause(); return Results.Json(new { paused = engine.Loop?.Paused ?? false }); });
+        app.MapPost("/debug/resume", (ServingEngine engine) => { engine.Loop?.Resume(); return Results.Json(new { paused = engine.Loop?.Paused ?? false }); });
         app.MapGet("/debug/cache", async (ServingEngine engine, CancellationToken cancellationToken) =>
         {
             if (engine.Executor is not { } executor) return OpenAiErrors.Result(503, "the model is still loading", OpenAiErrors.Unavailable, null, "model_not_ready");

@@ -152,6 +152,18 @@ public sealed class EngineLoop : IAsyncDisposable
         return events.Reader;
     }
 
+    volatile TaskCompletionSource? _pause;
+
+    /// <summary>Whether the loop holds between steps (<see cref="Pause"/>).</summary>
+    public bool Paused => _pause is not null;
+
+    /// <summary>Holds the loop before its next step: running sequences keep their caches, new requests queue (and
+    /// past the queue bound get 429). For operators draining a host by hand and for overload tests.</summary>
+    public void Pause() => Interlocked.CompareExchange(ref _pause, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), null);
+
+    /// <summary>Lets a paused loop step again.</summary>
+    public void Resume() => Interlocked.Exchange(ref _pause, null)?.TrySetResult();
+
     async Task RunAsync()
     {
         // Steps are spans of their own (a step serves many requests): never children of whoever created the loop.
@@ -164,6 +176,14 @@ public sealed class EngineLoop : IAsyncDisposable
             ExpireQueued();
             RunningCount = _running.Count;
             WaitingCount = _waiting.Count;
+            if (_pause is { } pause)
+            {
+                // Paused between steps (an operator's /debug/pause): requests still queue, and past the bound get 429.
+                try { await pause.Task.WaitAsync(TimeSpan.FromMilliseconds(50), ct); }
+                catch (TimeoutException) { }
+                catch (OperationCanceledException) { return; }
+                continue;
+            }
             if (_running.Count == 0 && _waiting.Count == 0)
             {
                 try { if (!await _incoming.Reader.WaitToReadAsync(ct)) return; }
