@@ -122,6 +122,20 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
         Scheduling.SeededRuns.AssertSameTokens(reference, batched);
         Assert.Equal(0, (await Grid.Executor.GetCacheStatsAsync(CancellationToken.None)).Tokens);
     }
+
+    [Fact]
+    public async Task PenalisedSeededSamplingThroughTheGridMatchesModelCore()
+    {
+        // Penalties, logit_bias, min_p and min_tokens travel in the chunk's sampling spec; the shard on the attention silo
+        // reads the sequence's tokens from its own cache.
+        var target = Scheduling.PenalisedSamplingTests.Target;
+        await using var local = await global::Grid.Gateway.Hosting.EngineFactory.LoadLocalAsync(Golden.Dir("lite_f32"), TorchSharp.torch.ScalarType.Float32, null, CancellationToken.None);
+        SampledToken[] reference, viaGrid;
+        await using (var loop = Scheduling.SeededRuns.Loop(local)) reference = await Scheduling.SeededRuns.RunAsync(loop, target);
+        await using (var loop = Scheduling.SeededRuns.Loop(Grid.Executor)) viaGrid = await Scheduling.SeededRuns.RunAsync(loop, target);
+        Assert.True(reference.Length > 30);
+        Scheduling.SeededRuns.AssertSameTokens(reference, viaGrid);
+    }
 }
 
 public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<FullCluster>(cluster), IClassFixture<FullCluster>
