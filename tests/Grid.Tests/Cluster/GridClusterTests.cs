@@ -143,9 +143,10 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
         // The shard keeps each sequence's token ids with its cache, so a penalised decode step sends the settings
         // (a few doubles, plus the logit_bias entries) and never the generated tokens or their counts.
         var serializer = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Orleans.Serialization.Serializer>(Grid.Cluster.Client.ServiceProvider);
-        var prompt = Golden.Load("lite_f32", "long").PromptIds;
-        async Task<long> DecodeChunkBytesAsync(SamplingParams p, long baseId)
+        var longPrompt = Golden.Load("lite_f32", "long").PromptIds;
+        async Task<long> DecodeChunkBytesAsync(SamplingParams p, long baseId, int promptLength = 24)
         {
+            var prompt = longPrompt[..promptLength];
             var ids = Enumerable.Range(0, 32).Select(i => baseId + i).ToArray();
             var prefill = await Grid.Executor.StepAsync(ids.Select(id => new StepChunk(id, 0, prompt) { Sample = new TokenSampling(p, new DrawKey(1, 0, 0)) }).ToList(), CancellationToken.None);
             var meter = new WireMeter(serializer);
@@ -163,11 +164,13 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
         }
         var plain = await DecodeChunkBytesAsync(SamplingParams.Greedy, 7000);
         var penalised = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, FrequencyPenalty = 0.5, RepetitionPenalty = 1.2, MinP = 0.1 }, 7100);
+        var penalisedLonger = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, FrequencyPenalty = 0.5, RepetitionPenalty = 1.2, MinP = 0.1 }, 7300, 48);
         var biased = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, LogitBias = Enumerable.Range(0, 10).Select(t => new TokenBias(t, 1f)).ToArray() }, 7200);
-        Console.WriteLine($"decode step chunk bytes, batch 32: plain {plain}, penalised {penalised}, with 10 logit_bias entries {biased}");
+        Console.WriteLine($"decode step chunk bytes, batch 32: plain {plain}, penalised {penalised} (48-token contexts: {penalisedLonger}), with 10 logit_bias entries {biased}");
         Assert.True(penalised > plain);
         Assert.True((penalised - plain) / 32.0 < 64, $"{(penalised - plain) / 32.0} bytes per sequence for the penalty settings");
-        // A 200-token prompt's history would be >= 200 bytes per sequence: none of it travels.
+        // Twice the history, the same bytes: no token history travels.
+        Assert.Equal(penalised, penalisedLonger);
         Assert.True((biased - plain) / 32.0 < 64 + 10 * 10, $"{(biased - plain) / 32.0} bytes per sequence with 10 bias entries");
     }
 }
