@@ -31,15 +31,41 @@ public static class TensorPayloads
     };
 
     public static ChunkInput ToInput(this StepChunk c) => new(c.SequenceId, c.Position, c.Tokens,
-        c.Sample is { } s ? new SamplingSpec(s.Params.Temperature, s.Params.TopP, s.Params.TopK, s.Params.Logprobs, s.Key.Seed, s.Key.Choice, s.Key.Index) : null,
+        c.Sample is { } s ? new SamplingSpec(s.Params.Temperature, s.Params.TopP, s.Params.TopK, s.Params.Logprobs, s.Key.Seed, s.Key.Choice, s.Key.Index)
+        {
+            Processing = ToSpec(s.Params, s.Key.Index),
+        } : null,
         c.ScoreNext, c.ScoreTop);
+
+    /// <summary>The request's logit processing, or null when it has none (plain requests send nothing more than before).</summary>
+    static LogitProcessingSpec? ToSpec(SamplingParams p, int index)
+    {
+        if (!p.ProcessesLogits && p.MinP <= 0) return null;
+        bool masking = index < p.MinTokens;   // the stop ids matter only until min_tokens are generated
+        return new LogitProcessingSpec(p.PresencePenalty, p.FrequencyPenalty, p.RepetitionPenalty, p.MinP,
+            masking ? p.MinTokens : 0, masking ? p.StopTokenIds : [],
+            p.LogitBias.Select(b => b.Token).ToArray(), p.LogitBias.Select(b => b.Bias).ToArray());
+    }
+
+    static SamplingParams ToParams(SamplingSpec s)
+    {
+        var p = new SamplingParams { Temperature = s.Temperature, TopP = s.TopP, TopK = s.TopK, Logprobs = s.Logprobs, Seed = s.Seed };
+        if (s.Processing is not { } x) return p;
+        return p with
+        {
+            PresencePenalty = x.PresencePenalty,
+            FrequencyPenalty = x.FrequencyPenalty,
+            RepetitionPenalty = x.RepetitionPenalty,
+            MinP = x.MinP,
+            MinTokens = x.MinTokens,
+            StopTokenIds = x.StopTokenIds,
+            LogitBias = x.BiasTokens.Zip(x.BiasValues, (t, b) => new TokenBias(t, b)).ToArray(),
+        };
+    }
 
     public static StepChunk ToChunk(this ChunkInput c) => new(c.SequenceId, c.Position, c.Tokens)
     {
-        Sample = c.Sample is { } s
-            ? new TokenSampling(new SamplingParams { Temperature = s.Temperature, TopP = s.TopP, TopK = s.TopK, Logprobs = s.Logprobs, Seed = s.Seed },
-                new DrawKey(s.Seed, s.Choice, s.Index))
-            : null,
+        Sample = c.Sample is { } s ? new TokenSampling(ToParams(s), new DrawKey(s.Seed, s.Choice, s.Index)) : null,
         ScoreNext = c.ScoreNext,
         ScoreTop = c.ScoreTop,
     };

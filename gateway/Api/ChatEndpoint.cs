@@ -24,7 +24,7 @@ public static class ChatEndpoint
         }
         var sampling = request.Sampling;
         using var choices = new ChoiceSet(request.GenerationRequests(tokenizer.EosId), request.PromptIds.Length, echo: false,
-            () => new CompletionBuilder(tokenizer, logprobs: false, sampling.TokensAsIds, sampling.Stops), ctx.Aborted);
+            () => new CompletionBuilder(tokenizer, logprobs: false, sampling.TokensAsIds, sampling.Stops, sampling.MinTokens), ctx.Aborted);
         ctx.Telemetry.PromptTokens.Add(choices.PromptTokens);
         ctx.Logger.LogInformation("request {RequestId}: chat, {Messages} messages, {PromptTokens} prompt tokens, n {N}, max_tokens {MaxTokens}, stream {Stream}",
             ctx.RequestId, request.Messages.Count, choices.PromptTokens, sampling.N, request.ResolvedMaxTokens, sampling.Stream);

@@ -51,7 +51,7 @@ public sealed record ChatRequest
             Sampling = sampling,
             Messages = messages,
             PromptIds = prompt,
-            ResolvedMaxTokens = sampling.ResolveMaxTokens(prompt.Length, engine.ContextLength, http.ChatDefaultMaxTokens, "messages"),
+            ResolvedMaxTokens = sampling.ResolveMaxTokens(prompt.Length, engine.ContextLength, engine.GenerationDefaults.MaxNewTokens ?? http.ChatDefaultMaxTokens, "messages"),
             Logprobs = logprobs,
             TopLogprobs = logprobs ? top ?? 0 : 0,
         };
@@ -64,7 +64,7 @@ public sealed record ChatRequest
         return Enumerable.Range(0, Sampling.N).Select(j => new GenerationRequest
         {
             PromptIds = PromptIds,
-            Sampling = Sampling.Params(TopLogprobs),
+            Sampling = Sampling.Params(TopLogprobs, stopIds),
             Choice = j,
             MaxTokens = ResolvedMaxTokens,
             StopTokenIds = stopIds,
@@ -90,7 +90,7 @@ public sealed record ChatRequest
     }
 
     /// <summary><c>messages</c>: a non-empty list of {role, content}, content a string or a list of text parts.</summary>
-    static List<ChatMessage> ParseMessages(JsonElement body)
+    public static List<ChatMessage> ParseMessages(JsonElement body)
     {
         if (!body.Field("messages", out var list)) throw ApiException.Invalid("'messages' is required", "messages", "missing_required_parameter");
         if (list.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType("messages", $"a list of messages, got {JsonFields.Kind(list.ValueKind)}");

@@ -18,8 +18,15 @@ public sealed class CompletionBuilder
     public int CompletionTokens { get; private set; }
     public string Text => _echo + _text.Text;
 
-    public CompletionBuilder(GridTokenizer tokenizer, bool logprobs, bool tokensAsIds, IReadOnlyList<string> stops)
+    /// <summary>The sum of the generated tokens' logprobs (raw logits): how <c>best_of</c> ranks candidates.</summary>
+    public double CumulativeLogprob { get; private set; }
+
+    readonly int _minTokens;
+
+    /// <param name="minTokens">Stop strings are not honoured until this many tokens are generated (vLLM's min_tokens).</param>
+    public CompletionBuilder(GridTokenizer tokenizer, bool logprobs, bool tokensAsIds, IReadOnlyList<string> stops, int minTokens = 0)
     {
+        _minTokens = minTokens;
         _tokenizer = tokenizer;
         _text = new TextAccumulator(tokenizer, stops);
         _logprobs = logprobs ? new LegacyLogprobs(tokenizer, tokensAsIds) : null;
@@ -44,7 +51,8 @@ public sealed class CompletionBuilder
         {
             case TokenEvent t when FinishReason is null && !_text.Stopped:
                 CompletionTokens++;
-                var delta = _text.Add(t.Token.Token);
+                CumulativeLogprob += t.Token.Logprob;
+                var delta = _text.Add(t.Token.Token, honourStops: CompletionTokens >= _minTokens);
                 _logprobs?.Add(t.Token.Token, t.Token, _tokenizer.TokenText(t.Token.Token).Length);
                 _chatLogprobs.Add(LogprobRenderer.ChatEntry(t.Token));
                 if (_text.Stopped) FinishReason = "stop";

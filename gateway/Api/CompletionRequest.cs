@@ -35,29 +35,33 @@ public sealed record CompletionRequest
         var echo = body.OptBool("echo") ?? false;
         if (body.Field("suffix", out _)) throw ApiException.Unsupported("suffix", "suffix");
         var prompts = ParsePrompts(body, engine);
-        if (prompts.Count * sampling.N > MaxPrompts * 4)
-            throw ApiException.OutOfRange($"{prompts.Count} prompts x n {sampling.N} is more than {MaxPrompts * 4} choices", "n");
+        if (prompts.Count * sampling.BestOf > MaxPrompts * 4)
+            throw ApiException.OutOfRange($"{prompts.Count} prompts x {(sampling.BestOf > sampling.N ? "best_of" : "n")} {sampling.BestOf} is more than {MaxPrompts * 4} choices",
+                sampling.BestOf > sampling.N ? "best_of" : "n");
         return new CompletionRequest
         {
             Sampling = sampling,
             Prompts = prompts,
-            ResolvedMaxTokens = prompts.Select(p => sampling.ResolveMaxTokens(p.Length, engine.ContextLength, DefaultMaxTokens, "prompt")).ToArray(),
+            ResolvedMaxTokens = prompts.Select(p => sampling.ResolveMaxTokens(p.Length, engine.ContextLength, engine.GenerationDefaults.MaxNewTokens ?? DefaultMaxTokens, "prompt")).ToArray(),
             Logprobs = logprobs,
             Echo = echo,
         };
     }
 
-    /// <summary>One generation request per choice, in choice order: prompt by prompt, <c>n</c> for each.</summary>
+    /// <summary>
+    /// One generation request per candidate, in order: prompt by prompt, <c>best_of</c> (= <c>n</c> unless given) for each;
+    /// candidate j of a prompt draws as choice j (seed, j, token index).
+    /// </summary>
     public IReadOnlyList<GenerationRequest> GenerationRequests(int? eosId)
     {
         var stopIds = Sampling.StopTokenSet(eosId);
-        var requests = new List<GenerationRequest>(Prompts.Count * Sampling.N);
+        var requests = new List<GenerationRequest>(Prompts.Count * Sampling.BestOf);
         for (int p = 0; p < Prompts.Count; p++)
-            for (int j = 0; j < Sampling.N; j++)
+            for (int j = 0; j < Sampling.BestOf; j++)
                 requests.Add(new GenerationRequest
                 {
                     PromptIds = Prompts[p],
-                    Sampling = Sampling.Params(Logprobs ?? 0),
+                    Sampling = Sampling.Params(Logprobs ?? 0, stopIds),
                     Choice = j,
                     MaxTokens = ResolvedMaxTokens[p],
                     StopTokenIds = stopIds,

@@ -25,7 +25,7 @@ public static class CompletionsEndpoint
         var sampling = request.Sampling;
         bool logprobs = request.Logprobs is not null;
         using var choices = new ChoiceSet(request.GenerationRequests(tokenizer.EosId), request.PromptTokens, request.Echo,
-            () => new CompletionBuilder(tokenizer, logprobs, sampling.TokensAsIds, sampling.Stops), ctx.Aborted);
+            () => new CompletionBuilder(tokenizer, logprobs, sampling.TokensAsIds, sampling.Stops, sampling.MinTokens), ctx.Aborted);
         ctx.Telemetry.PromptTokens.Add(choices.PromptTokens);
         ctx.Logger.LogInformation("request {RequestId}: completions, {Prompts} prompt(s) of {PromptTokens} tokens, n {N}, max_tokens {MaxTokens}, stream {Stream}",
             ctx.RequestId, request.Prompts.Count, choices.PromptTokens, sampling.N, request.ResolvedMaxTokens.Max(), sampling.Stream);

@@ -15,10 +15,10 @@ public static class SystemEndpoints
         app.MapGet("/v1/models", (ServingEngine engine) => Json(new JsonObject
         {
             ["object"] = "list",
-            ["data"] = new JsonArray(Model(engine)),
+            ["data"] = new JsonArray(engine.ServedNames.Select(name => (JsonNode)Model(engine, name)).ToArray()),
         }));
-        app.MapGet("/v1/models/{id}", (string id, ServingEngine engine) => id == engine.ModelName
-            ? Json(Model(engine))
+        app.MapGet("/v1/models/{id}", (string id, ServingEngine engine) => engine.Serves(id)
+            ? Json(Model(engine, id))
             : OpenAiErrors.Result(404, $"The model '{id}' does not exist", OpenAiErrors.InvalidRequest, "model", "model_not_found"));
         if (!options.Http.DebugEndpoints) return;
         app.MapGet("/debug/steps", (ServingEngine engine) => Results.Json(engine.Loop?.RecentSteps() ?? []));
@@ -42,9 +42,9 @@ public static class SystemEndpoints
         });
     }
 
-    static JsonObject Model(ServingEngine engine) => new()
+    static JsonObject Model(ServingEngine engine, string name) => new()
     {
-        ["id"] = engine.ModelName,
+        ["id"] = name,
         ["object"] = "model",
         ["created"] = engine.Created.ToUnixTimeSeconds(),
         ["owned_by"] = "grid",

@@ -27,7 +27,11 @@ public sealed class TextAccumulator
     public string Text => _emitted.ToString();
 
     /// <summary>Adds a token; returns the newly final text (may be empty).</summary>
-    public string Add(int id)
+    public string Add(int id) => Add(id, honourStops: true);
+
+    /// <summary>Adds a token; returns the newly final text (may be empty). Without <paramref name="honourStops"/> (before
+    /// min_tokens) a stop string that ends in this token's text does not stop the sequence.</summary>
+    public string Add(int id, bool honourStops)
     {
         if (Stopped) return "";
         var added = _decoder.Add(id);
@@ -44,7 +48,7 @@ public sealed class TextAccumulator
             int start = baseAt + end + 1 - stop.Length;
             if (cut < 0 || start < cut) cut = start;
         }
-        if (cut >= 0)
+        if (cut >= 0 && honourStops)
         {
             Stopped = true;
             return Emit(Math.Max(0, cut));

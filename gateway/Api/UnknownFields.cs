@@ -16,7 +16,7 @@ public static class UnknownFields
     public static readonly IReadOnlySet<string> Sampling = new HashSet<string>(StringComparer.Ordinal)
     {
         "model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "n", "best_of",
-        "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "user", "stream", "stream_options",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "min_p", "min_tokens", "user", "stream", "stream_options",
         "return_tokens_as_token_ids",
     };
 

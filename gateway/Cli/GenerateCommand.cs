@@ -86,7 +86,7 @@ public static class GenerateCommand
                 completion.Add(ev);
             if (parse.GetValue(json))
             {
-                var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], string.IsNullOrWhiteSpace(options.Model.ServedName) ? EngineFactory.ModelName(modelArg, dir) : options.Model.ServedName,
+                var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], options.Model.ServedNames() is { Count: > 0 } names ? names[0] : EngineFactory.ModelName(modelArg, dir),
                     [completion.ChoiceJson(0)], completion.Usage());
                 Console.WriteLine(obj.ToJsonString(OpenAiJson.Options));
             }

@@ -23,6 +23,7 @@ public sealed class GridFlagOptions
                 t == typeof(double) ? Make<double>(flag, description) :
                 t == typeof(bool) ? MakeSwitch(flag, description) :
                 flag.IsList ? MakeList(flag, description) :
+                flag.ManyValues ? MakeJoined(flag, description) :
                 MakeString(flag, description));
         }
     }
@@ -64,6 +65,12 @@ public sealed class GridFlagOptions
     {
         var o = new Option<string[]>(flag.Name) { Description = description, AllowMultipleArgumentsPerToken = false };
         return (flag, o, p => p.GetValue(o) ?? []);
+    }
+
+    static (GridFlag, Option, Func<ParseResult, IEnumerable<string>>) MakeJoined(GridFlag flag, string description)
+    {
+        var o = new Option<string[]>(flag.Name) { Description = description, AllowMultipleArgumentsPerToken = true, Arity = ArgumentArity.OneOrMore };
+        return (flag, o, p => p.GetValue(o) is { Length: > 0 } v ? [string.Join(' ', v)] : []);
     }
 
     static (GridFlag, Option, Func<ParseResult, IEnumerable<string>>) MakeString(GridFlag flag, string description)

@@ -62,5 +62,14 @@ public static class EngineFactory
         }
     }
 
-    public static GridTokenizer LoadTokenizer(string directory) => GridTokenizer.Load(directory);
+    public static GridTokenizer LoadTokenizer(string directory, string? chatTemplateFile = null)
+    {
+        if (string.IsNullOrEmpty(chatTemplateFile)) return GridTokenizer.Load(directory);
+        if (!File.Exists(chatTemplateFile)) throw new FileNotFoundException($"Grid:Model:ChatTemplate (--chat-template): {chatTemplateFile} does not exist", chatTemplateFile);
+        try { return GridTokenizer.Load(directory, File.ReadAllText(chatTemplateFile)); }
+        catch (Grid.ChatTemplates.ChatTemplateException e)
+        {
+            throw new ArgumentException($"Grid:Model:ChatTemplate (--chat-template): {chatTemplateFile} is not a valid chat template: {e.Message}", e);
+        }
+    }
 }

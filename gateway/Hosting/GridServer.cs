@@ -82,6 +82,8 @@ public static class GridServer
         if (keys.Count > 0) app.Use(ApiKeyCheck(keys));
         app.MapPost("/v1/completions", CompletionsEndpoint.HandleAsync);
         app.MapPost("/v1/chat/completions", ChatEndpoint.HandleAsync);
+        app.MapPost("/tokenize", TokenizerEndpoints.TokenizeAsync);
+        app.MapPost("/detokenize", TokenizerEndpoints.DetokenizeAsync);
         SystemEndpoints.Map(app, options);
         if (options.Cluster.Dashboard) GatewayDashboard.Map(app);
         app.MapPrometheusScrapingEndpoint("/metrics");

@@ -41,13 +41,22 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         });
         // A given folder is checked at once; the built-in checkpoint is created (if missing) in the background load.
         if (!string.IsNullOrEmpty(_options.Model.Path)) ModelDirectory = EngineFactory.ResolveModel(_options.Model.Path);
-        ModelName = string.IsNullOrWhiteSpace(_options.Model.ServedName)
-            ? EngineFactory.ModelName(_options.Model.Path, ModelDirectory ?? "")
-            : _options.Model.ServedName;
+        var names = _options.Model.ServedNames();
+        ServedNames = names.Count > 0 ? names : [EngineFactory.ModelName(_options.Model.Path, ModelDirectory ?? "")];
+        // A missing chat template file fails at start, before the port opens.
+        if (!string.IsNullOrEmpty(_options.Model.ChatTemplate) && !File.Exists(_options.Model.ChatTemplate))
+            throw new FileNotFoundException($"Grid:Model:ChatTemplate (--chat-template): {_options.Model.ChatTemplate} does not exist", _options.Model.ChatTemplate);
     }
 
     public string? ModelDirectory { get; private set; }
-    public string ModelName { get; }
+    /// <summary>The name responses report: the first served name.</summary>
+    public string ModelName => ServedNames[0];
+    /// <summary>Every name requests may use (<c>--served-model-name a b</c>), listed by /v1/models.</summary>
+    public IReadOnlyList<string> ServedNames { get; }
+    /// <summary>Whether <paramref name="name"/> is one of <see cref="ServedNames"/>.</summary>
+    public bool Serves(string name) => ServedNames.Contains(name, StringComparer.Ordinal);
+    /// <summary>Sampling defaults from the checkpoint's generation_config.json (Grid:Model:GenerationConfig); a request's fields win.</summary>
+    public Grid.ModelCore.Sampling.GenerationDefaults GenerationDefaults { get; private set; } = Grid.ModelCore.Sampling.GenerationDefaults.None;
     public bool Ready => _ready;
     /// <summary>The host is stopping: running streams finish, nothing new is admitted.</summary>
     public bool Draining => _draining;
@@ -76,7 +85,10 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         {
             ModelDirectory ??= EngineFactory.ResolveModel(null, m => _logger.LogInformation("{Message}", m));
             _logger.LogInformation("loading model {Model} from {Directory}", ModelName, ModelDirectory);
-            Tokenizer = EngineFactory.LoadTokenizer(ModelDirectory);
+            Tokenizer = EngineFactory.LoadTokenizer(ModelDirectory, _options.Model.ChatTemplate);
+            GenerationDefaults = Grid.ModelCore.Sampling.GenerationDefaults.Load(_options.Model.GenerationConfig, ModelDirectory);
+            if (GenerationDefaults != Grid.ModelCore.Sampling.GenerationDefaults.None)
+                _logger.LogInformation("sampling defaults from generation_config.json (a request's own fields win): {@Defaults}", GenerationDefaults);
             var executor = await CreateExecutorAsync(cancellationToken);
             Executor = executor;
             var config = executor.Config;

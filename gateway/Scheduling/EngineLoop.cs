@@ -440,7 +440,8 @@ public sealed class EngineLoop : IAsyncDisposable
         s.Recomputes = 0;
         s.Tokens.Add(token.Token);
         s.Events.Writer.TryWrite(new TokenEvent(token));
-        if (s.Request.StopTokenIds.Contains(token.Token)) await FinishAsync(s, "stop", null);
+        // Before min_tokens the shard masks the stop tokens; they end nothing there either (as vLLM's stop checker).
+        if (s.Request.StopTokenIds.Contains(token.Token) && s.Generated >= s.Request.Sampling.MinTokens) await FinishAsync(s, "stop", null);
         else if (s.Generated >= s.Request.MaxTokens || s.Tokens.Count >= ContextLength) await FinishAsync(s, "length", null);
     }
 

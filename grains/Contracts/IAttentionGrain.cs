@@ -9,7 +9,27 @@ public sealed record SamplingSpec(
     [property: Id(3)] int Logprobs,
     [property: Id(4)] long Seed,
     [property: Id(5)] int Choice,
-    [property: Id(6)] int Index);
+    [property: Id(6)] int Index)
+{
+    /// <summary>Penalties, logit_bias, min_p and the min_tokens mask; null (nothing on the wire) when the request uses none.</summary>
+    [Id(7)] public LogitProcessingSpec? Processing { get; init; }
+}
+
+/// <summary>
+/// A sequence's logit processing (vLLM's definitions): penalties over its own tokens (the shard keeps them with the
+/// latent cache, so no token history travels), logit_bias as parallel id/value arrays, min_p, and the stop tokens
+/// masked while fewer than MinTokens are generated (sent only while that holds).
+/// </summary>
+[GenerateSerializer, Immutable]
+public sealed record LogitProcessingSpec(
+    [property: Id(0)] double PresencePenalty,
+    [property: Id(1)] double FrequencyPenalty,
+    [property: Id(2)] double RepetitionPenalty,
+    [property: Id(3)] double MinP,
+    [property: Id(4)] int MinTokens,
+    [property: Id(5)] int[] StopTokenIds,
+    [property: Id(6)] int[] BiasTokens,
+    [property: Id(7)] float[] BiasValues);
 
 /// <summary>
 /// New tokens of one sequence in a step, at cache positions [Position, + Tokens.Length): the shard refuses a

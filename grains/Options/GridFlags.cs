@@ -27,6 +27,8 @@ public sealed record GridFlag(string Name, string Key, GridExecutable ReadBy, st
     public Type ValueType { get; } = GridKeys.TypeOf(Key);
     /// <summary>A list key (<c>Grid:Http:ApiKeys</c>): the flag may be repeated, each value one entry.</summary>
     public bool IsList => ValueType != typeof(string) && ValueType != typeof(GroupList) && typeof(System.Collections.IEnumerable).IsAssignableFrom(ValueType);
+    /// <summary>A string key whose flag takes several values (<c>--served-model-name a b</c>), joined with spaces.</summary>
+    public bool ManyValues { get; init; }
 }
 
 /// <summary>
@@ -44,7 +46,9 @@ public static class GridFlags
         new("--dtype", "Grid:Model:Dtype", Everywhere, "Compute dtype: float32 (default), bfloat16, float16"),
         new("--engine", "Grid:Model:Engine", Gateway, "grid (default: the embedded grid, or the cluster Grid:Cluster configures) or local (model-core in process)"),
         new("--max-model-len", "Grid:Model:MaxModelLen", Gateway, "Cap on the context length (0 = the checkpoint's)"),
-        new("--served-model-name", "Grid:Model:ServedName", Gateway, "Model name in the API (default: grid-tiny or the folder's name)"),
+        new("--served-model-name", "Grid:Model:ServedName", Gateway, "Model names in the API, e.g. --served-model-name a b (all accepted, the first reported; default: grid-tiny or the folder's name)") { ManyValues = true },
+        new("--chat-template", "Grid:Model:ChatTemplate", Gateway, "A Jinja2 chat template file replacing the checkpoint's chat_template"),
+        new("--generation-config", "Grid:Model:GenerationConfig", Gateway, "Default sampling settings: auto (the checkpoint's generation_config.json), vllm (none) or a folder"),
         new("--host", "Grid:Http:Host", GridExecutable.Serve, "Address to bind (default 0.0.0.0)"),
         new("--port", "Grid:Http:Port", GridExecutable.Serve, "TCP port (default 8080; 0 = any free port)"),
         new("--api-key", "Grid:Http:ApiKeys", GridExecutable.Serve, "Accepted API key; repeat for several"),

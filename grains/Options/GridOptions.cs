@@ -34,8 +34,19 @@ public sealed class ModelOptions
     public string Engine { get; set; } = "grid";
     /// <summary>Caps the context length below the checkpoint's max_position_embeddings (0 = no cap).</summary>
     public int MaxModelLen { get; set; }
-    /// <summary>Name served in /v1/models and required in requests; default: "grid-tiny" or the folder's name.</summary>
+    /// <summary>
+    /// Names served in /v1/models and accepted in requests, separated by spaces or commas (vLLM's
+    /// <c>--served-model-name a b</c>); the first is reported in responses. Default: "grid-tiny" or the folder's name.
+    /// </summary>
     public string? ServedName { get; set; }
+    /// <summary>A chat template file (Jinja2) that replaces the checkpoint's <c>chat_template</c>; empty: the checkpoint's.</summary>
+    public string? ChatTemplate { get; set; }
+    /// <summary>Default sampling settings: "auto" (the checkpoint's generation_config.json), "vllm" (none), or a folder holding one.</summary>
+    public string GenerationConfig { get; set; } = "auto";
+
+    /// <summary>The served names, in order (empty when none is configured).</summary>
+    public IReadOnlyList<string> ServedNames() =>
+        (ServedName ?? "").Split([' ', ',', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct(StringComparer.Ordinal).ToArray();
 }
 
 /// <summary><c>Grid:Http:*</c>.</summary>

@@ -21,6 +21,15 @@ public sealed class LatentSequence
 
     public int BlockCount => Blocks.Count;
 
+    internal readonly List<int> TokenIds = new();
+
+    /// <summary>
+    /// The token ids at positions [0, <see cref="Length"/>) when every step committed them (<see cref="LatentCache.Commit(LatentSequence, int, ReadOnlySpan{int})"/>):
+    /// the sequence's own history, rebuilt whenever the cache is rebuilt (recompute replays every token), which
+    /// sampling penalties read.
+    /// </summary>
+    public ReadOnlySpan<int> Tokens => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(TokenIds);
+
     /// <summary>The pool blocks the sequence owns, in position order (a trim may renumber them).</summary>
     public IReadOnlyList<int> BlockIds => Blocks;
 }
@@ -144,6 +153,15 @@ public sealed class LatentCache : IDisposable
         seq.Length = length;
     }
 
+    /// <summary>Marks positions [start, start + tokens.Length) as filled with <paramref name="tokens"/> (after a step wrote them in every layer).</summary>
+    public void Commit(LatentSequence seq, int start, ReadOnlySpan<int> tokens)
+    {
+        Commit(seq, start + tokens.Length);
+        if (seq.TokenIds.Count > start) seq.TokenIds.RemoveRange(start, seq.TokenIds.Count - start);
+        if (seq.TokenIds.Count == start) seq.TokenIds.AddRange(tokens);
+        else seq.TokenIds.Clear();   // positions before start were committed without ids: the history is unknown
+    }
+
     /// <summary>Returns the sequence's blocks to the free list. Idempotent.</summary>
     public void Release(LatentSequence seq)
     {
@@ -151,6 +169,7 @@ public sealed class LatentCache : IDisposable
         seq.Released = true;
         foreach (var b in seq.Blocks) _freeBlocks.Add(b);
         seq.Blocks.Clear();
+        seq.TokenIds.Clear();
         seq.Length = 0;
         _live.Remove(seq.Id);
         if (AutoTrim) Trim();

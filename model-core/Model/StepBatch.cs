@@ -137,6 +137,6 @@ public sealed class StepBatch : IDisposable
     public void Commit(LatentCache cache)
     {
         for (int i = 0; i < Chunks.Count; i++)
-            cache.Commit(Chunks[i].Sequence, Starts[i] + Chunks[i].Tokens.Length);
+            cache.Commit(Chunks[i].Sequence, Starts[i], Chunks[i].Tokens);
     }
 }

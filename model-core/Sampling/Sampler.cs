@@ -10,6 +10,27 @@ public sealed record SamplingParams
     public long? Seed { get; init; }
     /// <summary>How many top alternatives to report per token (0 = only the chosen token's logprob).</summary>
     public int Logprobs { get; init; }
+    /// <summary>Subtracted once from the logit of every token that occurs in the generated tokens (OpenAI / vLLM, [-2, 2]).</summary>
+    public double PresencePenalty { get; init; }
+    /// <summary>Subtracted from a token's logit once per occurrence in the generated tokens (OpenAI / vLLM, [-2, 2]).</summary>
+    public double FrequencyPenalty { get; init; }
+    /// <summary>Tokens of the prompt or the output: positive logits divided by it, negative ones multiplied (vLLM / CTRL; &gt; 0, 1 = off).</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+    /// <summary>After temperature, drop tokens whose probability is below MinP times the most likely token's ([0, 1], 0 = off).</summary>
+    public double MinP { get; init; }
+    /// <summary>While fewer tokens than this are generated, <see cref="StopTokenIds"/> are masked out (-inf).</summary>
+    public int MinTokens { get; init; }
+    /// <summary>The token ids that end the sequence (EOS unless ignored, plus stop_token_ids): masked before <see cref="MinTokens"/>.</summary>
+    public int[] StopTokenIds { get; init; } = [];
+    /// <summary>Added to the logits of the given tokens (OpenAI's logit_bias, already clamped to [-100, 100]).</summary>
+    public TokenBias[] LogitBias { get; init; } = [];
+
+    /// <summary>Whether anything changes the logits before temperature: penalties, bias or a min_tokens mask. Off: the raw logits are sampled.</summary>
+    public bool ProcessesLogits =>
+        PresencePenalty != 0 || FrequencyPenalty != 0 || RepetitionPenalty != 1.0 || LogitBias.Length > 0 || (MinTokens > 0 && StopTokenIds.Length > 0);
+
+    /// <summary>Whether the penalties need the sequence's token history.</summary>
+    public bool NeedsHistory => PresencePenalty != 0 || FrequencyPenalty != 0 || RepetitionPenalty != 1.0;
 
     /// <summary>Below this temperature sampling is greedy (as vLLM does): dividing logits by it would overflow to infinity.</summary>
     public const double GreedyBelowTemperature = 1e-5;
@@ -36,19 +57,33 @@ public readonly record struct DrawKey(long Seed, int Choice, int Index)
     }
 }
 
+/// <summary>One logit_bias entry: <paramref name="Bias"/> is added to token <paramref name="Token"/>'s logit.</summary>
+public readonly record struct TokenBias(int Token, float Bias);
+
 /// <summary>One sampled token with its log-probability and the top alternatives (log-softmax of the raw logits).</summary>
 public sealed record SampledToken(int Token, double Logprob, (int Id, double Logprob)[] Top);
 
 /// <summary>
-/// Samples tokens from float32 logits on the CPU in double precision: greedy (ties to the lowest id), or
-/// temperature, then top-k, then top-p (nucleus), then one position-addressed draw (<see cref="DrawKey"/>).
-/// Runs where the logits are: on the attention shard.
+/// Samples tokens from float32 logits on the CPU, in vLLM's order: logit processing (<see cref="LogitProcessing"/>:
+/// min_tokens mask, logit_bias, repetition/frequency/presence penalties) on the logits, then greedy (ties to the lowest
+/// id) or temperature, min-p, top-k, top-p (nucleus) and one position-addressed draw (<see cref="DrawKey"/>).
+/// Reported logprobs are of the raw logits (vLLM's default <c>raw_logprobs</c>). Runs where the logits are: on the
+/// attention shard.
 /// </summary>
 public static class Sampler
 {
-    public static SampledToken Sample(ReadOnlySpan<float> logits, SamplingParams p, DrawKey key)
+    /// <param name="history">The sequence's tokens so far, prompt then generated (the last <c>key.Index</c> are the generated
+    /// ones); needed only when <see cref="SamplingParams.NeedsHistory"/>.</param>
+    public static SampledToken Sample(ReadOnlySpan<float> logits, SamplingParams p, DrawKey key, ReadOnlySpan<int> history = default)
     {
-        int token = p.IsGreedy ? Argmax(logits) : Draw(logits, p, key.Uniform());
+        ReadOnlySpan<float> processed = logits;
+        if (p.ProcessesLogits)
+        {
+            var copy = logits.ToArray();
+            LogitProcessing.Apply(copy, p, key.Index, history);
+            processed = copy;
+        }
+        int token = p.IsGreedy ? Argmax(processed) : Draw(processed, p, key.Uniform());
         return Score(logits, token, p.Logprobs);
     }
 
@@ -100,7 +135,7 @@ public static class Sampler
         return best.ToArray();
     }
 
-    /// <summary>Temperature, top-k, top-p, then the candidate where <paramref name="uniform"/> falls in the kept mass.</summary>
+    /// <summary>Temperature, min-p, top-k, top-p, then the candidate where <paramref name="uniform"/> falls in the kept mass.</summary>
     static int Draw(ReadOnlySpan<float> logits, SamplingParams p, double uniform)
     {
         double t = p.Temperature;
@@ -109,13 +144,19 @@ public static class Sampler
         int[] candidates = k < logits.Length ? TopIds(logits, k) : SortedIds(logits);
         double max = logits[candidates[0]] / t;
         var probs = new double[candidates.Length];
+        for (int i = 0; i < candidates.Length; i++) probs[i] = Math.Exp(logits[candidates[i]] / t - max);
+        // min-p (before top-k/top-p, as vLLM): probabilities below MinP x the largest one (probs[0] = 1 here) are dropped;
+        // candidates are in descending order, so that keeps a prefix. Dropping them from the top-k set is the same cut.
+        int count = candidates.Length;
+        if (p.MinP > 0)
+            while (count > 1 && probs[count - 1] < p.MinP * probs[0]) count--;
         double total = 0;
-        for (int i = 0; i < candidates.Length; i++) total += probs[i] = Math.Exp(logits[candidates[i]] / t - max);
-        int keep = candidates.Length;
+        for (int i = 0; i < count; i++) total += probs[i];
+        int keep = count;
         if (p.TopP < 1.0)
         {
             double cumulative = 0;
-            for (int i = 0; i < candidates.Length; i++)
+            for (int i = 0; i < count; i++)
             {
                 cumulative += probs[i] / total;
                 if (cumulative >= p.TopP) { keep = i + 1; break; }

@@ -161,7 +161,14 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
                 for (int r = 0; r < scored.Length; r++, row++)
                     scored[r] = Sampler.Score(values.AsSpan(row * v, v), c.ScoreNext![r], c.ScoreTop);
                 SampledToken? next = null;
-                if (c.Sample is { } s) next = Sampler.Sample(values.AsSpan(row++ * v, v), s.Params, s.Key);
+                if (c.Sample is { } s)
+                {
+                    // Penalties read the sequence's own tokens, committed with its cache (rebuilt by every recompute).
+                    var history = s.Params.NeedsHistory ? _sequences[new SequenceKey(who, c.SequenceId)].Tokens : default;
+                    if (s.Params.NeedsHistory && history.Length != c.Position + c.Tokens.Length)
+                        throw new InvalidOperationException($"sequence {c.SequenceId}: the shard knows {history.Length} of its {c.Position + c.Tokens.Length} token ids");
+                    next = Sampler.Sample(values.AsSpan(row++ * v, v), s.Params, s.Key, history);
+                }
                 results[i] = new ChunkResult(next, scored)
                 {
                     LatentBytes = (_sequences.GetValueOrDefault(new SequenceKey(who, c.SequenceId))?.BlockCount ?? 0) * Cache.BytesPerBlock,

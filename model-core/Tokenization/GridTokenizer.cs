@@ -33,13 +33,19 @@ public sealed class GridTokenizer : IDisposable
     public int? EosId { get; }
     public bool HasChatTemplate => _chatTemplate is not null;
 
-    GridTokenizer(string directory)
+    GridTokenizer(string directory, string? chatTemplate)
     {
         var tokenizerJson = Path.Combine(directory, "tokenizer.json");
         if (!File.Exists(tokenizerJson)) throw new TokenizerLoadException($"tokenizer.json not found in {directory}");
         try { _tokenizer = new Tokenizer(vocabPath: tokenizerJson); }
         catch (Exception e) { throw new TokenizerLoadException($"{tokenizerJson}: {e.Message}"); }
         var root = JsonNode.Parse(File.ReadAllText(tokenizerJson));
+        if (root?["model"]?["vocab"] is JsonObject vocab)
+            foreach (var (piece, id) in vocab)
+                if (id is JsonValue v && v.TryGetValue<int>(out var n)) _pieces.TryAdd(n, piece);
+        foreach (var added in root?["added_tokens"]?.AsArray() ?? [])
+            if (added?["id"] is JsonValue v && v.TryGetValue<int>(out var n) && added["content"] is JsonValue c && c.TryGetValue<string>(out var content))
+                _pieces[n] = content;
         foreach (var added in root?["added_tokens"]?.AsArray() ?? [])
             if (added?["special"]?.GetValue<bool>() == true)
                 _specialTokens[added["id"]!.GetValue<int>()] = added["content"]!.GetValue<string>();
@@ -54,13 +60,15 @@ public sealed class GridTokenizer : IDisposable
         EosToken = TokenContent(config?["eos_token"]) ?? "";
         BosId = IdOf(BosToken);
         EosId = IdOf(EosToken);
-        if (config?["chat_template"] is JsonValue template && template.TryGetValue<string>(out var text))
+        if (chatTemplate is not null) _chatTemplate = ChatTemplate.Parse(chatTemplate);
+        else if (config?["chat_template"] is JsonValue template && template.TryGetValue<string>(out var text))
             _chatTemplate = ChatTemplate.Parse(text);
         // The post-processor's special tokens (BOS for DeepSeek) that Encode puts in front of every text.
         _specialPrefix = _tokenizer.Encode("").Select(x => (int)x).ToArray();
     }
 
-    public static GridTokenizer Load(string directory) => new(directory);
+    /// <param name="chatTemplate">A chat template (Jinja2 text) that replaces the checkpoint's <c>chat_template</c> (vLLM's <c>--chat-template</c>).</param>
+    public static GridTokenizer Load(string directory, string? chatTemplate = null) => new(directory, chatTemplate);
 
     static string? TokenContent(JsonNode? node) => node switch
     {
@@ -116,6 +124,11 @@ public sealed class GridTokenizer : IDisposable
         }
         return ids.ToArray();
     }
+
+    readonly Dictionary<int, string> _pieces = new();
+
+    /// <summary>The token's string in the vocabulary (Hugging Face's <c>convert_ids_to_tokens</c>, e.g. "Ġthe"); null for an id it does not name.</summary>
+    public string? TokenPiece(int id) => _pieces.GetValueOrDefault(id);
 
     /// <summary>The special tokens' strings (e.g. <c>&lt;｜end▁of▁sentence｜&gt;</c>), longest first.</summary>
     public IReadOnlyList<string> SpecialTokenStrings => _specialStrings;

@@ -87,7 +87,8 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
     {
         PromptIds = prompt,
         MaxTokens = n,
-        Sampling = new SamplingParams { Temperature = temperature, Seed = seed },
+        // Penalties too: they read the sequence's token history, which the recompute rebuilds on the surviving shard.
+        Sampling = new SamplingParams { Temperature = temperature, Seed = seed, PresencePenalty = 0.3, FrequencyPenalty = 0.3, RepetitionPenalty = 1.1 },
     };
 
     static async Task<(List<int> Tokens, string? Finish)> RunAsync(EngineLoop loop, GenerationRequest request, Action<int>? onToken = null)

@@ -122,6 +122,57 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
         Scheduling.SeededRuns.AssertSameTokens(reference, batched);
         Assert.Equal(0, (await Grid.Executor.GetCacheStatsAsync(CancellationToken.None)).Tokens);
     }
+
+    [Fact]
+    public async Task PenalisedSeededSamplingThroughTheGridMatchesModelCore()
+    {
+        // Penalties, logit_bias, min_p and min_tokens travel in the chunk's sampling spec; the shard on the attention silo
+        // reads the sequence's tokens from its own cache.
+        var target = Scheduling.PenalisedSamplingTests.Target;
+        await using var local = await global::Grid.Gateway.Hosting.EngineFactory.LoadLocalAsync(Golden.Dir("lite_f32"), TorchSharp.torch.ScalarType.Float32, null, CancellationToken.None);
+        SampledToken[] reference, viaGrid;
+        await using (var loop = Scheduling.SeededRuns.Loop(local)) reference = await Scheduling.SeededRuns.RunAsync(loop, target);
+        await using (var loop = Scheduling.SeededRuns.Loop(Grid.Executor)) viaGrid = await Scheduling.SeededRuns.RunAsync(loop, target);
+        Assert.True(reference.Length > 30);
+        Scheduling.SeededRuns.AssertSameTokens(reference, viaGrid);
+    }
+
+    [Fact]
+    public async Task PenaltiesAddOnlyTheirSettingsToADecodeStepsChunksNotTheTokenHistory()
+    {
+        // The shard keeps each sequence's token ids with its cache, so a penalised decode step sends the settings
+        // (a few doubles, plus the logit_bias entries) and never the generated tokens or their counts.
+        var serializer = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Orleans.Serialization.Serializer>(Grid.Cluster.Client.ServiceProvider);
+        var longPrompt = Golden.Load("lite_f32", "long").PromptIds;
+        async Task<long> DecodeChunkBytesAsync(SamplingParams p, long baseId, int promptLength = 24)
+        {
+            var prompt = longPrompt[..promptLength];
+            var ids = Enumerable.Range(0, 32).Select(i => baseId + i).ToArray();
+            var prefill = await Grid.Executor.StepAsync(ids.Select(id => new StepChunk(id, 0, prompt) { Sample = new TokenSampling(p, new DrawKey(1, 0, 0)) }).ToList(), CancellationToken.None);
+            var meter = new WireMeter(serializer);
+            Grid.Executor.Wire = meter;
+            try
+            {
+                await Grid.Executor.StepAsync(ids.Select((id, i) => new StepChunk(id, prompt.Length, [prefill[i].Next!.Token]) { Sample = new TokenSampling(p, new DrawKey(1, 0, 1)) }).ToList(), CancellationToken.None);
+            }
+            finally
+            {
+                Grid.Executor.Wire = null;
+                await Grid.Executor.ReleaseAsync(ids, CancellationToken.None);
+            }
+            return meter.LastStep.Chunks;
+        }
+        var plain = await DecodeChunkBytesAsync(SamplingParams.Greedy, 7000);
+        var penalised = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, FrequencyPenalty = 0.5, RepetitionPenalty = 1.2, MinP = 0.1 }, 7100);
+        var penalisedLonger = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, FrequencyPenalty = 0.5, RepetitionPenalty = 1.2, MinP = 0.1 }, 7300, 48);
+        var biased = await DecodeChunkBytesAsync(SamplingParams.Greedy with { PresencePenalty = 0.5, LogitBias = Enumerable.Range(0, 10).Select(t => new TokenBias(t, 1f)).ToArray() }, 7200);
+        Console.WriteLine($"decode step chunk bytes, batch 32: plain {plain}, penalised {penalised} (48-token contexts: {penalisedLonger}), with 10 logit_bias entries {biased}");
+        Assert.True(penalised > plain);
+        Assert.True((penalised - plain) / 32.0 < 64, $"{(penalised - plain) / 32.0} bytes per sequence for the penalty settings");
+        // Twice the history, the same bytes: no token history travels.
+        Assert.Equal(penalised, penalisedLonger);
+        Assert.True((biased - plain) / 32.0 < 64 + 10 * 10, $"{(biased - plain) / 32.0} bytes per sequence with 10 bias entries");
+    }
 }
 
 public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<FullCluster>(cluster), IClassFixture<FullCluster>

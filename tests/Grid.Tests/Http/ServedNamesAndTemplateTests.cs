@@ -1,0 +1,99 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using Xunit;
+
+namespace Grid.Tests.Http;
+
+/// <summary>
+/// A server started with two served names (<c>--served-model-name alpha beta</c>), a chat template file that replaces
+/// the checkpoint's (<c>--chat-template</c>) and a generation_config.json of its own (<c>--generation-config DIR</c>).
+/// </summary>
+public sealed class NamedServer : GridServerFixture
+{
+    public const string Template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    public override string Checkpoint => "lite_f32";
+    protected override void Configure(Dictionary<string, string?> settings)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"grid-named-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "template.jinja"), Template);
+        // Defaults: greedy with a repetition penalty of 1.3, 3 tokens unless a request says otherwise.
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"),
+            "{\"temperature\": 0.0, \"repetition_penalty\": 1.3, \"max_new_tokens\": 3, \"do_sample\": true, \"eos_token_id\": 407}");
+        settings["Grid:Model:ServedName"] = "alpha beta";
+        settings["Grid:Model:ChatTemplate"] = Path.Combine(dir, "template.jinja");
+        settings["Grid:Model:GenerationConfig"] = dir;
+    }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class HttpNamedCollection : ICollectionFixture<NamedServer>
+{
+    public const string Name = "http-named";
+}
+
+[Collection(HttpNamedCollection.Name)]
+public sealed class ServedNamesAndTemplateTests(NamedServer server)
+{
+    static readonly Expected Long = Golden.Load("lite_f32", "long");
+
+    [Fact]
+    public async Task EveryServedNameIsAcceptedAndListedAndTheFirstIsReported()
+    {
+        var models = await server.GetJsonAsync("/v1/models");
+        Assert.Equal(["alpha", "beta"], models["data"]!.AsArray().Select(m => m!["id"]!.GetValue<string>()));
+        Assert.Equal("beta", (await server.GetJsonAsync("/v1/models/beta"))["id"]!.GetValue<string>());
+        foreach (var name in new[] { "alpha", "beta" })
+        {
+            var (status, json) = await server.PostJsonAsync("/v1/completions", Json.Obj(("model", name), ("prompt", "Hello"), ("max_tokens", 2)));
+            Assert.Equal(HttpStatusCode.OK, status);
+            Assert.Equal("alpha", json!["model"]!.GetValue<string>());
+        }
+        var (missing, error) = await server.PostJsonAsync("/v1/completions", Json.Obj(("model", "lite_f32"), ("prompt", "Hello")));
+        Assert.Equal(HttpStatusCode.NotFound, missing);
+        Assert.Equal("model_not_found", error!["error"]!["code"]!.GetValue<string>());
+        using var gone = await server.Http.GetAsync(server.BaseUrl + "/v1/models/gamma");
+        Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
+    }
+
+    [Fact]
+    public async Task TheChatTemplateFileReplacesTheCheckpoints()
+    {
+        var messages = new JsonArray(Json.Obj(("role", "system"), ("content", "Be brief.")), Json.Obj(("role", "user"), ("content", "What is 2+2?")));
+        var (status, json) = await server.PostJsonAsync("/tokenize", Json.Obj(("messages", messages.DeepClone())));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var expected = server.Tokenizer.Encode("[system] Be brief.\n[user] What is 2+2?\n[assistant]", addSpecialTokens: false, parseSpecialTokens: false);
+        var ids = json!["tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray();
+        Assert.Equal(expected, ids);
+        Assert.NotEqual(Golden.Load("lite_f32", "chat").PromptIds[0], ids[0]);   // the checkpoint's template starts with BOS; this one does not
+        var (chatStatus, chat) = await server.PostJsonAsync("/v1/chat/completions", Json.Obj(("messages", messages), ("max_tokens", 2)));
+        Assert.Equal(HttpStatusCode.OK, chatStatus);
+        Assert.Equal(ids.Length, chat!["usage"]!["prompt_tokens"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public async Task GenerationConfigSuppliesDefaultsThatRequestFieldsOverride()
+    {
+        async Task<JsonNode> CompleteAsync(JsonObject body)
+        {
+            body["prompt"] = Json.Ids(Long.PromptIds);
+            body["return_tokens_as_token_ids"] = true;
+            body["logprobs"] = 1;
+            var (status, json) = await server.PostJsonAsync("/v1/completions", body);
+            Assert.Equal(HttpStatusCode.OK, status);
+            return json!["choices"]![0]!;
+        }
+        // No sampling fields: temperature 0, repetition_penalty 1.3 and max_new_tokens 3 from the file. On the golden
+        // "long" prompt the penalty moves the first token from 193 to 455 (see SamplingParameterTests).
+        var defaulted = await CompleteAsync(new JsonObject());
+        var tokens = defaulted["logprobs"]!["tokens"]!.AsArray().Select(Json.TokenId).ToArray();
+        Assert.Equal(3, tokens.Length);
+        Assert.Equal(455, tokens[0]);
+        Assert.Equal(tokens, (await CompleteAsync(new JsonObject()))["logprobs"]!["tokens"]!.AsArray().Select(Json.TokenId));   // greedy: reproducible
+        // The request's own fields win.
+        var overridden = await CompleteAsync(new JsonObject { ["repetition_penalty"] = 1.0, ["max_tokens"] = 2 });
+        var ids = overridden["logprobs"]!["tokens"]!.AsArray().Select(Json.TokenId).ToArray();
+        Assert.Equal(2, ids.Length);
+        Assert.Equal(Long.GeneratedIds[0], ids[0]);
+    }
+}
