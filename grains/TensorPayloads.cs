@@ -32,7 +32,10 @@ public static class TensorPayloads
 
     public static ChunkInput ToInput(this StepChunk c) => new(c.SequenceId, c.Position, c.Tokens,
         c.Sample is { } s ? new SamplingSpec(s.Params.Temperature, s.Params.TopP, s.Params.TopK, s.Params.Logprobs, s.Key.Seed, s.Key.Choice, s.Key.Index) : null,
-        c.ScoreNext, c.ScoreTop);
+        c.ScoreNext, c.ScoreTop)
+    {
+        Constraint = c.Constraint is { } k ? new ConstraintSpec(k.Schema, k.Strict, k.PromptLength, k.MaxTokens, k.EndTokens) : null,
+    };
 
     public static StepChunk ToChunk(this ChunkInput c) => new(c.SequenceId, c.Position, c.Tokens)
     {
@@ -42,6 +45,7 @@ public static class TensorPayloads
             : null,
         ScoreNext = c.ScoreNext,
         ScoreTop = c.ScoreTop,
+        Constraint = c.Constraint is { } k ? new TokenConstraint(k.Schema, k.Strict, k.PromptLength, k.MaxTokens, k.EndTokens) : null,
     };
 
     public static ChunkOutput ToOutput(this ChunkResult r) => new(r.Next?.ToWire(), r.Scored.Select(ToWire).ToArray());

@@ -349,7 +349,8 @@ public sealed class EngineLoop : IAsyncDisposable
         {
             var s = (Sequence)c.Sequence;
             s.InCache = true;
-            return Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
+            var chunk = Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
+            return c.Start == 0 && s.Request.Constraint is { } constraint ? chunk with { Constraint = constraint } : chunk;
         }).ToList();
         var sw = Stopwatch.StartNew();
         var results = await _executor.StepAsync(chunks, ct);
