@@ -33,8 +33,11 @@ public abstract class GrammarFrame
     /// <summary>The frame may end here without another byte (a number).</summary>
     public virtual bool CanEnd => false;
 
-    /// <summary>Whitespace runs between tokens are bounded so that a document always ends.</summary>
-    public const int MaxWhitespace = 8;
+    /// <summary>
+    /// Whitespace runs between tokens are bounded (compact output, a newline and a space at most) so that a model that
+    /// prefers whitespace still makes progress and a document always ends.
+    /// </summary>
+    public const int MaxWhitespace = 2;
     internal static bool IsSpace(byte b) => b is (byte)' ' or (byte)'\n' or (byte)'\t' or (byte)'\r';
 }
 
