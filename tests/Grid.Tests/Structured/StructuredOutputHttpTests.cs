@@ -115,7 +115,7 @@ public sealed class StructuredOutputHttpTests(LiteServer server)
         var grammar = JsonSchemaGrammar.Compile(WeatherParameters, true);
         for (int seed = 1; seed <= 5; seed++)
         {
-            var options = new ChatCompletionOptions { Seed = seed, MaxOutputTokenCount = 120, ToolChoice = ChatToolChoice.CreateFunctionChoice("get_weather") };
+            var options = new ChatCompletionOptions { Seed = seed, MaxOutputTokenCount = 80, ToolChoice = ChatToolChoice.CreateFunctionChoice("get_weather") };
             options.Tools.Add(weather);
             options.Tools.Add(ChatTool.CreateFunctionTool("get_time", "The time", BinaryData.FromString("""{"type":"object","properties":{}}""")));
             ChatCompletion completion = await Client().CompleteChatAsync([new UserChatMessage("Weather in Oslo?")], options);
@@ -135,7 +135,7 @@ public sealed class StructuredOutputHttpTests(LiteServer server)
     {
         for (int seed = 1; seed <= 3; seed++)
         {
-            var options = new ChatCompletionOptions { Seed = seed, MaxOutputTokenCount = 120, ToolChoice = ChatToolChoice.CreateRequiredChoice() };
+            var options = new ChatCompletionOptions { Seed = seed, MaxOutputTokenCount = 80, ToolChoice = ChatToolChoice.CreateRequiredChoice() };
             options.Tools.Add(ChatTool.CreateFunctionTool("get_weather", null, BinaryData.FromString(WeatherParameters)));
             options.Tools.Add(ChatTool.CreateFunctionTool("get_time", null, BinaryData.FromString("""{"type":"object","properties":{}}""")));
             ChatCompletion completion = await Client().CompleteChatAsync([new UserChatMessage("Call something.")], options);
@@ -145,7 +145,7 @@ public sealed class StructuredOutputHttpTests(LiteServer server)
             Assert.IsType<JsonObject>(JsonNode.Parse(call.FunctionArguments.ToString()));
         }
         // One function: required is that function, its arguments schema-constrained.
-        var single = new ChatCompletionOptions { Seed = 5, MaxOutputTokenCount = 120, ToolChoice = ChatToolChoice.CreateRequiredChoice() };
+        var single = new ChatCompletionOptions { Seed = 5, MaxOutputTokenCount = 80, ToolChoice = ChatToolChoice.CreateRequiredChoice() };
         single.Tools.Add(ChatTool.CreateFunctionTool("get_weather", null, BinaryData.FromString(WeatherParameters), functionSchemaIsStrict: true));
         ChatCompletion one = await Client().CompleteChatAsync([new UserChatMessage("Weather?")], single);
         Assert.True(GrammarState.Accepts(JsonSchemaGrammar.Compile(WeatherParameters, true), one.ToolCalls[0].FunctionArguments.ToArray()));
