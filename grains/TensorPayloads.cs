@@ -35,7 +35,10 @@ public static class TensorPayloads
         {
             Processing = ToSpec(s.Params, s.Key.Index),
         } : null,
-        c.ScoreNext, c.ScoreTop);
+        c.ScoreNext, c.ScoreTop)
+    {
+        Constraint = c.Constraint is { } k ? new ConstraintSpec(k.Schema, k.Strict, k.PromptLength, k.MaxTokens, k.EndTokens) : null,
+    };
 
     /// <summary>The request's logit processing, or null when it has none (plain requests send nothing more than before).</summary>
     static LogitProcessingSpec? ToSpec(SamplingParams p, int index)
@@ -68,6 +71,7 @@ public static class TensorPayloads
         Sample = c.Sample is { } s ? new TokenSampling(ToParams(s), new DrawKey(s.Seed, s.Choice, s.Index)) : null,
         ScoreNext = c.ScoreNext,
         ScoreTop = c.ScoreTop,
+        Constraint = c.Constraint is { } k ? new TokenConstraint(k.Schema, k.Strict, k.PromptLength, k.MaxTokens, k.EndTokens) : null,
     };
 
     public static ChunkOutput ToOutput(this ChunkResult r) => new(r.Next?.ToWire(), r.Scored.Select(ToWire).ToArray()) { LatentBytes = r.LatentBytes };

@@ -15,15 +15,25 @@ public static class ChatJsonWriter
             ["object"] = "chat.completion",
             ["created"] = created,
             ["model"] = request.Sampling.Model,
-            ["choices"] = new JsonArray(choices.Choices.Select(c => (JsonNode)new JsonObject
+            ["choices"] = new JsonArray(choices.Choices.Select(c =>
             {
-                ["index"] = c.Index,
-                ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Builder.Text },
-                ["logprobs"] = request.Logprobs ? new JsonObject { ["content"] = c.Builder.ChatLogprobsContent() } : null,
-                ["finish_reason"] = c.Builder.FinishReason,
+                var call = ToolCallOf(request, c.Builder);
+                var message = new JsonObject { ["role"] = "assistant", ["content"] = call is null ? c.Builder.Text : null };
+                if (call is not null) message["tool_calls"] = new JsonArray(call.ToJson());
+                return (JsonNode)new JsonObject
+                {
+                    ["index"] = c.Index,
+                    ["message"] = message,
+                    ["logprobs"] = request.Logprobs ? new JsonObject { ["content"] = c.Builder.ChatLogprobsContent() } : null,
+                    ["finish_reason"] = call is null ? c.Builder.FinishReason : "tool_calls",
+                };
             }).ToArray()),
             ["usage"] = choices.Usage(),
         };
         await OpenAiJson.WriteAsync(ctx.Http.Response, response, ctx.Aborted);
     }
+
+    /// <summary>The tool call a finished choice made (a complete output that is a call), or null.</summary>
+    public static ToolCall? ToolCallOf(ChatRequest request, CompletionBuilder builder) =>
+        request.Tools is { Mode: not ToolMode.None } tools && builder.FinishReason == "stop" ? tools.ParseCall(builder.Text) : null;
 }

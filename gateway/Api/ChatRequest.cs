@@ -26,6 +26,10 @@ public sealed record ChatRequest
     public bool Logprobs { get; init; }
     /// <summary><c>top_logprobs</c> (0..20) alternatives per token; 0 without <see cref="Logprobs"/>.</summary>
     public int TopLogprobs { get; init; }
+    /// <summary>Structured output (<c>response_format</c> json_object/json_schema, or a forced tool call); null: free text.</summary>
+    public OutputGrammar? Grammar { get; init; }
+    /// <summary><c>tools</c> and <c>tool_choice</c>; null without tools.</summary>
+    public ToolSet? Tools { get; init; }
 
     /// <summary>Parses and validates the body and renders the prompt; every refusal is an <see cref="ApiException"/>.</summary>
     public static ChatRequest Parse(JsonElement body, ServingEngine engine, HttpOptions http)
@@ -36,7 +40,11 @@ public sealed record ChatRequest
         if (top is not null && !logprobs) throw ApiException.Invalid("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
         var sampling = SamplingRequest.Parse(body, engine, http, chat: true, logprobs ? top ?? 0 : null);
         CheckUnsupported(body);
+        var grammar = ResponseFormat.Parse(body, engine);
+        var tools = ToolSet.Parse(body, engine);
+        grammar = tools?.Grammar(engine) ?? grammar;   // a forced call wins over response_format
         var messages = ParseMessages(body);
+        if (tools is not null) messages = tools.Render(messages).ToList();
         var addGenerationPrompt = body.OptBool("add_generation_prompt") ?? true;
         if (!tokenizer.HasChatTemplate) throw ApiException.Invalid($"the model '{engine.ModelName}' has no chat template; use /v1/completions", "messages", "no_chat_template");
         int[] prompt;
@@ -54,6 +62,8 @@ public sealed record ChatRequest
             ResolvedMaxTokens = sampling.ResolveMaxTokens(prompt.Length, engine.ContextLength, engine.GenerationDefaults.MaxNewTokens ?? http.ChatDefaultMaxTokens, "messages"),
             Logprobs = logprobs,
             TopLogprobs = logprobs ? top ?? 0 : 0,
+            Grammar = grammar,
+            Tools = tools,
         };
     }
 
@@ -61,6 +71,9 @@ public sealed record ChatRequest
     public IReadOnlyList<GenerationRequest> GenerationRequests(int? eosId)
     {
         var stopIds = Sampling.StopTokenSet(eosId);
+        // A constrained document ends with EOS (the only token left once it is complete), whatever ignore_eos says.
+        if (Grammar is not null && eosId is int eos) stopIds = new HashSet<int>(stopIds) { eos };
+        var constraint = Grammar?.For(PromptIds.Length, ResolvedMaxTokens, stopIds);
         return Enumerable.Range(0, Sampling.N).Select(j => new GenerationRequest
         {
             PromptIds = PromptIds,
@@ -68,24 +81,17 @@ public sealed record ChatRequest
             Choice = j,
             MaxTokens = ResolvedMaxTokens,
             StopTokenIds = stopIds,
+            Constraint = constraint,
         }).ToArray();
     }
 
     /// <summary>Tools, functions and structured output are refused unless empty or neutral.</summary>
     static void CheckUnsupported(JsonElement body)
     {
-        foreach (var name in new[] { "tools", "functions" })
-            if (body.Field(name, out var v))
-            {
-                if (v.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType(name, $"a list, got {JsonFields.Kind(v.ValueKind)}");
-                if (v.GetArrayLength() > 0) throw ApiException.Unsupported(name, name);
-            }
-        if (body.Field("tool_choice", out var choice) && !(choice.ValueKind == JsonValueKind.String && choice.GetString() is "none" or "auto"))
-            throw ApiException.Unsupported("tool_choice other than \"none\"", "tool_choice");
-        if (body.Field("response_format", out var format))
+        if (body.Field("functions", out var v))
         {
-            if (format.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType("response_format", $"an object, got {JsonFields.Kind(format.ValueKind)}");
-            if (format.OptString("type") is { } type && type != "text") throw ApiException.Unsupported($"response_format type '{type}'", "response_format");
+            if (v.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType("functions", $"a list, got {JsonFields.Kind(v.ValueKind)}");
+            if (v.GetArrayLength() > 0) throw ApiException.Unsupported("functions (the legacy form; use tools)", "functions");
         }
     }
 
@@ -113,10 +119,12 @@ public sealed record ChatRequest
             "system" or "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
-            var other => throw ApiException.Invalid($"'{at}.role' must be one of system, developer, user, assistant; got '{other}'", $"{at}.role"),
+            "tool" => "tool",
+            var other => throw ApiException.Invalid($"'{at}.role' must be one of system, developer, user, assistant, tool; got '{other}'", $"{at}.role"),
         };
         m.OptString("name");
         string content;
+        var calls = role == "assistant" ? ParseToolCalls(m, at) : "";
         if (!m.Field("content", out var c))
         {
             if (role != "assistant") throw ApiException.Invalid($"'{at}.content' is required", $"{at}.content", "missing_required_parameter");
@@ -138,6 +146,35 @@ public sealed record ChatRequest
             content = text.ToString();
         }
         else throw ApiException.InvalidType($"{at}.content", $"a string or a list of content parts, got {JsonFields.Kind(c.ValueKind)}");
-        return new ChatMessage(role, content);
+        if (role == "tool")
+        {
+            // The default rendering (templates here have no tool role): the result as a user turn naming its call.
+            var id = m.OptString("tool_call_id") ?? throw ApiException.Invalid($"'{at}.tool_call_id' is required", $"{at}.tool_call_id", "missing_required_parameter");
+            return new ChatMessage("user", $"Tool result ({id}): {content}");
+        }
+        return new ChatMessage(role, calls.Length == 0 ? content : content.Length == 0 ? calls : content + "\n" + calls);
+    }
+
+    /// <summary>An assistant message's <c>tool_calls</c>, rendered as the calls the model is asked to write (one JSON object per line).</summary>
+    static string ParseToolCalls(JsonElement m, string at)
+    {
+        if (!m.Field("tool_calls", out var list)) return "";
+        if (list.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType($"{at}.tool_calls", $"a list, got {JsonFields.Kind(list.ValueKind)}");
+        var lines = new List<string>();
+        int i = 0;
+        foreach (var call in list.EnumerateArray())
+        {
+            var p = $"{at}.tool_calls[{i++}]";
+            if (call.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType(p, $"an object, got {JsonFields.Kind(call.ValueKind)}");
+            if (!call.Field("function", out var f) || f.ValueKind != JsonValueKind.Object)
+                throw ApiException.Invalid($"'{p}.function' is required", $"{p}.function", "missing_required_parameter");
+            var name = f.OptString("name") ?? throw ApiException.Invalid($"'{p}.function.name' is required", $"{p}.function.name", "missing_required_parameter");
+            var args = f.OptString("arguments") ?? "{}";
+            System.Text.Json.Nodes.JsonNode? parsed;
+            try { parsed = System.Text.Json.Nodes.JsonNode.Parse(args); }
+            catch (JsonException) { throw ApiException.Invalid($"'{p}.function.arguments' is not valid JSON", $"{p}.function.arguments"); }
+            lines.Add(new System.Text.Json.Nodes.JsonObject { ["name"] = name, ["arguments"] = parsed }.ToJsonString());
+        }
+        return string.Join("\n", lines);
     }
 }

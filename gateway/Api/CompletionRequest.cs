@@ -23,6 +23,8 @@ public sealed record CompletionRequest
     /// <summary>Top-N legacy logprobs (0..20); null when not asked.</summary>
     public int? Logprobs { get; init; }
     public bool Echo { get; init; }
+    /// <summary>Structured output (<c>response_format</c> json_object/json_schema); null: free text.</summary>
+    public OutputGrammar? Grammar { get; init; }
 
     /// <summary>Prompt tokens, counted once per prompt (not per choice), as <c>usage</c> reports them.</summary>
     public int PromptTokens => Prompts.Sum(p => p.Length);
@@ -34,6 +36,7 @@ public sealed record CompletionRequest
         var sampling = SamplingRequest.Parse(body, engine, http, chat: false, logprobs);
         var echo = body.OptBool("echo") ?? false;
         if (body.Field("suffix", out _)) throw ApiException.Unsupported("suffix", "suffix");
+        var grammar = ResponseFormat.Parse(body, engine);
         var prompts = ParsePrompts(body, engine);
         if (prompts.Count * sampling.BestOf > MaxPrompts * 4)
             throw ApiException.OutOfRange($"{prompts.Count} prompts x {(sampling.BestOf > sampling.N ? "best_of" : "n")} {sampling.BestOf} is more than {MaxPrompts * 4} choices",
@@ -45,6 +48,7 @@ public sealed record CompletionRequest
             ResolvedMaxTokens = prompts.Select(p => sampling.ResolveMaxTokens(p.Length, engine.ContextLength, engine.GenerationDefaults.MaxNewTokens ?? DefaultMaxTokens, "prompt")).ToArray(),
             Logprobs = logprobs,
             Echo = echo,
+            Grammar = grammar,
         };
     }
 
@@ -55,6 +59,7 @@ public sealed record CompletionRequest
     public IReadOnlyList<GenerationRequest> GenerationRequests(int? eosId)
     {
         var stopIds = Sampling.StopTokenSet(eosId);
+        if (Grammar is not null && eosId is int eos) stopIds = new HashSet<int>(stopIds) { eos };
         var requests = new List<GenerationRequest>(Prompts.Count * Sampling.BestOf);
         for (int p = 0; p < Prompts.Count; p++)
             for (int j = 0; j < Sampling.BestOf; j++)
@@ -66,6 +71,7 @@ public sealed record CompletionRequest
                     MaxTokens = ResolvedMaxTokens[p],
                     StopTokenIds = stopIds,
                     PromptLogprobs = Echo && Logprobs is not null,
+                    Constraint = Grammar?.For(Prompts[p].Length, ResolvedMaxTokens[p], stopIds),
                 });
         return requests;
     }

@@ -23,7 +23,7 @@ public static class UnknownFields
     /// <summary><c>/v1/completions</c>'s fields.</summary>
     public static readonly IReadOnlySet<string> Completions = new HashSet<string>(Sampling, StringComparer.Ordinal)
     {
-        "prompt", "logprobs", "echo", "suffix",
+        "prompt", "logprobs", "echo", "suffix", "response_format",
     };
 
     /// <summary><c>/v1/chat/completions</c>'s fields.</summary>

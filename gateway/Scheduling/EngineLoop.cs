@@ -382,7 +382,8 @@ public sealed class EngineLoop : IAsyncDisposable
         {
             var s = (Sequence)c.Sequence;
             s.InCache = true;
-            return Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
+            var chunk = Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
+            return c.Start == 0 && s.Request.Constraint is { } constraint ? chunk with { Constraint = constraint } : chunk;
         }).ToList();
         // One span per step, linked to the span of every request it serves (a step is shared, so it has no one
         // parent); the grain calls of the step are its children (Orleans activity propagation).

@@ -1,4 +1,5 @@
 using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Serving;
 
 namespace Grid.Gateway.Scheduling;
 
@@ -14,6 +15,8 @@ public sealed record GenerationRequest
     public IReadOnlyCollection<int> StopTokenIds { get; init; } = [];
     /// <summary>Also return logprobs of the prompt tokens (for echo with logprobs).</summary>
     public bool PromptLogprobs { get; init; }
+    /// <summary>Structured output: the generated tokens follow this grammar (masked where they are sampled).</summary>
+    public TokenConstraint? Constraint { get; init; }
     /// <summary>When set, the engine notes here when the sequence was queued and first admitted (request metrics).</summary>
     public SequenceTimeline? Timeline { get; init; }
 }

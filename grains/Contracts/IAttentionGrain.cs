@@ -32,6 +32,18 @@ public sealed record LogitProcessingSpec(
     [property: Id(7)] float[] BiasValues);
 
 /// <summary>
+/// Structured output of a sequence (sent with its chunk at position 0): the JSON schema (strict: all properties
+/// required), where generation starts, the token budget and the end tokens. The shard keeps the grammar state.
+/// </summary>
+[GenerateSerializer, Immutable]
+public sealed record ConstraintSpec(
+    [property: Id(0)] string Schema,
+    [property: Id(1)] bool Strict,
+    [property: Id(2)] int PromptLength,
+    [property: Id(3)] int MaxTokens,
+    [property: Id(4)] int[] EndTokens);
+
+/// <summary>
 /// New tokens of one sequence in a step, at cache positions [Position, + Tokens.Length): the shard refuses a
 /// chunk whose position is not its cache length. <see cref="Sample"/> asks for the next token;
 /// <see cref="ScoreNext"/> for prompt logprobs (row r scores ScoreNext[r], with ScoreTop alternatives).
@@ -43,7 +55,10 @@ public sealed record ChunkInput(
     [property: Id(2)] int[] Tokens,
     [property: Id(3)] SamplingSpec? Sample,
     [property: Id(4)] int[]? ScoreNext,
-    [property: Id(5)] int ScoreTop);
+    [property: Id(5)] int ScoreTop)
+{
+    [Id(6)] public ConstraintSpec? Constraint { get; init; }
+}
 
 /// <summary>
 /// Starts a step on an attention shard: its sequences' chunks and the deployment's device limit. <see cref="Owner"/>

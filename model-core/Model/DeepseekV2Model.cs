@@ -38,6 +38,8 @@ public sealed class DeepseekV2Model : IDisposable
     readonly DecoderLayer[] _layers;
 
     public ModelConfig Config { get; }
+    /// <summary>The checkpoint folder it was loaded from (null when loaded from a <see cref="Checkpoint"/>): the shard reads its tokenizer's vocabulary from there.</summary>
+    public string? SourceDirectory { get; private set; }
     public ScalarType Dtype { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
@@ -88,7 +90,9 @@ public sealed class DeepseekV2Model : IDisposable
     {
         var config = ModelConfig.Load(Path.Combine(directory, "config.json"));
         using var checkpoint = Checkpoint.Open(directory);
-        return Load(checkpoint, config, options, progress);
+        var model = Load(checkpoint, config, options, progress);
+        model.SourceDirectory = directory;
+        return model;
     }
 
     public static DeepseekV2Model Load(Checkpoint checkpoint, ModelConfig config, ModelLoadOptions? options = null, IProgress<LoadProgress>? progress = null)

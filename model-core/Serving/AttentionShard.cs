@@ -1,6 +1,7 @@
 using Grid.ModelCore.Cache;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Structured;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Serving;
@@ -63,6 +64,19 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
     readonly Dictionary<SequenceKey, LatentSequence> _sequences = new();
     readonly Dictionary<Guid, Walk> _walks = new();
     readonly Dictionary<Guid, DateTimeOffset> _leases = new();
+    /// <summary>Structured-output state of constrained sequences, in step with their caches (fed in <see cref="Finish"/>).</summary>
+    readonly Dictionary<SequenceKey, (ConstrainedDecoder Decoder, TokenConstraint Constraint, int Fed)> _constrained = new();
+
+    /// <summary>The vocabulary masks are computed over: by default the tokenizer of the folder the model was loaded from.</summary>
+    public TokenVocabulary? Vocabulary
+    {
+        get => _vocabulary ??= model.SourceDirectory is { } d ? TokenVocabulary.ForDirectory(d) : null;
+        set => _vocabulary = value;
+    }
+    TokenVocabulary? _vocabulary;
+
+    /// <summary>Sequences with structured output on this shard.</summary>
+    public int ConstrainedCount => _constrained.Count;
 
     LatentCache Cache => model.Cache ?? throw new InvalidOperationException("this host does not serve attention");
 
@@ -160,6 +174,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
                 var scored = new SampledToken[c.ScoreNext?.Length ?? 0];
                 for (int r = 0; r < scored.Length; r++, row++)
                     scored[r] = Sampler.Score(values.AsSpan(row * v, v), c.ScoreNext![r], c.ScoreTop);
+                var decoder = Constrain(who, c);
                 SampledToken? next = null;
                 if (c.Sample is { } s)
                 {
@@ -167,7 +182,9 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
                     var history = s.Params.NeedsHistory ? _sequences[new SequenceKey(who, c.SequenceId)].Tokens : default;
                     if (s.Params.NeedsHistory && history.Length != c.Position + c.Tokens.Length)
                         throw new InvalidOperationException($"sequence {c.SequenceId}: the shard knows {history.Length} of its {c.Position + c.Tokens.Length} token ids");
-                    next = Sampler.Sample(values.AsSpan(row++ * v, v), s.Params, s.Key, history);
+                    var logitsRow = values.AsSpan(row++ * v, v);
+                    decoder?.Mask(logitsRow);   // structured output: the row is this step's own copy
+                    next = Sampler.Sample(logitsRow, s.Params, s.Key, history);
                 }
                 results[i] = new ChunkResult(next, scored)
                 {
@@ -177,6 +194,31 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
             return results;
         }
         finally { Abandon(who); }
+    }
+
+    /// <summary>
+    /// The chunk's sequence's structured-output decoder, fed the chunk's generated tokens (those at or after the prompt's
+    /// length). A chunk at position 0 (re)starts it from the chunk's constraint, so a recomputed sequence replays its tokens.
+    /// </summary>
+    ConstrainedDecoder? Constrain(Guid owner, StepChunk c)
+    {
+        var key = new SequenceKey(owner, c.SequenceId);
+        if (c.Position == 0)
+        {
+            _constrained.Remove(key);
+            if (c.Constraint is { } spec)
+            {
+                var vocabulary = Vocabulary ?? throw new InvalidOperationException("structured output needs a byte-level BPE tokenizer.json beside the checkpoint");
+                var grammar = JsonSchemaGrammar.Compile(spec.Schema, spec.Strict);
+                _constrained[key] = (new ConstrainedDecoder(grammar, vocabulary, spec.MaxTokens, spec.EndTokens), spec, 0);
+            }
+        }
+        if (!_constrained.TryGetValue(key, out var entry)) return null;
+        int end = c.Position + c.Tokens.Length;
+        int from = Math.Max(entry.Constraint.PromptLength, Math.Max(entry.Fed, c.Position));
+        for (int p = from; p < end; p++) entry.Decoder.Feed(c.Tokens[p - c.Position]);
+        _constrained[key] = entry with { Fed = Math.Max(entry.Fed, end) };
+        return entry.Decoder;
     }
 
     void Abandon(Guid owner)
@@ -190,7 +232,10 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         var who = owner ?? LocalOwner;
         Touch(who, now ?? DateTimeOffset.UtcNow);
         foreach (var id in sequenceIds)
+        {
             if (_sequences.Remove(new SequenceKey(who, id), out var seq)) Cache.Release(seq);
+            _constrained.Remove(new SequenceKey(who, id));
+        }
     }
 
     /// <summary>
@@ -211,6 +256,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         {
             Cache.Release(_sequences[k]);
             _sequences.Remove(k);
+            _constrained.Remove(k);
         }
         Reclaimed += keys.Count;
         return keys.Count;
@@ -243,5 +289,6 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         foreach (var owner in _walks.Keys.ToList()) Abandon(owner);
         if (model.Cache is { } c) foreach (var seq in _sequences.Values) c.Release(seq);
         _sequences.Clear();
+        _constrained.Clear();
     }
 }

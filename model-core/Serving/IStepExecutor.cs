@@ -7,6 +7,14 @@ namespace Grid.ModelCore.Serving;
 public sealed record TokenSampling(SamplingParams Params, DrawKey Key);
 
 /// <summary>
+/// Structured output for one sequence: the JSON schema its generated tokens must follow (strict: every property
+/// required), where the generated tokens start (the prompt's length), its token budget and the tokens that end it.
+/// Sent with a sequence's first chunk (position 0); the shard keeps the grammar state with the sequence's cache and
+/// rebuilds it whenever the sequence is recomputed (the generated tokens come again in its chunks).
+/// </summary>
+public sealed record TokenConstraint(string Schema, bool Strict, int PromptLength, int MaxTokens, int[] EndTokens);
+
+/// <summary>
 /// New tokens of one sequence for one step, at cache positions [<see cref="Position"/>, + Tokens.Length) on
 /// attention shard <see cref="Shard"/>. The shard refuses a chunk whose position is not the length of the
 /// sequence's cache (position 0 creates the sequence).
@@ -23,6 +31,9 @@ public sealed record StepChunk(long SequenceId, int Position, int[] Tokens, int 
     public int[]? ScoreNext { get; init; }
 
     public int ScoreTop { get; init; }
+
+    /// <summary>Structured output, on the chunk at position 0 (the shard keeps it for the rest of the sequence).</summary>
+    public TokenConstraint? Constraint { get; init; }
 
     /// <summary>Rows of the chunk whose logits the step needs (the last ones).</summary>
     public int LogitRows => ScoreNext is { Length: > 0 } ? Tokens.Length : Sample is not null ? 1 : 0;

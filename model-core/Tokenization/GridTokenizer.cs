@@ -156,7 +156,7 @@ public sealed class GridTokenizer : IDisposable
     /// its byte through GPT-2's alphabet (a character outside it to its own UTF-8, as the library does). Null for other
     /// tokenizers, which decode through the library.
     /// </summary>
-    static byte[]?[]? ByteTable(JsonNode root, Dictionary<int, string> special)
+    internal static byte[]?[]? ByteTable(JsonNode root, Dictionary<int, string> special)
     {
         if (root["decoder"]?["type"]?.GetValue<string>() != "ByteLevel") return null;
         var normalizer = root["normalizer"];
@@ -285,6 +285,9 @@ public sealed class GridTokenizer : IDisposable
         var raw = ids.Select(x => (uint)x).ToArray();
         lock (_lock) return _tokenizer.Decode(raw);
     }
+
+    /// <summary>Each token's bytes (null for special tokens), or null when the vocabulary is not byte-level BPE.</summary>
+    public IReadOnlyList<byte[]?>? TokenBytes => _tokenBytes;
 
     /// <summary>Whether decoding runs from the byte table (lock-free) rather than through the library.</summary>
     public bool DecodesFromByteTable => _tokenBytes is not null;

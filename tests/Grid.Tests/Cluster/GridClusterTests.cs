@@ -78,6 +78,14 @@ public sealed class LiteGridTests(LiteCluster cluster) : GridClusterTestsBase<Li
     [Fact] public Task GoldenThroughThreeSiloGrid() => MatchesGoldenAsync("lite_f32");
     [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
 
+    /// <summary>Structured output through the grid: the constraint crosses the wire and the shard masks and replays it.</summary>
+    [Fact]
+    public async Task StructuredOutputThroughTheGrid()
+    {
+        await Structured.StructuredReplayChecks.RecomputedSequenceReplaysItsGrammarAsync(Grid.Executor, "lite_f32", 77_000);
+        await Structured.StructuredReplayChecks.EngineLoopDocumentsValidateAsync(Grid.Executor, "lite_f32");
+    }
+
     [Fact]
     public async Task NoVocabularySizedRowsCrossTheWireInADecodeStep()
     {
@@ -179,6 +187,14 @@ public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<Fu
 {
     [Fact] public Task GoldenThroughThreeSiloGrid() => MatchesGoldenAsync("full_f32");
     [Fact] public void SilosLoadOnlyTheirExperts() => EachSiloLoadsOnlyItsExperts();
+
+    /// <summary>Structured output through the grid: the constraint crosses the wire and the shard masks and replays it.</summary>
+    [Fact]
+    public async Task StructuredOutputThroughTheGrid()
+    {
+        await Structured.StructuredReplayChecks.RecomputedSequenceReplaysItsGrammarAsync(Grid.Executor, "lite_f32", 77_000);
+        await Structured.StructuredReplayChecks.EngineLoopDocumentsValidateAsync(Grid.Executor, "lite_f32");
+    }
 
     /// <summary>Grain calls in one decode step, counted at the grains, for a batch of n sequences.</summary>
     async Task<long> CallsInOneDecodeStepAsync(int n, long firstId)

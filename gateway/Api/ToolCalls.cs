@@ -1,0 +1,166 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Grid.ChatTemplates;
+using Grid.Gateway.Hosting;
+using Grid.ModelCore.Structured;
+
+namespace Grid.Gateway.Api;
+
+/// <summary>A function the client offers (<c>tools[i].function</c>).</summary>
+public sealed record ToolFunction(string Name, string? Description, string Parameters, bool Strict);
+
+/// <summary>How the model may call tools: <c>none</c>, <c>auto</c> (parsed if it does), <c>required</c>, or one named function.</summary>
+public enum ToolMode { None, Auto, Required, Named }
+
+/// <summary>
+/// <c>tools</c> and <c>tool_choice</c>: the functions, the mode, and the grammar that forces a call. A named function (or
+/// <c>required</c> with one function) constrains the output to that function's arguments (its JSON schema); <c>required</c>
+/// with several functions constrains it to <c>{"name": one of them, "arguments": {...}}</c>. With <c>auto</c> the output
+/// is free; a reply that is exactly such a JSON object naming an offered function is returned as a tool call.
+/// </summary>
+public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, ToolMode Mode, ToolFunction? Forced)
+{
+    public const int MaxTools = 128;
+
+    [GeneratedRegex("^[a-zA-Z0-9_-]{1,64}$")]
+    private static partial Regex FunctionName();
+
+    /// <summary>The grammar that forces a call (named, or required), else null.</summary>
+    public OutputGrammar? Grammar(ServingEngine engine)
+    {
+        if (Forced is { } f) return OutputGrammar.Compile(f.Parameters, f.Strict, "tools", engine);
+        if (Mode != ToolMode.Required) return null;
+        var wrapper = new JsonObject
+        {
+            ["type"] = "object",
+            ["properties"] = new JsonObject
+            {
+                ["name"] = new JsonObject { ["enum"] = new JsonArray(Functions.Select(x => (JsonNode)JsonValue.Create(x.Name)!).ToArray()) },
+                ["arguments"] = new JsonObject { ["type"] = "object" },
+            },
+            ["required"] = new JsonArray("name", "arguments"),
+        };
+        return OutputGrammar.Compile(wrapper.ToJsonString(), true, "tools", engine);
+    }
+
+    public static ToolSet? Parse(JsonElement body, ServingEngine engine)
+    {
+        var functions = new List<ToolFunction>();
+        if (body.Field("tools", out var tools))
+        {
+            if (tools.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType("tools", $"a list, got {JsonFields.Kind(tools.ValueKind)}");
+            if (tools.GetArrayLength() > MaxTools) throw ApiException.OutOfRange($"'tools' may hold at most {MaxTools} tools", "tools");
+            int i = 0;
+            foreach (var t in tools.EnumerateArray())
+            {
+                var at = $"tools[{i++}]";
+                if (t.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType(at, $"an object, got {JsonFields.Kind(t.ValueKind)}");
+                var type = t.OptString("type");
+                if (type != "function") throw ApiException.Invalid($"'{at}.type' must be 'function', got '{type}'", $"{at}.type");
+                if (!t.Field("function", out var f) || f.ValueKind != JsonValueKind.Object)
+                    throw ApiException.Invalid($"'{at}.function' is required", $"{at}.function", "missing_required_parameter");
+                var name = f.OptString("name");
+                if (name is null || !FunctionName().IsMatch(name))
+                    throw ApiException.Invalid($"'{at}.function.name' must be 1 to 64 letters, digits, underscores or dashes", $"{at}.function.name");
+                if (functions.Any(x => x.Name == name)) throw ApiException.Invalid($"'{at}.function.name': '{name}' is offered twice", $"{at}.function.name");
+                string parameters = JsonSchemaGrammar.AnyObject;
+                if (f.Field("parameters", out var p))
+                {
+                    if (p.ValueKind != JsonValueKind.Object) throw ApiException.InvalidType($"{at}.function.parameters", $"an object, got {JsonFields.Kind(p.ValueKind)}");
+                    parameters = p.GetRawText();
+                }
+                var strict = f.OptBool("strict") ?? false;
+                OutputGrammar.Compile(parameters, strict, $"{at}.function.parameters", engine);
+                functions.Add(new ToolFunction(name, f.OptString("description"), parameters, strict));
+            }
+        }
+        var mode = functions.Count > 0 ? ToolMode.Auto : ToolMode.None;
+        ToolFunction? forced = null;
+        if (body.Field("tool_choice", out var choice))
+        {
+            if (choice.ValueKind == JsonValueKind.String)
+            {
+                mode = choice.GetString() switch
+                {
+                    "none" => ToolMode.None,
+                    "auto" => ToolMode.Auto,
+                    "required" => ToolMode.Required,
+                    var other => throw ApiException.Invalid($"'tool_choice' must be none, auto, required or a function; got '{other}'", "tool_choice"),
+                };
+            }
+            else if (choice.ValueKind == JsonValueKind.Object)
+            {
+                if (choice.OptString("type") != "function") throw ApiException.Invalid("'tool_choice.type' must be 'function'", "tool_choice.type");
+                var name = choice.Field("function", out var cf) && cf.ValueKind == JsonValueKind.Object ? cf.OptString("name") : null;
+                if (name is null) throw ApiException.Invalid("'tool_choice.function.name' is required", "tool_choice.function.name", "missing_required_parameter");
+                forced = functions.FirstOrDefault(x => x.Name == name)
+                    ?? throw ApiException.Invalid($"'tool_choice' names the function '{name}', which is not in 'tools'", "tool_choice");
+                mode = ToolMode.Named;
+            }
+            else throw ApiException.InvalidType("tool_choice", $"a string or an object, got {JsonFields.Kind(choice.ValueKind)}");
+            if (mode is ToolMode.Auto or ToolMode.Required && functions.Count == 0)
+                throw ApiException.Invalid($"'tool_choice' '{choice.GetString()}' needs 'tools'", "tool_choice");
+        }
+        if (mode == ToolMode.Required && functions.Count == 1) forced = functions[0];
+        return functions.Count == 0 ? null : new ToolSet(functions, mode, forced);
+    }
+
+    /// <summary>
+    /// The documented default rendering of tools for templates without tool support: a system message listing the
+    /// functions (name, description, parameters) and how to call one, merged into the first system message.
+    /// </summary>
+    public IReadOnlyList<ChatMessage> Render(IReadOnlyList<ChatMessage> messages)
+    {
+        if (Mode == ToolMode.None) return messages;
+        var list = new JsonArray(Functions.Select(f => (JsonNode)new JsonObject
+        {
+            ["name"] = f.Name,
+            ["description"] = f.Description,
+            ["parameters"] = JsonNode.Parse(f.Parameters),
+        }).ToArray());
+        var text = "You can call these functions:\n" + list.ToJsonString() +
+            "\nTo call a function, reply with only a JSON object: {\"name\": <function name>, \"arguments\": <arguments object>}.";
+        var result = messages.ToList();
+        if (result.Count > 0 && result[0].Role == "system") result[0] = result[0] with { Content = result[0].Content + "\n\n" + text };
+        else result.Insert(0, new ChatMessage("system", text));
+        return result;
+    }
+
+    /// <summary>A call parsed from the model's output, or null when the output is not a call.</summary>
+    public ToolCall? ParseCall(string text)
+    {
+        if (Forced is { } f)
+            return IsObject(text) ? new ToolCall(f.Name, text) : null;
+        JsonNode? node;
+        try { node = JsonNode.Parse(text.Trim()); }
+        catch (JsonException) { return null; }
+        if (node is not JsonObject o || o["name"] is not JsonValue v || !v.TryGetValue<string>(out var name)) return null;
+        if (Functions.All(x => x.Name != name)) return null;
+        var args = o["arguments"] ?? o["parameters"];
+        if (args is not JsonObject) return null;
+        return new ToolCall(name, args.ToJsonString());
+    }
+
+    static bool IsObject(string text)
+    {
+        try { return JsonNode.Parse(text) is JsonObject; }
+        catch (JsonException) { return false; }
+    }
+}
+
+/// <summary>A function call the model made: the function's name and its arguments as JSON text.</summary>
+public sealed record ToolCall(string Name, string Arguments)
+{
+    public string Id { get; } = "call_" + Guid.NewGuid().ToString("N")[..24];
+
+    public JsonObject ToJson(int? index = null)
+    {
+        var o = new JsonObject();
+        if (index is int i) o["index"] = i;
+        o["id"] = Id;
+        o["type"] = "function";
+        o["function"] = new JsonObject { ["name"] = Name, ["arguments"] = Arguments };
+        return o;
+    }
+}
