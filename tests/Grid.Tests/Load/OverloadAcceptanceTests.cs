@@ -111,9 +111,11 @@ public sealed class OverloadAcceptanceTests(ITestOutputHelper output)
         Assert.True(disconnected > 0 && completed > 0);
         var cache = await serve.CacheAsync();
         Assert.Equal(0, cache["bytes_in_use"]!.GetValue<long>());
-        // Flat: after the first round (warm-up), resident memory grows by no more than 64 MiB + 10%.
+        // Flat: the heap warms up over the first ~6 rounds (the 10-minute soak: 355 MiB after round 1, ~450 MiB from
+        // round 6 on, flat through round 36), so from the first round resident memory may grow by at most 128 MiB + 10%;
+        // a leak of 1 MiB per stream (128 streams here) on top of the warm-up would break it.
         long settled = resident[0], last = resident[^1];
-        Assert.True(last <= settled + (64L << 20) + settled / 10, $"resident grew from {settled >> 20} MiB to {last >> 20} MiB");
+        Assert.True(last <= settled + (128L << 20) + settled / 10, $"resident grew from {settled >> 20} MiB to {last >> 20} MiB");
         Assert.False(serve.HasExited, serve.LogTail());
     }
 }

@@ -131,7 +131,7 @@ public sealed class ScalarLifetimeTests
     [Fact]
     public async Task SixtyFourSequencesDecodeUnderForcedCollectionsExactlyAsInQuiet()
     {
-        const int sequences = 64, promptLength = 24, steps = 48;
+        const int sequences = 64, promptLength = 24, steps = 24;
         var prompts = Enumerable.Range(0, sequences)
             .Select(s => Enumerable.Range(0, promptLength).Select(i => (s * 31 + i * 7) % 400 + 1).ToArray()).ToArray();
         var quiet = await DecodeAll(prompts, steps, pressure: false);
