@@ -43,6 +43,8 @@ public sealed record ChatRequest
         var grammar = ResponseFormat.Parse(body, engine);
         var tools = ToolSet.Parse(body, engine);
         grammar = tools?.Grammar(engine) ?? grammar;   // a forced call wins over response_format
+        if (grammar is not null && sampling.MinTokens > 0)
+            throw ApiException.Invalid("'min_tokens' cannot be combined with structured output ('response_format' or a forced tool call): a finished document may only end the choice", "min_tokens");
         var messages = ParseMessages(body);
         if (tools is not null) messages = tools.Render(messages).ToList();
         var addGenerationPrompt = body.OptBool("add_generation_prompt") ?? true;

@@ -37,6 +37,8 @@ public sealed record CompletionRequest
         var echo = body.OptBool("echo") ?? false;
         if (body.Field("suffix", out _)) throw ApiException.Unsupported("suffix", "suffix");
         var grammar = ResponseFormat.Parse(body, engine);
+        if (grammar is not null && sampling.MinTokens > 0)
+            throw ApiException.Invalid("'min_tokens' cannot be combined with structured output ('response_format' or a forced tool call): a finished document may only end the choice", "min_tokens");
         var prompts = ParsePrompts(body, engine);
         if (prompts.Count * sampling.BestOf > MaxPrompts * 4)
             throw ApiException.OutOfRange($"{prompts.Count} prompts x {(sampling.BestOf > sampling.N ? "best_of" : "n")} {sampling.BestOf} is more than {MaxPrompts * 4} choices",

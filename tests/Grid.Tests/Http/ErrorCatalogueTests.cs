@@ -98,6 +98,8 @@ public sealed class ErrorCatalogueTests(LongContextServer lite)
         ("chat: max_completion_tokens zero", "POST", Chat, "{" + M + ", \"max_completion_tokens\": 0}", 400, "max_completion_tokens", "out_of_range"),
         ("chat: context length exceeded", "POST", Chat, "{" + M + ", \"max_tokens\": 200000}", 400, "max_tokens", "context_length_exceeded"),
         ("chat: tool without a function", "POST", Chat, "{" + M + ", \"tools\": [{\"type\": \"function\"}]}", 400, "tools[0].function", "missing_required_parameter"),
+        ("chat: min_tokens with response_format", "POST", Chat, "{" + M + ", \"min_tokens\": 2, \"response_format\": {\"type\": \"json_object\"}}", 400, "min_tokens", "invalid_value"),
+        ("min_tokens with response_format", "POST", C, "{" + P + ", \"min_tokens\": 2, \"response_format\": {\"type\": \"json_object\"}}", 400, "min_tokens", "invalid_value"),
         ("chat: unsupported schema keyword", "POST", Chat, "{" + M + ", \"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"x\", \"schema\": {\"type\": \"string\", \"pattern\": \"a\"}}}}", 400, "response_format.json_schema.schema", "unsupported_schema_keyword"),
         ("chat: tool_choice names no offered tool", "POST", Chat, "{" + M + ", \"tool_choice\": \"required\"}", 400, "tool_choice", "invalid_value"),
         ("chat: unknown model", "POST", Chat, "{\"model\": \"nope\", " + M + "}", 404, "model", "model_not_found"),
