@@ -42,7 +42,7 @@ public static class GridServer
         var options = GridOptionsSetup.Load(builder.Configuration, GridExecutable.Serve);
         if (options.Logging.Json) builder.Logging.ClearProviders().AddJsonConsole();
         logging?.Invoke(builder.Logging);
-        // Draining: running streams get Grid:Http:DrainSeconds to finish after SIGTERM (Kestrel waits for them).
+        // Draining: running streams get Grid:Http:DrainSeconds to finish after SIGTERM (DrainBeforeStop, port still open).
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(options.Http.DrainSeconds + 5));
         builder.WebHost.ConfigureKestrel(k =>
         {
@@ -53,6 +53,7 @@ public static class GridServer
         });
         builder.Services.AddSingleton<ServingEngine>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ServingEngine>());
+        builder.Services.AddHostedService<DrainBeforeStop>();   // drains with the listener open (before Kestrel stops)
         builder.Services.AddSingleton<GridTelemetry>();
         GatewayHealth.Add(builder.Services);
         // Metrics on /metrics (Prometheus text); OTLP export of metrics and traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.

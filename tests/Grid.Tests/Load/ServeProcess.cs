@@ -69,6 +69,11 @@ public sealed class ServeProcess : IAsyncDisposable
 
     public bool HasExited => _process.HasExited;
 
+    public int ExitCode => _process.ExitCode;
+
+    /// <summary>Waits for the process to exit by itself (after a SIGTERM, say).</summary>
+    public Task WaitForExitAsync(CancellationToken cancellationToken = default) => _process.WaitForExitAsync(cancellationToken);
+
     public string LogTail(int lines = 30)
     {
         try { return string.Join("\n", File.ReadLines(_log).TakeLast(lines)); }
