@@ -19,20 +19,21 @@ public static class SiloHealth
 {
     public const string Live = "live", Ready = "ready";
 
-    public static void Add(IServiceCollection services) => services.AddHealthChecks()
+    public static void Add(IServiceCollection services) => HealthTransitionLog.Add(services).AddHealthChecks()
         .AddCheck<ModelLoadCheck>("model_load", tags: [Live])
         .AddCheck<ModelLoadedCheck>("model_part", tags: [Ready])
         .AddCheck<MembershipCheck>("membership", tags: [Ready]);
 
     public static void Map(WebApplication app)
     {
-        app.MapHealthChecks("/health", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Live), ResponseWriter = WriteAsync });
-        app.MapHealthChecks("/ready", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Ready), ResponseWriter = WriteAsync });
+        app.MapHealthChecks("/health", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Live), ResponseWriter = (c, r) => WriteAsync("/health", c, r) });
+        app.MapHealthChecks("/ready", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Ready), ResponseWriter = (c, r) => WriteAsync("/ready", c, r) });
     }
 
-    /// <summary><c>{"status":"healthy","checks":{"membership":{"status":"healthy","description":"..."}}}</c></summary>
-    static Task WriteAsync(HttpContext context, HealthReport report)
+    /// <summary><c>{"status":"healthy","checks":{"membership":{"status":"healthy","description":"..."}}}</c>; a status change is logged once.</summary>
+    static Task WriteAsync(string probe, HttpContext context, HealthReport report)
     {
+        context.RequestServices.GetRequiredService<HealthTransitionLog>().Observe(probe, report);
         context.Response.ContentType = "application/json";
         var body = new Dictionary<string, object?>
         {

@@ -16,7 +16,7 @@ public enum ToolMode { None, Auto, Required, Named }
 /// <summary>
 /// <c>tools</c> and <c>tool_choice</c>: the functions, the mode, and the grammar that forces a call. A named function (or
 /// <c>required</c> with one function) constrains the output to that function's arguments (its JSON schema); <c>required</c>
-/// with several functions constrains it to <c>{"name": one of them, "arguments": {...}}</c>. With <c>auto</c> the output
+/// with several functions constrains it to <c>{"name": one of them, "arguments": that function's schema}</c>. With <c>auto</c> the output
 /// is free; a reply that is exactly such a JSON object naming an offered function is returned as a tool call.
 /// </summary>
 public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, ToolMode Mode, ToolFunction? Forced)
@@ -31,17 +31,71 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
     {
         if (Forced is { } f) return OutputGrammar.Compile(f.Parameters, f.Strict, "tools", engine);
         if (Mode != ToolMode.Required) return null;
-        var wrapper = new JsonObject
+        return OutputGrammar.Compile(CallSchema(Functions), Functions.All(x => x.Strict), "tools", engine);
+    }
+
+    /// <summary>
+    /// The schema of one call of any of <paramref name="functions"/>: the union (anyOf) of
+    /// <c>{"name": {"const": f}, "arguments": f's parameters}</c>, so the arguments follow the schema of the function the
+    /// call names. Each function's parameters move to <c>$defs/f{i}</c> (its own definitions to <c>$defs/f{i}:NAME</c>,
+    /// its <c>$ref</c>s rewritten to match), so references resolve as they did in the function's own schema.
+    /// </summary>
+    public static string CallSchema(IReadOnlyList<ToolFunction> functions)
+    {
+        var defs = new JsonObject();
+        var branches = new JsonArray();
+        for (int i = 0; i < functions.Count; i++)
         {
-            ["type"] = "object",
-            ["properties"] = new JsonObject
+            var parameters = JsonNode.Parse(functions[i].Parameters)!.AsObject();
+            foreach (var defsKey in new[] { "$defs", "definitions" })
+                if (parameters[defsKey] is JsonObject own)
+                {
+                    parameters.Remove(defsKey);
+                    foreach (var (name, def) in own.ToList())
+                    {
+                        own.Remove(name);
+                        defs[$"f{i}:{name}"] = RewriteRefs(def, i);
+                    }
+                }
+            defs[$"f{i}"] = RewriteRefs(parameters, i);
+            branches.Add(new JsonObject
             {
-                ["name"] = new JsonObject { ["enum"] = new JsonArray(Functions.Select(x => (JsonNode)JsonValue.Create(x.Name)!).ToArray()) },
-                ["arguments"] = new JsonObject { ["type"] = "object" },
-            },
-            ["required"] = new JsonArray("name", "arguments"),
-        };
-        return OutputGrammar.Compile(wrapper.ToJsonString(), true, "tools", engine);
+                ["type"] = "object",
+                ["properties"] = new JsonObject
+                {
+                    ["name"] = new JsonObject { ["const"] = functions[i].Name },
+                    ["arguments"] = new JsonObject { ["$ref"] = $"#/$defs/f{i}" },
+                },
+                ["required"] = new JsonArray("name", "arguments"),
+                ["additionalProperties"] = false,
+            });
+        }
+        return new JsonObject { ["anyOf"] = branches, ["$defs"] = defs }.ToJsonString();
+    }
+
+    static JsonNode? RewriteRefs(JsonNode? node, int function)
+    {
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var (key, value) in o.ToList())
+                {
+                    if (key == "$ref" && value is JsonValue v && v.TryGetValue<string>(out var target))
+                    {
+                        o[key] = target == "#" ? $"#/$defs/f{function}"
+                            : target.StartsWith("#/$defs/", StringComparison.Ordinal) ? $"#/$defs/f{function}:{target["#/$defs/".Length..]}"
+                            : target.StartsWith("#/definitions/", StringComparison.Ordinal) ? $"#/$defs/f{function}:{target["#/definitions/".Length..]}"
+                            : target;
+                    }
+                    else RewriteRefs(value, function);
+                }
+                return o;
+            case JsonArray a:
+                foreach (var item in a) RewriteRefs(item, function);
+                return a;
+            default:
+                return node;
+        }
     }
 
     public static ToolSet? Parse(JsonElement body, ServingEngine engine)

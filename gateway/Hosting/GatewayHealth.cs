@@ -1,4 +1,5 @@
 using Grid.Gateway.Api;
+using Grid.Grains.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Http;
@@ -13,12 +14,13 @@ namespace Grid.Gateway.Hosting;
 /// answers) and <c>/ready</c> (readiness: tag <c>ready</c>, <see cref="GatewayReadyCheck"/>). Both keep their bodies:
 /// <c>{"status":"ok"}</c>, <c>{"status":"ready","model":...}</c>, and a 503 in OpenAI's error JSON whose code says why
 /// (<c>model_not_ready</c>, <c>server_shutting_down</c>, <c>expert_group_unavailable</c>, <c>model_part_unavailable</c>).
+/// Probes log only when their status changes (<see cref="HealthTransitionLog"/>), not once per poll.
 /// </summary>
 public static class GatewayHealth
 {
     public const string Live = "live", Ready = "ready";
 
-    public static void Add(IServiceCollection services) => services.AddHealthChecks()
+    public static void Add(IServiceCollection services) => HealthTransitionLog.Add(services).AddHealthChecks()
         .AddCheck("process", () => HealthCheckResult.Healthy("the gateway answers"), tags: [Live])
         .AddCheck<GatewayReadyCheck>("serving", tags: [Ready]);
 
@@ -27,13 +29,18 @@ public static class GatewayHealth
         app.MapHealthChecks("/health", new HealthCheckOptions
         {
             Predicate = c => c.Tags.Contains(Live),
-            ResponseWriter = (context, _) => context.Response.WriteAsJsonAsync(new { status = "ok" }, context.RequestAborted),
+            ResponseWriter = (context, report) =>
+            {
+                context.RequestServices.GetRequiredService<HealthTransitionLog>().Observe("/health", report);
+                return context.Response.WriteAsJsonAsync(new { status = "ok" }, context.RequestAborted);
+            },
         });
         app.MapHealthChecks("/ready", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Ready), ResponseWriter = WriteReadyAsync });
     }
 
     static Task WriteReadyAsync(HttpContext context, HealthReport report)
     {
+        context.RequestServices.GetRequiredService<HealthTransitionLog>().Observe("/ready", report);
         if (report.Status == HealthStatus.Healthy)
             return context.Response.WriteAsJsonAsync(new { status = "ready", model = context.RequestServices.GetRequiredService<ServingEngine>().ModelName },
                 context.RequestAborted);

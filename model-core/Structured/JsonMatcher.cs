@@ -131,6 +131,7 @@ sealed class ValueFrame(SchemaNode schema, int ws) : GrammarFrame
             case SchemaKind.Boolean: return LiteralFrame.Begin(LiteralFrame.Booleans, b);
             case SchemaKind.Null: return LiteralFrame.Begin(LiteralFrame.Null, b);
             case SchemaKind.Literals: return LiteralFrame.Begin(n.Literals, b);
+            case SchemaKind.Tagged: return new TaggedFrame(n, Enumerable.Range(0, n.Branches.Length).ToArray(), 0).Step(b);
             case SchemaKind.Union:
                 foreach (var alt in n.Alternatives)
                 {
@@ -269,6 +270,42 @@ sealed class ObjectFrame(SchemaNode node, ObjectFrame.Phase phase, int next, int
     }
 }
 
+/// <summary>
+/// The opening of one of a <see cref="SchemaKind.Tagged"/> union's objects, byte by byte up to the end of its tag (the
+/// prefixes end with a closing quote, so at most one completes); then that object goes on after its first property.
+/// </summary>
+sealed class TaggedFrame(SchemaNode node, int[] candidates, int matched) : GrammarFrame
+{
+    public override int Cost
+    {
+        get
+        {
+            int best = int.MaxValue;
+            foreach (var c in candidates) best = Math.Min(best, node.Branches[c].Prefix.Length - matched + node.Branches[c].RestBytes);
+            return best;
+        }
+    }
+
+    public override Move Step(byte b)
+    {
+        var branches = node.Branches;
+        int keep = 0, done = -1;
+        foreach (var c in candidates)
+            if (branches[c].Prefix[matched] == b)
+            {
+                keep++;
+                if (branches[c].Prefix.Length == matched + 1) done = c;
+            }
+        if (keep == 0) return Move.Reject;
+        if (done >= 0) return Move.To(new ObjectFrame(branches[done].Object, ObjectFrame.Phase.AfterValue, 1, 0, [], 0, -1));
+        var left = new int[keep];
+        int k = 0;
+        foreach (var c in candidates)
+            if (branches[c].Prefix[matched] == b) left[k++] = c;
+        return Move.To(new TaggedFrame(node, left, matched + 1));
+    }
+}
+
 /// <summary>An array of <see cref="SchemaNode.Items"/> within minItems..maxItems.</summary>
 sealed class ArrayFrame(SchemaNode node, ArrayFrame.Phase phase, int count, int ws) : GrammarFrame
 {
@@ -313,58 +350,86 @@ sealed class ArrayFrame(SchemaNode node, ArrayFrame.Phase phase, int count, int 
 }
 
 /// <summary>
-/// Inside a string (after the opening quote): UTF-8 checked byte by byte, escapes (\uXXXX without surrogates), no control
-/// characters; <see cref="StringFrame(int, int)"/> bounds the characters (an escape or a multi-byte character counts one).
+/// Where a string stands after its opening quote (a value: the mask walks strings with it without allocating):
+/// UTF-8 checked byte by byte, escapes (\uXXXX without surrogates), no control characters; the characters are bounded
+/// by min..max (an escape or a multi-byte character counts one).
 /// </summary>
-sealed class StringFrame : GrammarFrame
+public readonly record struct StringCursor(int Min, int Max, int Count, byte Need, byte Lo, byte Hi, sbyte Escape)
 {
-    readonly int _min, _max, _count;
-    readonly byte _need, _lo, _hi;   // continuation bytes still due, and the range of the next one
-    readonly sbyte _escape;          // 0: none; -1: after a backslash; 1..4: hex digits still due
+    public enum Result : byte { Reject, Continue, Close }
 
-    public StringFrame(int min, int max) : this(min, max, 0, 0, 0x80, 0xBF, 0) { }
+    public static StringCursor Open(int min, int max) => new(min, max, 0, 0, 0x80, 0xBF, 0);
 
-    StringFrame(int min, int max, int count, byte need, byte lo, byte hi, sbyte escape)
+    /// <summary>Between characters: the next byte starts a character, an escape or closes the string.</summary>
+    public bool AtRest => Need == 0 && Escape == 0;
+
+    /// <summary>Fewest bytes that close the string from here (the closing quote included).</summary>
+    public int Cost => Need + (Escape < 0 ? 1 : Escape) + Math.Max(0, Min - Count) + 1;
+
+    StringCursor With(int count, byte need = 0, byte lo = 0x80, byte hi = 0xBF, sbyte escape = 0) => new(Min, Max, count, need, lo, hi, escape);
+
+    /// <summary>A byte that is a whole character inside a string at rest and never closes or escapes (printable ASCII but <c>"</c> and <c>\</c>).</summary>
+    public static bool IsPlain(byte b) => b >= 0x20 && b < 0x80 && b != (byte)'"' && b != (byte)'\\';
+
+    /// <summary>Advances by <paramref name="b"/>: the new cursor (<see cref="Result.Continue"/>), the closing quote, or a reject.</summary>
+    public Result Step(byte b, out StringCursor next)
     {
-        _min = min; _max = max; _count = count; _need = need; _lo = lo; _hi = hi; _escape = escape;
-    }
-
-    StringFrame With(int count, byte need = 0, byte lo = 0x80, byte hi = 0xBF, sbyte escape = 0) => new(_min, _max, count, need, lo, hi, escape);
-
-    public override int Cost => _need + (_escape < 0 ? 1 : _escape) + Math.Max(0, _min - _count) + 1;
-
-    public override Move Step(byte b)
-    {
-        if (_need > 0)
-            return b >= _lo && b <= _hi ? Move.To(With(_count, (byte)(_need - 1))) : Move.Reject;
-        if (_escape < 0)
+        next = this;
+        if (Need > 0)
         {
-            if (b == 'u') return Move.To(With(_count, escape: 4));
-            return b is (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t' ? Move.To(With(_count)) : Move.Reject;
+            if (b < Lo || b > Hi) return Result.Reject;
+            next = With(Count, (byte)(Need - 1));
+            return Result.Continue;
         }
-        if (_escape > 0)
+        if (Escape < 0)
+        {
+            if (b == 'u') { next = With(Count, escape: 4); return Result.Continue; }
+            if (b is (byte)'"' or (byte)'\\' or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t') { next = With(Count); return Result.Continue; }
+            return Result.Reject;
+        }
+        if (Escape > 0)
         {
             bool hex = b is >= (byte)'0' and <= (byte)'9' or >= (byte)'a' and <= (byte)'f' or >= (byte)'A' and <= (byte)'F';
             // No \uD800-\uDFFF (nor the rest of \uDxxx): a lone surrogate is no text.
-            if (!hex || (_escape == 4 && b is (byte)'d' or (byte)'D')) return Move.Reject;
-            return Move.To(With(_count, escape: (sbyte)(_escape - 1)));
+            if (!hex || (Escape == 4 && b is (byte)'d' or (byte)'D')) return Result.Reject;
+            next = With(Count, escape: (sbyte)(Escape - 1));
+            return Result.Continue;
         }
-        if (b == '"') return _count >= _min ? Move.Pop : Move.Reject;
-        if (b < 0x20 || _count >= _max) return Move.Reject;
-        if (b == '\\') return Move.To(With(_count + 1, escape: -1));
-        if (b < 0x80) return Move.To(With(_count + 1));
-        return b switch
+        if (b == '"') return Count >= Min ? Result.Close : Result.Reject;
+        if (b < 0x20 || Count >= Max) return Result.Reject;
+        if (b == '\\') { next = With(Count + 1, escape: -1); return Result.Continue; }
+        if (b < 0x80) { next = With(Count + 1); return Result.Continue; }
+        switch (b)
         {
-            >= 0xC2 and <= 0xDF => Move.To(With(_count + 1, 1)),
-            0xE0 => Move.To(With(_count + 1, 2, 0xA0, 0xBF)),
-            >= 0xE1 and <= 0xEC or 0xEE or 0xEF => Move.To(With(_count + 1, 2)),
-            0xED => Move.To(With(_count + 1, 2, 0x80, 0x9F)),
-            0xF0 => Move.To(With(_count + 1, 3, 0x90, 0xBF)),
-            >= 0xF1 and <= 0xF3 => Move.To(With(_count + 1, 3)),
-            0xF4 => Move.To(With(_count + 1, 3, 0x80, 0x8F)),
-            _ => Move.Reject,
-        };
+            case >= 0xC2 and <= 0xDF: next = With(Count + 1, 1); return Result.Continue;
+            case 0xE0: next = With(Count + 1, 2, 0xA0, 0xBF); return Result.Continue;
+            case >= 0xE1 and <= 0xEC or 0xEE or 0xEF: next = With(Count + 1, 2); return Result.Continue;
+            case 0xED: next = With(Count + 1, 2, 0x80, 0x9F); return Result.Continue;
+            case 0xF0: next = With(Count + 1, 3, 0x90, 0xBF); return Result.Continue;
+            case >= 0xF1 and <= 0xF3: next = With(Count + 1, 3); return Result.Continue;
+            case 0xF4: next = With(Count + 1, 3, 0x80, 0x8F); return Result.Continue;
+            default: return Result.Reject;
+        }
     }
+}
+
+/// <summary>Inside a string (after the opening quote): see <see cref="StringCursor"/>.</summary>
+sealed class StringFrame : GrammarFrame
+{
+    public StringCursor Cursor { get; }
+
+    public StringFrame(int min, int max) : this(StringCursor.Open(min, max)) { }
+
+    public StringFrame(StringCursor cursor) { Cursor = cursor; }
+
+    public override int Cost => Cursor.Cost;
+
+    public override Move Step(byte b) => Cursor.Step(b, out var next) switch
+    {
+        StringCursor.Result.Continue => Move.To(new StringFrame(next)),
+        StringCursor.Result.Close => Move.Pop,
+        _ => Move.Reject,
+    };
 }
 
 /// <summary>A JSON number (an integer: no fraction or exponent), with bounded digit runs so that it always ends.</summary>

@@ -11,10 +11,16 @@ public sealed class GrammarException(string message, string? keyword = null) : E
     public string? Keyword { get; } = keyword;
 }
 
-public enum SchemaKind { Any, Object, Array, String, Number, Integer, Boolean, Null, Literals, Union, Ref }
+public enum SchemaKind { Any, Object, Array, String, Number, Integer, Boolean, Null, Literals, Union, Ref, Tagged }
 
 /// <summary>One object property: its name, its key as JSON bytes (with the quotes), its value's schema and whether it must appear.</summary>
 public sealed record SchemaProperty(string Name, byte[] Key, SchemaNode Schema, bool Required);
+
+/// <summary>
+/// One object of a <see cref="SchemaKind.Tagged"/> union: the compact bytes that open it up to and including its tag
+/// (<c>{"name":"get_weather"</c>), the object (its first property is the tag), and the fewest bytes after the prefix.
+/// </summary>
+public sealed record TaggedBranch(byte[] Prefix, SchemaNode Object, int RestBytes);
 
 /// <summary>
 /// A JSON schema compiled for byte-level matching. Objects list their properties in schema order (emitted in that order,
@@ -32,6 +38,8 @@ public sealed class SchemaNode
     public int MaxLength { get; init; } = int.MaxValue;
     public byte[][] Literals { get; init; } = [];
     public SchemaNode[] Alternatives { get; set; } = [];
+    /// <summary><see cref="SchemaKind.Tagged"/>: objects told apart by the string constant of their common first property.</summary>
+    public TaggedBranch[] Branches { get; set; } = [];
     public SchemaNode? Target { get; set; }
     internal string? RefName { get; init; }
     /// <summary>Bytes of the shortest value this schema admits.</summary>
@@ -54,7 +62,9 @@ public sealed class SchemaNode
 /// <summary>
 /// Compiles a JSON schema (the subset OpenAI's structured outputs use) into a <see cref="SchemaNode"/> tree: type (one or a
 /// list), properties, required, additionalProperties, items, minItems/maxItems, minLength/maxLength, enum, const, anyOf
-/// (branches must start with different characters), $ref into $defs/definitions. Other keywords that constrain values
+/// (branches must start with different characters, except objects told apart by a string <c>const</c> in their first,
+/// required property, such as the tool calls <c>{"name": "f", "arguments": {...}}</c>: each is written compactly up to
+/// its tag), $ref into $defs/definitions. Other keywords that constrain values
 /// (pattern, format, minimum, ...) are refused with a <see cref="GrammarException"/> naming them: the output would not honour them.
 /// </summary>
 public static class JsonSchemaGrammar
@@ -231,6 +241,9 @@ public static class JsonSchemaGrammar
             foreach (var n in _all)
                 if (n.MinBytes >= Unreachable) throw new GrammarException("the schema admits no finite value (a required property refers back to itself)", "$ref");
             foreach (var n in _all.Where(n => n.Kind == SchemaKind.Union))
+                if (Tag(n.Alternatives.Where(a => a.Resolved.Kind == SchemaKind.Object).ToArray()) is { } tagged)
+                    n.Alternatives = [.. n.Alternatives.Where(a => a.Resolved.Kind != SchemaKind.Object), tagged];
+            foreach (var n in _all.Where(n => n.Kind == SchemaKind.Union))
             {
                 var seen = new bool[256];
                 foreach (var alt in n.Alternatives)
@@ -238,6 +251,32 @@ public static class JsonSchemaGrammar
                         if (seen[b]) throw new GrammarException($"anyOf/type branches that can start with the same character ('{(char)b}') are not supported", "anyOf");
                         else seen[b] = true;
             }
+        }
+
+        /// <summary>
+        /// Two or more objects whose first property is required, has the same key in all of them and a string constant
+        /// (distinct) as its schema: one <see cref="SchemaKind.Tagged"/> node, else null.
+        /// </summary>
+        static SchemaNode? Tag(SchemaNode[] alternatives)
+        {
+            if (alternatives.Length < 2) return null;
+            var branches = new List<TaggedBranch>();
+            var tags = new HashSet<string>();
+            byte[]? key = null;
+            foreach (var a in alternatives)
+            {
+                var o = a.Resolved;
+                if (o.FreeKeys || o.Properties.Length == 0) return null;
+                var first = o.Properties[0];
+                var tag = first.Schema.Resolved;
+                if (!first.Required || tag.Kind != SchemaKind.Literals || tag.Literals.Length != 1 || tag.Literals[0][0] != (byte)'"') return null;
+                if (key is null) key = first.Key;
+                else if (!key.AsSpan().SequenceEqual(first.Key)) return null;
+                if (!tags.Add(Convert.ToBase64String(tag.Literals[0]))) return null;
+                byte[] prefix = [(byte)'{', .. first.Key, (byte)':', .. tag.Literals[0]];
+                branches.Add(new TaggedBranch(prefix, o, o.MinBytes - prefix.Length));
+            }
+            return new SchemaNode { Kind = SchemaKind.Tagged, Branches = branches.ToArray(), MinBytes = branches.Min(b => b.Object.MinBytes) };
         }
 
         SchemaNode Resolve(string name)
@@ -283,7 +322,7 @@ public static class JsonSchemaGrammar
         var n = node.Resolved;
         return n.Kind switch
         {
-            SchemaKind.Object => "{"u8.ToArray(),
+            SchemaKind.Object or SchemaKind.Tagged => "{"u8.ToArray(),
             SchemaKind.Array => "["u8.ToArray(),
             SchemaKind.String => "\""u8.ToArray(),
             SchemaKind.Number or SchemaKind.Integer => "-0123456789"u8.ToArray(),

@@ -19,12 +19,35 @@ public sealed class TokenVocabulary
 
     readonly byte[]?[] _bytes;
     internal Node Root { get; }
+    /// <summary>The trie of the tokens that are not <see cref="PlainTokens"/> (what a mask inside a string still walks).</summary>
+    internal Node ResidualRoot { get; }
+    /// <summary>
+    /// The tokens made only of plain string bytes (<see cref="StringCursor.IsPlain"/>), by length: those of length
+    /// <c>n</c> are <c>PlainTokens[PlainStart[n]..PlainStart[n + 1]]</c>. Inside a string at rest each such token is
+    /// <c>n</c> characters and cannot close the string, so whether it is allowed depends on its length alone.
+    /// </summary>
+    internal int[] PlainTokens { get; }
+    internal int[] PlainStart { get; }
     public int Count => _bytes.Length;
 
     public TokenVocabulary(IReadOnlyList<byte[]?> tokenBytes)
     {
         _bytes = tokenBytes.ToArray();
-        Root = Build(_bytes);
+        Root = Build(_bytes, _ => true);
+        var plain = new List<int>();
+        for (int id = 0; id < _bytes.Length; id++)
+            if (_bytes[id] is { Length: > 0 } b && b.All(StringCursor.IsPlain)) plain.Add(id);
+        var plainSet = plain.ToHashSet();
+        ResidualRoot = Build(_bytes, id => !plainSet.Contains(id));
+        PlainTokens = plain.OrderBy(id => _bytes[id]!.Length).ThenBy(id => id).ToArray();
+        int longest = PlainTokens.Length == 0 ? 0 : _bytes[PlainTokens[^1]]!.Length;
+        PlainStart = new int[longest + 2];
+        int k = 0;
+        for (int n = 0; n <= longest + 1; n++)
+        {
+            while (k < PlainTokens.Length && _bytes[PlainTokens[k]]!.Length < n) k++;
+            PlainStart[n] = k;
+        }
     }
 
     /// <summary>The token's bytes; null for special tokens and ids outside the vocabulary.</summary>
@@ -57,12 +80,12 @@ public sealed class TokenVocabulary
         public readonly List<int> Tokens = new();
     }
 
-    static Node Build(byte[]?[] bytes)
+    static Node Build(byte[]?[] bytes, Func<int, bool> include)
     {
         var root = new Builder();
         for (int id = 0; id < bytes.Length; id++)
         {
-            if (bytes[id] is not { Length: > 0 } b) continue;
+            if (bytes[id] is not { Length: > 0 } b || !include(id)) continue;
             var n = root;
             foreach (var x in b)
             {

@@ -219,6 +219,29 @@ public sealed class JsonGrammarTests
         }
     }
 
+    [Fact]
+    public void ObjectsToldApartByAStringConstantFormOneUnion()
+    {
+        var calls = JsonSchemaGrammar.Compile("""
+            {"anyOf":[
+              {"type":"object","properties":{"name":{"const":"f"},"arguments":{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}},"required":["name","arguments"]},
+              {"type":"object","properties":{"name":{"const":"fg"},"arguments":{"type":"object","properties":{"b":{"type":"string"}},"required":["b"]}},"required":["name","arguments"]},
+              {"type":"string"}]}
+            """, strict: true);
+        Assert.True(Accepts(calls, "{\"name\":\"f\",\"arguments\":{\"a\":1}}"));
+        Assert.True(Accepts(calls, "{\"name\":\"fg\", \"arguments\": {\"b\":\"x\"} }"));
+        Assert.True(Accepts(calls, "\"just text\""));
+        Assert.False(Accepts(calls, "{\"name\":\"f\",\"arguments\":{\"b\":\"x\"}}"));    // f's arguments are {a}
+        Assert.False(Accepts(calls, "{\"name\":\"fg\",\"arguments\":{\"a\":1}}"));
+        Assert.False(Accepts(calls, "{\"name\":\"h\",\"arguments\":{\"a\":1}}"));       // no such tag
+        Assert.False(Accepts(calls, "{\"arguments\":{\"a\":1},\"name\":\"f\"}"));       // the tag comes first
+        // Object branches without a distinct string tag first are still refused.
+        var e = Assert.Throws<GrammarException>(() => JsonSchemaGrammar.Compile("""
+            {"anyOf":[{"type":"object","properties":{"k":{"const":"a"}}},{"type":"object","properties":{"k":{"const":"a"}}}]}
+            """, strict: true));
+        Assert.Equal("anyOf", e.Keyword);
+    }
+
     internal sealed record Address(string city, string? zip);
     internal sealed record Person(string name, long age, double score, bool active, string role, string[] tags, Address address);
 }
