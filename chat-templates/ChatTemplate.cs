@@ -29,6 +29,13 @@ public sealed class ChatTemplate
     /// <summary>The template source (newlines normalized to <c>\n</c>, one trailing newline removed, as Jinja does).</summary>
     public string Source => _source;
 
+    /// <summary>
+    /// Whether the template reads the variable or message key <paramref name="name"/> (as <c>tools</c> or
+    /// <c>tool_calls</c>): the name is a whole word of the source; a template that never mentions it ignores it.
+    /// </summary>
+    public bool Mentions(string name) =>
+        System.Text.RegularExpressions.Regex.IsMatch(_source, @"(?<![A-Za-z0-9_])" + System.Text.RegularExpressions.Regex.Escape(name) + @"(?![A-Za-z0-9_])");
+
     /// <summary>Parses a chat template with the Hugging Face settings (<c>trim_blocks</c> and <c>lstrip_blocks</c> on).</summary>
     /// <exception cref="ChatTemplateException">The template has a syntax error or uses an unsupported feature.</exception>
     public static ChatTemplate Parse(string template) => Parse(template, trimBlocks: true, lstripBlocks: true);

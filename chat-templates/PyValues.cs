@@ -21,7 +21,7 @@ internal static class PyValues
         float f => (double)f,
         decimal m => (double)m,
         char c => c.ToString(),
-        ChatMessage m => new PyDict { ["role"] = m.Role, ["content"] = m.Content },
+        ChatMessage m => FromMessage(m),
         JsonElement e => FromJson(e),
         JsonNode n => FromJson(JsonSerializer.SerializeToElement(n)),
         IDictionary d => FromDictionary(d),
@@ -30,6 +30,27 @@ internal static class PyValues
         Delegate => throw new ArgumentException("Delegates cannot be passed to a chat template."),
         _ => value.ToString(),
     };
+
+    private static PyDict FromMessage(ChatMessage m)
+    {
+        var message = new PyDict { ["role"] = m.Role, ["content"] = m.Content };
+        if (m.ToolCalls is { } calls)
+        {
+            message["tool_calls"] = calls.Select(c => (object?)new PyDict
+            {
+                ["id"] = c.Id,
+                ["type"] = "function",
+                ["function"] = new PyDict { ["name"] = c.Name, ["arguments"] = c.Arguments },
+            }).ToList();
+        }
+
+        if (m.ToolCallId is { } id)
+        {
+            message["tool_call_id"] = id;
+        }
+
+        return message;
+    }
 
     private static PyDict FromDictionary(IDictionary dictionary)
     {

@@ -18,8 +18,8 @@ public static class ChatJsonWriter
             ["choices"] = new JsonArray(choices.Choices.Select(c =>
             {
                 var call = ToolCallOf(request, c.Builder);
-                var message = new JsonObject { ["role"] = "assistant", ["content"] = call is null ? c.Builder.Text : null };
-                if (call is not null) message["tool_calls"] = new JsonArray(call.ToJson());
+                var message = new JsonObject { ["role"] = "assistant", ["content"] = call is null ? c.Builder.Text : call.Content };
+                if (call is not null) message["tool_calls"] = new JsonArray(call.Calls.Select(x => (JsonNode)x.ToJson()).ToArray());
                 return (JsonNode)new JsonObject
                 {
                     ["index"] = c.Index,
@@ -33,7 +33,7 @@ public static class ChatJsonWriter
         await OpenAiJson.WriteAsync(ctx.Http.Response, response, ctx.Aborted);
     }
 
-    /// <summary>The tool call a finished choice made (a complete output that is a call), or null.</summary>
-    public static ToolCall? ToolCallOf(ChatRequest request, CompletionBuilder builder) =>
-        request.Tools is { Mode: not ToolMode.None } tools && builder.FinishReason == "stop" ? tools.ParseCall(builder.Text) : null;
+    /// <summary>The tool calls a finished choice made (a complete output that is a call), or null.</summary>
+    public static ParsedCalls? ToolCallOf(ChatRequest request, CompletionBuilder builder) =>
+        request.Tools is { Mode: not ToolMode.None } tools && builder.FinishReason == "stop" ? tools.ParseCalls(builder.Text) : null;
 }

@@ -46,11 +46,12 @@ public sealed record ChatRequest
         if (grammar is not null && sampling.MinTokens > 0)
             throw ApiException.Invalid("'min_tokens' cannot be combined with structured output ('response_format' or a forced tool call): a finished document may only end the choice", "min_tokens");
         var messages = ParseMessages(body);
-        if (tools is not null) messages = tools.Render(messages).ToList();
         var addGenerationPrompt = body.OptBool("add_generation_prompt") ?? true;
         if (!tokenizer.HasChatTemplate) throw ApiException.Invalid($"the model '{engine.ModelName}' has no chat template; use /v1/completions", "messages", "no_chat_template");
+        var (rendered, variables) = ToolPrompt.Prepare(messages, tools, tokenizer);
+        messages = rendered.ToList();
         int[] prompt;
-        try { prompt = tokenizer.EncodeChat(messages, addGenerationPrompt); }
+        try { prompt = tokenizer.EncodeChat(messages, addGenerationPrompt, variables); }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             throw ApiException.Invalid($"the chat template could not render these messages: {e.Message}", "messages", "invalid_messages");
@@ -126,7 +127,7 @@ public sealed record ChatRequest
         };
         m.OptString("name");
         string content;
-        var calls = role == "assistant" ? ParseToolCalls(m, at) : "";
+        var calls = role == "assistant" ? ParseToolCalls(m, at) : null;
         if (!m.Field("content", out var c))
         {
             if (role != "assistant") throw ApiException.Invalid($"'{at}.content' is required", $"{at}.content", "missing_required_parameter");
@@ -150,19 +151,18 @@ public sealed record ChatRequest
         else throw ApiException.InvalidType($"{at}.content", $"a string or a list of content parts, got {JsonFields.Kind(c.ValueKind)}");
         if (role == "tool")
         {
-            // The default rendering (templates here have no tool role): the result as a user turn naming its call.
             var id = m.OptString("tool_call_id") ?? throw ApiException.Invalid($"'{at}.tool_call_id' is required", $"{at}.tool_call_id", "missing_required_parameter");
-            return new ChatMessage("user", $"Tool result ({id}): {content}");
+            return new ChatMessage("tool", content, ToolCallId: id);
         }
-        return new ChatMessage(role, calls.Length == 0 ? content : content.Length == 0 ? calls : content + "\n" + calls);
+        return new ChatMessage(role, content, calls is { Count: > 0 } ? calls : null);
     }
 
-    /// <summary>An assistant message's <c>tool_calls</c>, rendered as the calls the model is asked to write (one JSON object per line).</summary>
-    static string ParseToolCalls(JsonElement m, string at)
+    /// <summary>An assistant message's <c>tool_calls</c> (id, function name, arguments checked to be JSON).</summary>
+    static List<ChatToolCall>? ParseToolCalls(JsonElement m, string at)
     {
-        if (!m.Field("tool_calls", out var list)) return "";
+        if (!m.Field("tool_calls", out var list)) return null;
         if (list.ValueKind != JsonValueKind.Array) throw ApiException.InvalidType($"{at}.tool_calls", $"a list, got {JsonFields.Kind(list.ValueKind)}");
-        var lines = new List<string>();
+        var calls = new List<ChatToolCall>();
         int i = 0;
         foreach (var call in list.EnumerateArray())
         {
@@ -172,11 +172,10 @@ public sealed record ChatRequest
                 throw ApiException.Invalid($"'{p}.function' is required", $"{p}.function", "missing_required_parameter");
             var name = f.OptString("name") ?? throw ApiException.Invalid($"'{p}.function.name' is required", $"{p}.function.name", "missing_required_parameter");
             var args = f.OptString("arguments") ?? "{}";
-            System.Text.Json.Nodes.JsonNode? parsed;
-            try { parsed = System.Text.Json.Nodes.JsonNode.Parse(args); }
+            try { System.Text.Json.Nodes.JsonNode.Parse(args); }
             catch (JsonException) { throw ApiException.Invalid($"'{p}.function.arguments' is not valid JSON", $"{p}.function.arguments"); }
-            lines.Add(new System.Text.Json.Nodes.JsonObject { ["name"] = name, ["arguments"] = parsed }.ToJsonString());
+            calls.Add(new ChatToolCall(call.OptString("id") ?? "", name, args));
         }
-        return string.Join("\n", lines);
+        return calls;
     }
 }

@@ -87,7 +87,9 @@ public static class ChatStreamWriter
             }
             if (update is not FinishUpdate end) yield break;
             var parsed = ChatJsonWriter.ToolCallOf(request, update.Choice.Builder);
-            var d = parsed is null ? new JsonObject { ["content"] = update.Choice.Builder.Text } : new JsonObject { ["tool_calls"] = new JsonArray(parsed.ToJson(0)) };
+            var d = parsed is null ? new JsonObject { ["content"] = update.Choice.Builder.Text }
+                : new JsonObject { ["tool_calls"] = new JsonArray(parsed.Calls.Select((x, i) => (JsonNode)x.ToJson(i)).ToArray()) };
+            if (parsed?.Content is { } text) d["content"] = text;
             yield return Chunk(index, d, null, parsed is null ? end.Reason : "tool_calls");
         }
 

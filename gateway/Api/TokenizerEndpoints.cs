@@ -15,13 +15,13 @@ public static class TokenizerEndpoints
     /// <summary>Fields of a /tokenize body.</summary>
     static readonly IReadOnlySet<string> TokenizeFields = new HashSet<string>(StringComparer.Ordinal)
     {
-        "model", "prompt", "messages", "add_generation_prompt", "add_special_tokens", "return_token_strs",
+        "model", "prompt", "messages", "tools", "add_generation_prompt", "add_special_tokens", "return_token_strs",
     };
 
     static readonly IReadOnlySet<string> DetokenizeFields = new HashSet<string>(StringComparer.Ordinal) { "model", "tokens" };
 
     /// <summary>
-    /// <c>{"model", "prompt", "add_special_tokens" (default true), "return_token_strs"}</c> or <c>{"model", "messages",
+    /// <c>{"model", "prompt", "add_special_tokens" (default true), "return_token_strs"}</c> or <c>{"model", "messages", "tools",
     /// "add_generation_prompt" (default true), "add_special_tokens" (default false: the template writes BOS)}</c> ->
     /// <c>{"count", "max_model_len", "tokens", "token_strs"}</c>. Prompt text is tokenized as /v1/completions does
     /// (special-token strings stay plain text).
@@ -51,7 +51,9 @@ public static class TokenizerEndpoints
                 var addSpecial = root.OptBool("add_special_tokens") ?? false;
                 if (!tokenizer.HasChatTemplate)
                     throw ApiException.Invalid($"the model '{ctx.Engine.ModelName}' has no chat template; tokenize a 'prompt'", "messages", "no_chat_template");
-                try { ids = tokenizer.EncodeChat(messages, addGenerationPrompt); }
+                // vLLM's chat form takes tools too: rendered as a chat request renders them.
+                var (rendered, variables) = ToolPrompt.Prepare(messages, ToolSet.Parse(root, ctx.Engine), tokenizer);
+                try { ids = tokenizer.EncodeChat(rendered, addGenerationPrompt, variables); }
                 catch (Exception e) when (e is not OutOfMemoryException)
                 {
                     throw ApiException.Invalid($"the chat template could not render these messages: {e.Message}", "messages", "invalid_messages");

@@ -157,7 +157,10 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
                 throw ApiException.Invalid($"'tool_choice' '{choice.GetString()}' needs 'tools'", "tool_choice");
         }
         if (mode == ToolMode.Required && functions.Count == 1) forced = functions[0];
-        return functions.Count == 0 ? null : new ToolSet(functions, mode, forced);
+        return functions.Count == 0 ? null : new ToolSet(functions, mode, forced)
+        {
+            DeepSeekFormat = engine.Tokenizer?.ChatTemplateContains(DeepSeekToolCalls.CallsBegin) == true,
+        };
     }
 
     /// <summary>
@@ -181,11 +184,22 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
         return result;
     }
 
-    /// <summary>A call parsed from the model's output, or null when the output is not a call.</summary>
-    public ToolCall? ParseCall(string text)
+    /// <summary>
+    /// The template writes calls with DeepSeek's tool-call tokens (<see cref="DeepSeekToolCalls"/>), so a model prompted by
+    /// it answers in that form; set from the chat template when the request is parsed.
+    /// </summary>
+    public bool DeepSeekFormat { get; init; }
+
+    /// <summary>
+    /// The calls parsed from the model's output, or null when the output is not a call: a forced call's output is the
+    /// arguments; otherwise calls in DeepSeek's token form (when the template uses it) or one JSON object
+    /// <c>{"name": ..., "arguments": {...}}</c> naming an offered function.
+    /// </summary>
+    public ParsedCalls? ParseCalls(string text)
     {
         if (Forced is { } f)
-            return IsObject(text) ? new ToolCall(f.Name, text) : null;
+            return IsObject(text) ? new ParsedCalls(null, [new ToolCall(f.Name, text)]) : null;
+        if (DeepSeekFormat && DeepSeekToolCalls.Parse(text, Functions) is { } calls) return calls;
         JsonNode? node;
         try { node = JsonNode.Parse(text.Trim()); }
         catch (JsonException) { return null; }
@@ -193,14 +207,100 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
         if (Functions.All(x => x.Name != name)) return null;
         var args = o["arguments"] ?? o["parameters"];
         if (args is not JsonObject) return null;
-        return new ToolCall(name, args.ToJsonString());
+        return new ParsedCalls(null, [new ToolCall(name, args.ToJsonString())]);
     }
+
+    /// <summary><c>tools</c> as a chat template sees them: OpenAI's list of <c>{"type": "function", "function": {...}}</c>.</summary>
+    public JsonArray TemplateTools() => new(Functions.Select(f => (JsonNode)new JsonObject
+    {
+        ["type"] = "function",
+        ["function"] = new JsonObject
+        {
+            ["name"] = f.Name,
+            ["description"] = f.Description,
+            ["parameters"] = JsonNode.Parse(f.Parameters),
+        },
+    }).ToArray());
 
     static bool IsObject(string text)
     {
         try { return JsonNode.Parse(text) is JsonObject; }
         catch (JsonException) { return false; }
     }
+}
+
+/// <summary>What a finished output holds when it calls tools: text before the calls (or null) and the calls.</summary>
+public sealed record ParsedCalls(string? Content, IReadOnlyList<ToolCall> Calls);
+
+/// <summary>
+/// DeepSeek's tool-call form (the chat templates of DeepSeek-V2.5 and later):
+/// <c>&lt;｜tool▁calls▁begin｜&gt;&lt;｜tool▁call▁begin｜&gt;function&lt;｜tool▁sep｜&gt;NAME\n```json\nARGS\n```&lt;｜tool▁call▁end｜&gt;...&lt;｜tool▁calls▁end｜&gt;</c>.
+/// </summary>
+public static partial class DeepSeekToolCalls
+{
+    public const string CallsBegin = "<｜tool▁calls▁begin｜>", CallBegin = "<｜tool▁call▁begin｜>", Separator = "<｜tool▁sep｜>",
+        CallEnd = "<｜tool▁call▁end｜>", CallsEnd = "<｜tool▁calls▁end｜>";
+
+    [GeneratedRegex(@"<｜tool▁call▁begin｜>\s*(?<type>[a-z_]*)\s*<｜tool▁sep｜>(?<name>[^\n<]+)\n```(?:json)?\n(?<args>.*?)\n```\s*<｜tool▁call▁end｜>", RegexOptions.Singleline)]
+    private static partial Regex Call();
+
+    /// <summary>
+    /// The calls in <paramref name="text"/> after <see cref="CallsBegin"/>, each naming one of <paramref name="functions"/>
+    /// with an object for arguments; null when there is no such block, or a call in it does not parse.
+    /// </summary>
+    public static ParsedCalls? Parse(string text, IReadOnlyList<ToolFunction> functions)
+    {
+        int begin = text.IndexOf(CallsBegin, StringComparison.Ordinal);
+        if (begin < 0) return null;
+        int end = text.IndexOf(CallsEnd, begin, StringComparison.Ordinal);
+        var block = text[(begin + CallsBegin.Length)..(end < 0 ? text.Length : end)];
+        var calls = new List<ToolCall>();
+        int parsedUpTo = 0;
+        foreach (Match m in Call().Matches(block))
+        {
+            if (block[parsedUpTo..m.Index].Trim().Length > 0) return null;   // something that is not a call between calls
+            parsedUpTo = m.Index + m.Length;
+            var name = m.Groups["name"].Value.Trim();
+            if (m.Groups["type"].Value is not ("" or "function") || functions.All(f => f.Name != name)) return null;
+            JsonNode? args;
+            try { args = JsonNode.Parse(m.Groups["args"].Value); }
+            catch (JsonException) { return null; }
+            if (args is not JsonObject) return null;
+            calls.Add(new ToolCall(name, args.ToJsonString()));
+        }
+        if (calls.Count == 0 || block[parsedUpTo..].Trim().Length > 0) return null;
+        var content = text[..begin].Trim();
+        return new ParsedCalls(content.Length == 0 ? null : content, calls);
+    }
+}
+
+/// <summary>
+/// How tools and tool turns reach the prompt. A chat template that reads <c>tool_calls</c> gets assistant calls and
+/// <c>tool</c> turns as they are (<c>message['tool_calls']</c>, <c>message['tool_call_id']</c>); otherwise the documented
+/// default: calls as JSON lines in the assistant's content and each tool result as a user turn naming its call. A
+/// template that reads <c>tools</c> gets the offered functions as the <c>tools</c> variable; otherwise
+/// <see cref="ToolSet.Render"/> lists them in the system message.
+/// </summary>
+public static class ToolPrompt
+{
+    public static (IReadOnlyList<ChatMessage> Messages, IReadOnlyDictionary<string, object?>? Variables) Prepare(
+        IReadOnlyList<ChatMessage> messages, ToolSet? tools, Grid.ModelCore.Tokenization.GridTokenizer tokenizer)
+    {
+        var list = tokenizer.ChatTemplateMentions("tool_calls") ? messages : DefaultTurns(messages);
+        if (tools is null || tools.Mode == ToolMode.None) return (list, null);
+        if (tokenizer.ChatTemplateMentions("tools"))
+            return (list, new Dictionary<string, object?> { ["tools"] = tools.TemplateTools() });
+        return (tools.Render(list), null);
+    }
+
+    /// <summary>The default rendering of tool turns, for templates that know only role and content.</summary>
+    public static IReadOnlyList<ChatMessage> DefaultTurns(IReadOnlyList<ChatMessage> messages) => messages.Select(m =>
+    {
+        if (m.Role == "tool") return new ChatMessage("user", $"Tool result ({m.ToolCallId}): {m.Content}");
+        if (m.ToolCalls is not { Count: > 0 } calls) return m;
+        var lines = string.Join("\n", calls.Select(c => new JsonObject { ["name"] = c.Name, ["arguments"] = JsonNode.Parse(c.Arguments) }.ToJsonString()));
+        return new ChatMessage(m.Role, m.Content.Length == 0 ? lines : m.Content + "\n" + lines);
+    }).ToList();
 }
 
 /// <summary>A function call the model made: the function's name and its arguments as JSON text.</summary>

@@ -296,11 +296,17 @@ public sealed class GridTokenizer : IDisposable
     public string TokenText(int id) => _specialTokens.TryGetValue(id, out var s) ? s : Decode([id]);
 
     /// <summary>Renders the chat template; the result already holds BOS, so encode it with addSpecialTokens false.</summary>
-    public string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
+    public string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, IReadOnlyDictionary<string, object?>? variables = null)
     {
         if (_chatTemplate is null) throw new InvalidOperationException("this tokenizer has no chat_template");
-        return _chatTemplate.Render(messages, addGenerationPrompt, BosToken, EosToken);
+        return _chatTemplate.Render(messages, addGenerationPrompt, BosToken, EosToken, variables);
     }
+
+    /// <summary>Whether the chat template reads <paramref name="name"/> (<c>tools</c>, <c>tool_calls</c>); false without a template.</summary>
+    public bool ChatTemplateMentions(string name) => _chatTemplate?.Mentions(name) == true;
+
+    /// <summary>Whether the chat template contains <paramref name="text"/> (a special token it writes, say).</summary>
+    public bool ChatTemplateContains(string text) => _chatTemplate?.Source.Contains(text, StringComparison.Ordinal) == true;
 
     /// <summary>
     /// Renders the chat template and tokenizes it. The template's own special tokens (BOS, EOS, role markers) become
@@ -309,16 +315,16 @@ public sealed class GridTokenizer : IDisposable
     /// </summary>
     /// <exception cref="ChatTemplateException">Content holds a special-token string and the template rewrites content, so
     /// its place in the prompt cannot be told apart from the template's.</exception>
-    public int[] EncodeChat(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
+    public int[] EncodeChat(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true, IReadOnlyDictionary<string, object?>? variables = null)
     {
-        var text = ApplyChatTemplate(messages, addGenerationPrompt);
+        var text = ApplyChatTemplate(messages, addGenerationPrompt, variables);
         if (!messages.Any(m => HoldsSpecialToken(m.Content))) return Encode(text, addSpecialTokens: false);
 
         // Render once more with each content between two markers to learn which characters of the prompt are content.
         const char open = '\uFDD0', close = '\uFDD1';   // Unicode noncharacters
         if (messages.Any(m => m.Content.Contains(open) || m.Content.Contains(close)))
             throw new ChatTemplateException("message content holds both a special-token string and the noncharacter U+FDD0/U+FDD1");
-        var marked = ApplyChatTemplate(messages.Select(m => m with { Content = open + m.Content + close }).ToArray(), addGenerationPrompt);
+        var marked = ApplyChatTemplate(messages.Select(m => m with { Content = open + m.Content + close }).ToArray(), addGenerationPrompt, variables);
         var plain = new System.Text.StringBuilder(text.Length);
         var inContent = new List<bool>(text.Length);
         int depth = 0;

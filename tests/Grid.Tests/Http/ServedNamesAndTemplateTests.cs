@@ -10,7 +10,19 @@ namespace Grid.Tests.Http;
 /// </summary>
 public sealed class NamedServer : GridServerFixture
 {
-    public const string Template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    /// <summary>
+    /// Plain turns as <c>[role] content</c>; tools and tool turns as DeepSeek's later templates write them (the tool list,
+    /// assistant calls between DeepSeek's tool-call tokens, tool results naming their call).
+    /// </summary>
+    public const string Template =
+        "{% if tools %}[tools]{% for t in tools %} {{ t['function']['name'] }}{% endfor %}\n{% endif %}" +
+        "{% for m in messages %}" +
+        "{% if m['role'] == 'assistant' and 'tool_calls' in m %}[assistant] <｜tool▁calls▁begin｜>" +
+        "{% for c in m['tool_calls'] %}<｜tool▁call▁begin｜>{{ c['type'] }}<｜tool▁sep｜>{{ c['function']['name'] }}\n```json\n{{ c['function']['arguments'] }}\n```<｜tool▁call▁end｜>{% endfor %}" +
+        "<｜tool▁calls▁end｜>\n" +
+        "{% elif m['role'] == 'tool' %}[tool {{ m['tool_call_id'] }}] {{ m['content'] }}\n" +
+        "{% else %}[{{ m['role'] }}] {{ m['content'] }}\n{% endif %}" +
+        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
     public override string Checkpoint => "lite_f32";
     protected override void Configure(Dictionary<string, string?> settings)
     {
@@ -67,6 +79,32 @@ public sealed class ServedNamesAndTemplateTests(NamedServer server)
         Assert.Equal(expected, ids);
         Assert.NotEqual(Golden.Load("lite_f32", "chat").PromptIds[0], ids[0]);   // the checkpoint's template starts with BOS; this one does not
         var (chatStatus, chat) = await server.PostJsonAsync("/v1/chat/completions", Json.Obj(("messages", messages), ("max_tokens", 2)));
+        Assert.Equal(HttpStatusCode.OK, chatStatus);
+        Assert.Equal(ids.Length, chat!["usage"]!["prompt_tokens"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public async Task ToolsAndToolTurnsAreRenderedByATemplateThatKnowsThem()
+    {
+        var tools = JsonNode.Parse("""
+            [{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}},
+             {"type":"function","function":{"name":"get_time"}}]
+            """)!;
+        var messages = JsonNode.Parse("""
+            [{"role":"user","content":"Weather in Oslo?"},
+             {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},
+             {"role":"tool","tool_call_id":"call_1","content":"12 degrees"}]
+            """)!;
+        var (status, json) = await server.PostJsonAsync("/tokenize", Json.Obj(("messages", messages.DeepClone()), ("tools", tools.DeepClone())));
+        Assert.Equal(HttpStatusCode.OK, status);
+        // The template's own rendering: no default system listing of the functions, no calls as JSON lines in content.
+        const string expected = "[tools] get_weather get_time\n[user] Weather in Oslo?\n" +
+            "[assistant] <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\":\"Oslo\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>\n" +
+            "[tool call_1] 12 degrees\n[assistant]";
+        var ids = json!["tokens"]!.AsArray().Select(t => t!.GetValue<int>()).ToArray();
+        Assert.Equal(server.Tokenizer.Encode(expected, addSpecialTokens: false, parseSpecialTokens: false), ids);
+        // A chat request renders the same prompt.
+        var (chatStatus, chat) = await server.PostJsonAsync("/v1/chat/completions", Json.Obj(("messages", messages), ("tools", tools), ("max_tokens", 2)));
         Assert.Equal(HttpStatusCode.OK, chatStatus);
         Assert.Equal(ids.Length, chat!["usage"]!["prompt_tokens"]!.GetValue<int>());
     }
