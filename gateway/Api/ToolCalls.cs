@@ -37,7 +37,8 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
     /// <summary>
     /// The schema of one call of any of <paramref name="functions"/>: the union (anyOf) of
     /// <c>{"name": {"const": f}, "arguments": f's parameters}</c>, so the arguments follow the schema of the function the
-    /// call names. Each function's parameters move to <c>$defs/f{i}</c> (its own definitions to <c>$defs/f{i}:NAME</c>,
+    /// call names. Each function's parameters move to <c>$defs/f{i}</c> (its own definitions to <c>$defs/f{i}:$defs:NAME</c>
+    /// and <c>$defs/f{i}:definitions:NAME</c>,
     /// its <c>$ref</c>s rewritten to match), so references resolve as they did in the function's own schema.
     /// </summary>
     public static string CallSchema(IReadOnlyList<ToolFunction> functions)
@@ -54,7 +55,7 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
                     foreach (var (name, def) in own.ToList())
                     {
                         own.Remove(name);
-                        defs[$"f{i}:{name}"] = RewriteRefs(def, i);
+                        defs[$"f{i}:{defsKey}:{name}"] = RewriteRefs(def, i);
                     }
                 }
             defs[$"f{i}"] = RewriteRefs(parameters, i);
@@ -83,8 +84,8 @@ public sealed partial record ToolSet(IReadOnlyList<ToolFunction> Functions, Tool
                     if (key == "$ref" && value is JsonValue v && v.TryGetValue<string>(out var target))
                     {
                         o[key] = target == "#" ? $"#/$defs/f{function}"
-                            : target.StartsWith("#/$defs/", StringComparison.Ordinal) ? $"#/$defs/f{function}:{target["#/$defs/".Length..]}"
-                            : target.StartsWith("#/definitions/", StringComparison.Ordinal) ? $"#/$defs/f{function}:{target["#/definitions/".Length..]}"
+                            : target.StartsWith("#/$defs/", StringComparison.Ordinal) ? $"#/$defs/f{function}:$defs:{target["#/$defs/".Length..]}"
+                            : target.StartsWith("#/definitions/", StringComparison.Ordinal) ? $"#/$defs/f{function}:definitions:{target["#/definitions/".Length..]}"
                             : target;
                     }
                     else RewriteRefs(value, function);

@@ -15,7 +15,7 @@ public sealed class NamedServer : GridServerFixture
     /// assistant calls between DeepSeek's tool-call tokens, tool results naming their call).
     /// </summary>
     public const string Template =
-        "{% if tools %}[tools]{% for t in tools %} {{ t['function']['name'] }}{% endfor %}\n{% endif %}" +
+        "{% if tools %}[tools]{% for t in tools %} {{ t['function']['name'] }}{% endfor %}{{ '\\n' }}{% endif %}" +
         "{% for m in messages %}" +
         "{% if m['role'] == 'assistant' and 'tool_calls' in m %}[assistant] <｜tool▁calls▁begin｜>" +
         "{% for c in m['tool_calls'] %}<｜tool▁call▁begin｜>{{ c['type'] }}<｜tool▁sep｜>{{ c['function']['name'] }}\n```json\n{{ c['function']['arguments'] }}\n```<｜tool▁call▁end｜>{% endfor %}" +
