@@ -109,6 +109,55 @@ public sealed class ServedNamesAndTemplateTests(NamedServer server)
         Assert.Equal(ids.Length, chat!["usage"]!["prompt_tokens"]!.GetValue<int>());
     }
 
+    /// <summary>Three functions with different argument shapes (one with its own $defs).</summary>
+    static readonly (string Name, string Parameters)[] SeveralTools =
+    [
+        ("get_weather", """{"type":"object","properties":{"city":{"type":"string","maxLength":16},"unit":{"enum":["celsius","fahrenheit"]},"days":{"type":"integer"}},"required":["city","unit","days"],"additionalProperties":false}"""),
+        ("get_time", """{"type":"object","properties":{"zone":{"enum":["UTC","CET","PST"]},"exact":{"type":"boolean"}},"required":["zone","exact"],"additionalProperties":false}"""),
+        ("add_items", """{"type":"object","properties":{"items":{"type":"array","items":{"$ref":"#/$defs/item"},"minItems":1,"maxItems":2}},"required":["items"],"additionalProperties":false,"$defs":{"item":{"type":"object","properties":{"sku":{"type":"string","maxLength":6},"qty":{"type":"integer"}},"required":["sku","qty"],"additionalProperties":false}}}"""),
+    ];
+
+    /// <summary>
+    /// <c>tool_choice: "required"</c> among three functions (this server's template lists tools by name, so the prompt
+    /// stays short): for 20 seeds (temperature 1) the call names one of them and its arguments validate against that
+    /// function's schema, checked by an independent validator (JsonSchema.Net).
+    /// </summary>
+    [Fact]
+    public async Task RequiredWithSeveralToolsGivesArgumentsOfTheNamedFunctionForTwentySeeds()
+    {
+        var validators = SeveralTools.ToDictionary(t => t.Name, t => global::Json.Schema.JsonSchema.FromText(t.Parameters));
+        var tools = new JsonArray(SeveralTools.Select(t => (JsonNode)new JsonObject
+        {
+            ["type"] = "function",
+            ["function"] = new JsonObject { ["name"] = t.Name, ["parameters"] = JsonNode.Parse(t.Parameters), ["strict"] = true },
+        }).ToArray());
+        var runs = Enumerable.Range(1, 20).Select(seed => server.PostJsonAsync("/v1/chat/completions", new JsonObject
+        {
+            ["messages"] = new JsonArray(Json.Obj(("role", "user"), ("content", "Call one of the tools."))),
+            ["tools"] = tools.DeepClone(),
+            ["tool_choice"] = "required",
+            ["seed"] = seed,
+            ["temperature"] = 1.0,
+            ["max_tokens"] = 120,
+        })).ToArray();
+        var called = new HashSet<string>();
+        foreach (var (status, json) in await Task.WhenAll(runs))
+        {
+            Assert.Equal(HttpStatusCode.OK, status);
+            var choice = json!["choices"]![0]!;
+            Assert.Equal("tool_calls", choice["finish_reason"]!.GetValue<string>());
+            var call = Assert.Single(choice["message"]!["tool_calls"]!.AsArray())!["function"]!;
+            var name = call["name"]!.GetValue<string>();
+            var arguments = call["arguments"]!.GetValue<string>();
+            Assert.True(validators.TryGetValue(name, out var schema), name);
+            using var args = System.Text.Json.JsonDocument.Parse(arguments);
+            Assert.True(schema.Evaluate(args.RootElement).IsValid, $"{name}({arguments}) does not validate against its schema");
+            called.Add(name);
+        }
+        // The random model picks among them: more than one function is called over twenty seeds.
+        Assert.True(called.Count >= 2, string.Join(", ", called));
+    }
+
     [Fact]
     public async Task GenerationConfigSuppliesDefaultsThatRequestFieldsOverride()
     {
