@@ -188,7 +188,13 @@ public sealed class LatentCache : IDisposable
             _refs[block] = 1;
             seq.Blocks.Add(block);
         }
+        PeakBlocksInUse = Math.Max(PeakBlocksInUse, BlocksInUse);
     }
+
+    /// <summary>Most blocks held at once since the cache was created (or <see cref="ResetPeak"/>).</summary>
+    public int PeakBlocksInUse { get; private set; }
+
+    public void ResetPeak() => PeakBlocksInUse = BlocksInUse;
 
     /// <summary>A block for new positions: a free one, else the pool grows (under the budget), else the least recently used cached block is evicted.</summary>
     int Allocate()
@@ -343,9 +349,11 @@ public sealed class LatentCache : IDisposable
     /// <summary>
     /// Gives memory back when at most a quarter of the pool is held by sequences and no batch is open: the pools shrink
     /// to twice the blocks in use (at least <see cref="InitialBlocks"/>), held blocks above that moving into free ones
-    /// below it (their sequences' latents unchanged, shared blocks moved once). Evictable cached blocks below the new
-    /// size stay; those above it move into what is still free, most recently used first, and the rest are evicted
-    /// (a held block may also take the place of a cached one, least recently used first). Returns whether the pools shrank.
+    /// below it (their sequences' latents unchanged, shared blocks moved once; when no free block is left below it, a
+    /// held block takes the place of the least recently used cached one). Then the cached blocks above the new size,
+    /// most recently used first, move into free places below it or the places of cached blocks used less recently (those
+    /// are evicted); the rest are evicted. So the pool keeps the most recently used prefixes that fit. Returns whether
+    /// the pools shrank.
     /// </summary>
     public bool Trim()
     {
@@ -388,28 +396,32 @@ public sealed class LatentCache : IDisposable
                 }
                 seq.Blocks[i] = to;
             }
-        // Cached blocks above the target: the most recently used move into slots still free, the rest are evicted.
-        for (var node = _evictable.Last; node is not null;)
+        // Cached blocks above the target, most recently used first: each takes a free slot, or the slot of a cached
+        // block used less recently than itself (evicted); what finds no slot is evicted.
+        var rank = new Dictionary<int, int>();
+        foreach (var b in _evictable) rank[b] = rank.Count;   // 0: least recently used
+        var above = new List<LinkedListNode<int>>();
+        for (var n = _evictable.Last; n is not null; n = n.Previous) if (n.Value >= target) above.Add(n);
+        foreach (var node in above)
         {
-            var previous = node.Previous;
             int from = node.Value;
-            if (from >= target)
+            while (slots.Count > 0 && _evictableNode.ContainsKey(slots.Peek()) && rank[slots.Peek()] > rank[from])
+                slots.Dequeue();   // a cached block used more recently keeps its place
+            if (slots.Count == 0)
             {
-                if (slots.Count > 0 && !_evictableNode.ContainsKey(slots.Peek()))
-                {
-                    int to = slots.Dequeue();
-                    Move(from, to);
-                    var hash = _hashOf[from];
-                    _hashOf.Remove(from);
-                    _hashOf[to] = hash;
-                    _blockOf[hash] = to;
-                    _evictableNode.Remove(from);
-                    node.Value = to;
-                    _evictableNode[to] = node;
-                }
-                else Evict(from);
+                Evict(from);
+                continue;
             }
-            node = previous;
+            int to = slots.Dequeue();
+            if (_evictableNode.ContainsKey(to)) Evict(to);
+            Move(from, to);
+            var hash = _hashOf[from];
+            _hashOf.Remove(from);
+            _hashOf[to] = hash;
+            _blockOf[hash] = to;
+            _evictableNode.Remove(from);
+            node.Value = to;
+            _evictableNode[to] = node;
         }
         using (NewDisposeScope())
         {
