@@ -96,7 +96,7 @@ public sealed class PrefixCacheGridTests(PrefixGridCluster grid, ITestOutputHelp
             new GridTopology { AttentionShards = 3, ExpertGroups = GridTestCluster.Groups }, NullLogger<GridStepExecutor>.Instance);
         var recorder = new ShardRecorder(threeShards);
         await using var loop = Loop(recorder);
-        var system = Golden.Load("lite_f32", "long").PromptIds.Select(t => t + 1).ToArray();   // 200 tokens no other test sends
+        var system = Golden.Load("lite_f32", "long").PromptIds.Select(t => (t + 1) % 500 + 3).ToArray();   // 200 tokens no other test sends
 
         int[] firstTail = [11, 12, 13], secondTail = [21, 22, 23], busyTail = [31, 32, 33], otherTail = [41, 42, 43];
         var first = await RunAsync(loop, Greedy([.. system, .. firstTail], 2));
@@ -112,7 +112,7 @@ public sealed class PrefixCacheGridTests(PrefixGridCluster grid, ITestOutputHelp
         var second = await RunAsync(loop, Greedy([.. system, .. secondTail], 2));
         Assert.Equal(home, Assert.Single(recorder.ShardsOf(secondTail)));          // cache-aware: where the prefix is
         Assert.Equal(192, second.Finished.CachedTokens);                              // 12 full blocks of the 203-token prompt
-        var other = await RunAsync(loop, Greedy([.. Enumerable.Range(500, 40), .. otherTail], 2));
+        var other = await RunAsync(loop, Greedy([.. Enumerable.Range(440, 40), .. otherTail], 2));
         Assert.NotEqual(home, Assert.Single(recorder.ShardsOf(otherTail)));        // no prefix: the least-loaded shard
         Assert.Equal(0, other.Finished.CachedTokens);
         stopBusy.Cancel();
