@@ -108,6 +108,14 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         }
     }
 
+    public Task<int[]> AttachPrefixAsync(Guid owner, PrefixQuery[] queries, CancellationToken cancellationToken = default) =>
+        host.RunAsync(model =>
+        {
+            var matched = Shard(model).AttachPrefix(queries.Select(q => new PrefixLookup(q.SequenceId, q.Tokens)).ToList(), owner);
+            telemetry.Observe(model.Cache!);
+            return matched;
+        }, cancellationToken);
+
     public Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>
         {
@@ -129,6 +137,11 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             return new CacheReport(stats.Sequences, stats.Tokens, stats.BytesInUse, stats.BytesReserved, budget.BlockSize, budget.TotalBlocks, budget.UsedBlocks)
             {
                 BytesBudget = stats.BytesBudget,
+                CachedBlocks = stats.CachedBlocks,
+                SharedBlocks = stats.SharedBlocks,
+                PrefixQueries = stats.PrefixQueries,
+                PrefixHits = stats.PrefixHits,
+                Evictions = stats.Evictions,
                 OwnBlocks = budget.OwnBlocks,
                 Silo = RuntimeIdentity,
                 Reclaimed = shard.Reclaimed,

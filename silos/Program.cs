@@ -115,7 +115,7 @@ GridOptions Configure(IHostApplicationBuilder b)
         Path = "grid-silo.json", Optional = true, ReloadOnChange = false,
         FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(AppContext.BaseDirectory),
     });
-    b.Configuration.AddCommandLine(args, GridFlags.SwitchMappings(GridExecutable.Silo));
+    b.Configuration.AddCommandLine(GridFlags.ExpandSwitches(args, GridExecutable.Silo), GridFlags.SwitchMappings(GridExecutable.Silo));
     b.Services.AddGridOptions(b.Configuration, GridExecutable.Silo);
     return GridOptionsSetup.Load(b.Configuration, GridExecutable.Silo);
 }

@@ -20,7 +20,13 @@ public sealed class ChoiceSet : IDisposable
     public int PromptTokens { get; }
 
     /// <summary><c>usage</c>: the prompt tokens and the tokens generated over all choices.</summary>
-    public JsonObject Usage() => OpenAiJson.Usage(PromptTokens, Choices.Sum(c => c.Builder.CompletionTokens));
+    public JsonObject Usage() => OpenAiJson.Usage(PromptTokens, Choices.Sum(c => c.Builder.CompletionTokens), CachedTokens);
+
+    /// <summary>
+    /// Prompt tokens served from the prefix cache, counted once per prompt like <see cref="PromptTokens"/>: per prompt,
+    /// the most any of its choices reused.
+    /// </summary>
+    public int CachedTokens => Choices.GroupBy(c => c.Request.PromptIds).Sum(g => g.Max(c => c.Builder.CachedTokens));
 
     public void Dispose()
     {

@@ -15,6 +15,8 @@ public sealed class CompletionBuilder
 
     public string? FinishReason { get; private set; }
     public int PromptTokens { get; set; }
+    /// <summary>Prompt tokens taken from the prefix cache (from the finish event).</summary>
+    public int CachedTokens { get; set; }
     public int CompletionTokens { get; private set; }
     public string Text => _echo + _text.Text;
 
@@ -59,6 +61,7 @@ public sealed class CompletionBuilder
                 return delta;
             case FinishedEvent f:
                 PromptTokens = f.PromptTokens;
+                CachedTokens = f.CachedTokens;
                 FinishReason ??= f.Reason;
                 return _text.Flush();
             default:
@@ -78,5 +81,5 @@ public sealed class CompletionBuilder
         ["finish_reason"] = FinishReason,
     };
 
-    public JsonObject Usage() => OpenAiJson.Usage(PromptTokens, CompletionTokens);
+    public JsonObject Usage() => OpenAiJson.Usage(PromptTokens, CompletionTokens, CachedTokens);
 }

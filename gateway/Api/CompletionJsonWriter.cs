@@ -10,7 +10,7 @@ public static class CompletionJsonWriter
         var returned = Best(choices.Choices, sampling.BestOf, sampling.N);
         var response = OpenAiJson.TextCompletion(CompletionRequest.IdPrefix + ctx.RequestId, sampling.Model,
             returned.Select((c, i) => c.Builder.ChoiceJson(i)),
-            OpenAiJson.Usage(choices.PromptTokens, returned.Sum(c => c.Builder.CompletionTokens)));
+            OpenAiJson.Usage(choices.PromptTokens, returned.Sum(c => c.Builder.CompletionTokens), choices.CachedTokens));
         await OpenAiJson.WriteAsync(ctx.Http.Response, response, ctx.Aborted);
     }
 

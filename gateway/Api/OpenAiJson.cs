@@ -21,11 +21,13 @@ public static class OpenAiJson
 
     public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
-    public static JsonObject Usage(int prompt, int completion) => new()
+    /// <summary>OpenAI's usage object; <paramref name="cached"/>: prompt tokens served from the prefix cache (prompt_tokens_details.cached_tokens).</summary>
+    public static JsonObject Usage(int prompt, int completion, int cached = 0) => new()
     {
         ["prompt_tokens"] = prompt,
         ["completion_tokens"] = completion,
         ["total_tokens"] = prompt + completion,
+        ["prompt_tokens_details"] = new JsonObject { ["cached_tokens"] = Math.Clamp(cached, 0, prompt) },
     };
 
     public static JsonObject TextCompletion(string id, string model, IEnumerable<JsonObject> choices, JsonObject? usage) => new()

@@ -36,6 +36,17 @@ public static class SystemEndpoints
                 bytes_reserved = stats.BytesReserved,
                 bytes_budget = stats.BytesBudget,
                 usage_ratio = stats.UsageRatio,
+                blocks_in_use = stats.BlocksInUse,
+                blocks_budget = stats.BlocksBudget,
+                prefix_cache = new
+                {
+                    cached_blocks = stats.CachedBlocks,
+                    shared_blocks = stats.SharedBlocks,
+                    evictions = stats.Evictions,
+                    queries = stats.PrefixQueries,
+                    hits = stats.PrefixHits,
+                    hit_ratio = stats.PrefixQueries > 0 ? (double)stats.PrefixHits / stats.PrefixQueries : 0,
+                },
                 running = engine.Loop?.RunningCount ?? 0,
                 waiting = engine.Loop?.WaitingCount ?? 0,
             });

@@ -58,6 +58,12 @@ public sealed class GridFlagOptions
     static (GridFlag, Option, Func<ParseResult, IEnumerable<string>>) MakeSwitch(GridFlag flag, string description)
     {
         var o = new Option<bool>(flag.Name) { Description = description };
+        if (flag.Negation is { } negation)
+        {
+            // vLLM's pair: --enable-prefix-caching / --no-enable-prefix-caching (the negation wins when both are given).
+            o.Aliases.Add(negation);
+            return (flag, o, p => [p.Tokens.Any(t => t.Value == negation) ? "false" : p.GetValue(o) ? "true" : "false"]);
+        }
         return (flag, o, p => [p.GetValue(o) ? "true" : "false"]);
     }
 

@@ -31,7 +31,11 @@ public static class EngineFactory
         try
         {
             var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory,
-                new ModelLoadOptions { Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes, MemoryUtilization = cache.MemoryUtilization },
+                new ModelLoadOptions
+                {
+                    Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes, MemoryUtilization = cache.MemoryUtilization,
+                    PrefixCaching = cache.PrefixCaching,
+                },
                 progress is null ? null : new DecileProgress(progress)), cancellationToken);
             return new LocalStepExecutor(model, thread, ownsThread: true);
         }

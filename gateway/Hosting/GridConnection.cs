@@ -151,6 +151,8 @@ public sealed class OwnedGridExecutor(GridConnection connection) : IStepExecutor
     public ModelConfig Config => connection.Executor.Config;
     public Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken) => connection.Executor.StepAsync(chunks, cancellationToken);
     public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => connection.Executor.ReleaseAsync(sequenceIds, cancellationToken);
+    public Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+        connection.Executor.AttachPrefixAsync(lookups, cancellationToken);
     public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) => connection.Executor.GetBudgetsAsync(cancellationToken);
     public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => connection.Executor.GetCacheStatsAsync(cancellationToken);
     public ValueTask DisposeAsync() => connection.DisposeAsync();

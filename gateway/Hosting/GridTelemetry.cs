@@ -77,6 +77,11 @@ public sealed class GridTelemetry : IDisposable
         _meter.CreateObservableCounter("grid_preemptions", () => engine.Loop?.Preemptions ?? 0, description: "Sequences preempted for latent-cache room (recomputed later)");
         _meter.CreateObservableCounter("grid_recomputed_sequences", () => engine.Loop?.Recomputed ?? 0, description: "Sequences whose latent caches were lost (a silo died, a lease expired) and were rebuilt by prefilling their tokens again");
         _meter.CreateObservableCounter("grid_step_interruptions", () => engine.Loop?.Interruptions ?? 0, description: "Steps interrupted by a lost silo and stepped again");
+        // Prefix caching, as vLLM names it (prefix_cache_queries / prefix_cache_hits, in tokens): hit rate = rate(hits) / rate(queries).
+        _meter.CreateObservableCounter("grid_prefix_cache_queries", () => engine.Loop?.PrefixQueries ?? 0, description: "Tokens of new and recomputed sequences looked up in the prefix cache");
+        _meter.CreateObservableCounter("grid_prefix_cache_hits", () => engine.Loop?.PrefixHits ?? 0, description: "Tokens found in the prefix cache (reused, not computed)");
+        _meter.CreateObservableGauge("grid_prefix_cache_hit_ratio", () => engine.Loop is { PrefixQueries: > 0 } l ? (double)l.PrefixHits / l.PrefixQueries : 0,
+            description: "Prefix-cache hits over queries since the gateway started, 0..1 (for a recent rate graph rate(grid_prefix_cache_hits_total) / rate(grid_prefix_cache_queries_total))");
         _meter.CreateObservableGauge("grid_model_ready", () => engine.Ready ? 1 : 0, description: "1 once the model's weights are loaded");
     }
 

@@ -318,6 +318,20 @@ public sealed class GridStepExecutor : IStepExecutor
         return result;
     }
 
+    public async Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken)
+    {
+        var matched = new int[lookups.Count];
+        // One call per shard that admits sequences, never one per sequence.
+        await Task.WhenAll(lookups.Select((l, i) => (l, i)).GroupBy(x => x.l.Shard).Select(async g =>
+        {
+            var queries = g.Select(x => new PrefixQuery(x.l.Lookup.SequenceId, x.l.Lookup.Tokens)).ToArray();
+            var held = await CallAsync("attention.prefix", ct => Shard(g.Key).AttachPrefixAsync(Owner, queries, ct), cancellationToken);
+            int k = 0;
+            foreach (var x in g) matched[x.i] = held[k++];
+        }));
+        return matched;
+    }
+
     public async Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken)
     {
         if (sequenceIds.Count == 0) return;
@@ -351,7 +365,14 @@ public sealed class GridStepExecutor : IStepExecutor
         // Shards on one silo share its cache: count each silo's blocks once.
         var pools = reports.GroupBy(r => r.Silo).Select(g => g.First()).ToArray();
         return new CacheStats(reports.Sum(r => r.Sequences), reports.Sum(r => r.Tokens), reports.Sum(r => r.BytesInUse), pools.Sum(r => r.BytesReserved),
-            pools.Sum(r => (long)r.UsedBlocks), pools.Sum(r => (long)r.TotalBlocks), pools.Sum(r => r.BytesBudget));
+            pools.Sum(r => (long)r.UsedBlocks), pools.Sum(r => (long)r.TotalBlocks), pools.Sum(r => r.BytesBudget))
+        {
+            CachedBlocks = pools.Sum(r => r.CachedBlocks),
+            SharedBlocks = pools.Sum(r => r.SharedBlocks),
+            PrefixQueries = pools.Sum(r => r.PrefixQueries),
+            PrefixHits = pools.Sum(r => r.PrefixHits),
+            Evictions = pools.Sum(r => r.Evictions),
+        };
     }
 
     /// <summary>

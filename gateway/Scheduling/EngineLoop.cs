@@ -39,6 +39,12 @@ public sealed class EngineLoop : IAsyncDisposable
         public long PeakLatentBytes;
         /// <summary>Steps it took part in, recomputes included (trace attribute).</summary>
         public int Steps;
+        /// <summary>Where its current cache's first chunk starts: the prefix its shard attached from the prefix cache (0: none).</summary>
+        public int CacheStart;
+        /// <summary>Prompt tokens its first admission took from the prefix cache (usage.prompt_tokens_details.cached_tokens).</summary>
+        public int CachedTokens = -1;
+        /// <summary>Chained hashes of its full blocks of known tokens, for the routing index (extended as tokens come).</summary>
+        public readonly List<UInt128> BlockHashes = new();
     }
 
     /// <summary>Recomputes of one sequence without a token in between before it fails.</summary>
@@ -77,6 +83,12 @@ public sealed class EngineLoop : IAsyncDisposable
     public long Recomputed { get; private set; }
     /// <summary>Steps interrupted by a lost silo and stepped again.</summary>
     public long Interruptions { get; private set; }
+    /// <summary>Tokens of new (or recomputed) sequences looked up in their shard's prefix cache, and those found there.</summary>
+    public long PrefixQueries => Interlocked.Read(ref _prefixQueries);
+    public long PrefixHits => Interlocked.Read(ref _prefixHits);
+    long _prefixQueries, _prefixHits;
+    /// <summary>Where this gateway sent which prefixes: the cache-aware routing index.</summary>
+    public PrefixRouter Router { get; }
     public event Action<StepRecord>? StepCompleted;
     /// <summary>After a sequence left the running batch and its latent cache was released (finished, stopped or cancelled).</summary>
     public event Action<long>? SequenceReleased;
@@ -92,6 +104,7 @@ public sealed class EngineLoop : IAsyncDisposable
         _executor = executor;
         _options = options;
         _planner = new Planner(options);
+        Router = new PrefixRouter();
         _logger = logger;
         ContextLength = contextLength;
         _releaser = Task.Run(ReleaseLoopAsync);
@@ -195,8 +208,15 @@ public sealed class EngineLoop : IAsyncDisposable
             {
                 var budgets = await _executor.GetBudgetsAsync(ct);
                 if (budgets.Length > 0) _blockSize = budgets[0].BlockSize;
-                plan = _planner.Plan(_running, _waiting, Pending(budgets));
+                if (budgets.Length > 0) Router.Resize(budgets);
+                plan = _planner.Plan(_running, _waiting, Pending(budgets), CachedPrefixes(budgets));
                 await ApplyAdmissionsAsync(plan);
+                if (await AttachPrefixesAsync(ct))
+                {
+                    // Some sequences start from cached prefixes: plan the step again with what they still need.
+                    plan = _planner.Plan(_running, [], Pending(await _executor.GetBudgetsAsync(ct)));
+                    await ApplyAdmissionsAsync(plan);
+                }
                 if (plan.Chunks.Count > 0)
                 {
                     await StepAsync(plan, ct);
@@ -254,6 +274,74 @@ public sealed class EngineLoop : IAsyncDisposable
     }
 
     /// <summary>
+    /// Prefix caching: every running sequence about to be (re)computed from nothing (just admitted, or recomputed after
+    /// a lost cache) asks its shard to start it from the longest cached prefix of its known tokens; it then continues
+    /// from there (the chunk protocol stays strict: its next chunk names that position). Sequences that want prompt
+    /// logprobs compute their whole prompt. Returns whether any prefix was found. A failed lookup (a shard that does
+    /// not answer) only means no prefix: the sequence's first chunk at 0 starts it anyway.
+    /// </summary>
+    async Task<bool> AttachPrefixesAsync(CancellationToken ct)
+    {
+        var fresh = _running.Where(s => s.Computed == 0 && !s.InCache && !s.ScorePrompt && s.Shard >= 0 && s.Tokens.Count > 1).ToList();
+        if (fresh.Count == 0) return false;
+        int[] matched;
+        try { matched = await _executor.AttachPrefixAsync(fresh.Select(s => (s.Shard, new PrefixLookup(s.Id, s.Tokens.ToArray()))).ToList(), ct); }
+        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            _logger.LogWarning("prefix-cache lookup failed ({Error}); computing the {Count} sequences from their first token", e.Message, fresh.Count);
+            foreach (var s in fresh) s.InCache = true;   // the shard may have attached some: a release frees them
+            return false;
+        }
+        bool any = false;
+        for (int i = 0; i < fresh.Count; i++)
+        {
+            var s = fresh[i];
+            int m = Math.Clamp(matched[i], 0, s.Tokens.Count - 1);
+            s.InCache = true;
+            s.Computed = s.CacheStart = m;
+            if (s.CachedTokens < 0) s.CachedTokens = Math.Min(m, s.Prompt.Length);
+            Interlocked.Add(ref _prefixQueries, s.Tokens.Count);
+            Interlocked.Add(ref _prefixHits, m);
+            if (m > 0)
+            {
+                any = true;
+                Router.Record(s.Shard, Hashes(s, m));
+            }
+        }
+        return any;
+    }
+
+    /// <summary>The sequence's chained block hashes over its first <paramref name="tokens"/> known tokens (full blocks).</summary>
+    IReadOnlyList<UInt128> Hashes(Sequence s, int tokens)
+    {
+        int blocks = Math.Min(tokens, s.Tokens.Count) / _blockSize;
+        var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(s.Tokens);
+        while (s.BlockHashes.Count < blocks)
+        {
+            int b = s.BlockHashes.Count;
+            s.BlockHashes.Add(ModelCore.Cache.BlockHash.Next(b == 0 ? ModelCore.Cache.BlockHash.Root : s.BlockHashes[b - 1], span.Slice(b * _blockSize, _blockSize)));
+        }
+        return s.BlockHashes.Count == blocks ? s.BlockHashes : s.BlockHashes.GetRange(0, blocks);
+    }
+
+    /// <summary>
+    /// For the planner's cache-aware routing: per waiting sequence that may be admitted now, per shard, how many of its
+    /// tokens that shard's cache probably holds (this gateway's index of what it computed there).
+    /// </summary>
+    IReadOnlyDictionary<SequenceState, int[]>? CachedPrefixes(ShardBudget[] budgets)
+    {
+        if (budgets.Length < 2 || _waiting.Count == 0 || Router.IsEmpty) return null;
+        var result = new Dictionary<SequenceState, int[]>();
+        foreach (var s in _waiting.Take(Math.Max(1, _options.MaxRunningSequences - _running.Count)))
+        {
+            if (s.ScorePrompt) continue;
+            var hashes = Hashes(s, s.Tokens.Count - 1);
+            result[s] = budgets.Select(b => Router.Match(b.Shard, hashes) * _blockSize).ToArray();
+        }
+        return result;
+    }
+
+    /// <summary>
     /// After a refused step: a sequence the shard does not hold at the expected length (its cache was lost with a
     /// silo, or freed when a lease expired) is recomputed where it is: prompt + generated prefilled again under a new
     /// cache id; one that did not fit goes back to the head of the queue (preempted). The others step again unchanged.
@@ -307,6 +395,7 @@ public sealed class EngineLoop : IAsyncDisposable
         if (s.InCache) Release([s]);
         s.Id = Interlocked.Increment(ref _nextId);
         s.Computed = 0;
+        s.CacheStart = 0;
         if (s.ScorePrompt) s.PromptLogprobs.Clear();
     }
 
@@ -383,7 +472,8 @@ public sealed class EngineLoop : IAsyncDisposable
             var s = (Sequence)c.Sequence;
             s.InCache = true;
             var chunk = Planner.ToStepChunk(c, s.Request.Sampling, s.Seed, s.Request.Choice);
-            return c.Start == 0 && s.Request.Constraint is { } constraint ? chunk with { Constraint = constraint } : chunk;
+            // Structured output starts with the sequence's first chunk: at 0, or after the prefix its shard had cached.
+            return c.Start == s.CacheStart && s.Request.Constraint is { } constraint ? chunk with { Constraint = constraint } : chunk;
         }).ToList();
         // One span per step, linked to the span of every request it serves (a step is shared, so it has no one
         // parent); the grain calls of the step are its children (Orleans activity propagation).
@@ -422,6 +512,8 @@ public sealed class EngineLoop : IAsyncDisposable
     async Task ApplyAsync(Sequence s, PlannedChunk chunk, ChunkResult result)
     {
         s.Computed += chunk.Count;
+        // The routing index learns the full blocks this sequence now has on its shard.
+        if (s.Computed / _blockSize > chunk.Start / _blockSize) Router.Record(s.Shard, Hashes(s, s.Computed));
         s.Steps++;
         s.ExpertGroups.UnionWith(result.ExpertGroups);
         s.PeakLatentBytes = Math.Max(s.PeakLatentBytes, result.LatentBytes);
@@ -512,7 +604,7 @@ public sealed class EngineLoop : IAsyncDisposable
         if (error is not null) s.Events.Writer.TryComplete(error);
         else
         {
-            if (reason != "cancelled") s.Events.Writer.TryWrite(new FinishedEvent(reason, s.Prompt.Length, s.Generated));
+            if (reason != "cancelled") s.Events.Writer.TryWrite(new FinishedEvent(reason, s.Prompt.Length, s.Generated) { CachedTokens = Math.Max(0, s.CachedTokens) });
             s.Events.Writer.TryComplete();
         }
         return Task.CompletedTask;

@@ -38,7 +38,11 @@ public sealed class SequenceTimeline
 public abstract record GenerationEvent;
 public sealed record TokenEvent(SampledToken Token) : GenerationEvent;
 public sealed record PromptLogprobsEvent(SampledToken?[] Tokens) : GenerationEvent;
-public sealed record FinishedEvent(string Reason, int PromptTokens, int CompletionTokens) : GenerationEvent;
+public sealed record FinishedEvent(string Reason, int PromptTokens, int CompletionTokens) : GenerationEvent
+{
+    /// <summary>Prompt tokens its first admission took from the prefix cache instead of computing them (OpenAI's usage.prompt_tokens_details.cached_tokens).</summary>
+    public int CachedTokens { get; init; }
+}
 
 /// <summary>One step as it ran: for the step log and the tests that check batching.</summary>
 public sealed record StepRecord(long Step, int DecodeSequences, int PrefillSequences, int PrefillTokens, double Milliseconds, long[] SequenceIds);

@@ -59,12 +59,25 @@ public sealed record StepPlan(
 /// that shard (recompute later), itself last;</item>
 /// <item>waiting sequences are admitted in order, up to <c>MaxRunningSequences</c>, onto the shard with the most
 /// free blocks, when it has room for their whole known context plus one token; the first that does not fit waits
-/// at the head of the queue; one that fits no shard even when empty is refused.</item>
+/// at the head of the queue; one that fits no shard even when empty is refused;</item>
+/// <item>cache-aware routing: a waiting sequence whose tokens' prefix (at least one block) is probably cached on some
+/// shards goes to the one with the longest such prefix, as long as it has room for it, runs at most
+/// max(<see cref="PrefixRoutingMinSlack"/>, a quarter of the least-loaded shard's count) more of this gateway's
+/// sequences than the least-loaded shard, and its free share of the budget is within
+/// <see cref="PrefixRoutingBandSlack"/> sixteenths of the roomiest shard's; otherwise the rule above.</item>
 /// </list>
 /// </summary>
 public sealed class Planner(SchedulerOptions options)
 {
-    public StepPlan Plan(IReadOnlyList<SequenceState> running, IReadOnlyList<SequenceState> waiting, IReadOnlyList<ShardBudget> shards)
+    /// <summary>Cache-aware routing may load the shard holding a prefix with this many more sequences than the least-loaded one (or a quarter more).</summary>
+    public const int PrefixRoutingMinSlack = 2;
+    /// <summary>Cache-aware routing may pick a shard with this many sixteenths less free budget share than the roomiest.</summary>
+    public const int PrefixRoutingBandSlack = 4;
+
+    /// <param name="cachedPrefix">Per waiting sequence, per shard: how many of its tokens the shard's prefix cache
+    /// probably holds (the gateway's routing index); null or missing: no preference.</param>
+    public StepPlan Plan(IReadOnlyList<SequenceState> running, IReadOnlyList<SequenceState> waiting, IReadOnlyList<ShardBudget> shards,
+        IReadOnlyDictionary<SequenceState, int[]>? cachedPrefix = null)
     {
         if (shards.Count == 0) throw new ArgumentException("no attention shards");
         int blockSize = shards[0].BlockSize;
@@ -147,6 +160,17 @@ public sealed class Planner(SchedulerOptions options)
             int shard = Enumerable.Range(0, shards.Count)
                 .OrderByDescending(i => RoomBand(free[poolOf[i]], capacity[poolOf[i]]))
                 .ThenBy(i => load[i]).ThenByDescending(i => free[poolOf[i]]).ThenBy(i => i).First();
+            if (cachedPrefix is not null && cachedPrefix.TryGetValue(seq, out var cached) && cached.Length == shards.Count)
+            {
+                int minLoad = load.Min();
+                int slack = Math.Max(PrefixRoutingMinSlack, minLoad / 4);
+                int maxBand = Enumerable.Range(0, shards.Count).Max(i => RoomBand(free[poolOf[i]], capacity[poolOf[i]]));
+                int best = Enumerable.Range(0, shards.Count)
+                    .Where(i => cached[i] >= blockSize && want <= free[poolOf[i]] && load[i] <= minLoad + slack
+                                && RoomBand(free[poolOf[i]], capacity[poolOf[i]]) >= maxBand - PrefixRoutingBandSlack)
+                    .OrderByDescending(i => cached[i]).ThenBy(i => load[i]).ThenBy(i => i).DefaultIfEmpty(-1).First();
+                if (best >= 0) shard = best;
+            }
             if (want > free[poolOf[shard]]) break;
             int n = Math.Min(seq.Remaining, Math.Min(options.PrefillChunkTokens, Math.Max(1, budget)));
             seq.Shard = shard;

@@ -119,6 +119,12 @@ public sealed record StepProgress(
     public bool Finished => Results is not null;
 }
 
+/// <summary>A new sequence's known tokens, looked up in the shard's prefix cache (<see cref="IAttentionGrain.AttachPrefixAsync"/>).</summary>
+[GenerateSerializer, Immutable]
+public sealed record PrefixQuery(
+    [property: Id(0)] long SequenceId,
+    [property: Id(1)] int[] Tokens);
+
 /// <summary>A shard's latent cache: what it holds and its budget in blocks.</summary>
 [GenerateSerializer, Immutable]
 public sealed record CacheReport(
@@ -138,6 +144,13 @@ public sealed record CacheReport(
     [Id(9)] public long Reclaimed { get; init; }
     /// <summary>The host's latent-cache budget in bytes (TotalBlocks whole blocks).</summary>
     [Id(10)] public long BytesBudget { get; init; }
+    /// <summary>Prefix-cache blocks no sequence holds (evictable), blocks held by several sequences.</summary>
+    [Id(11)] public long CachedBlocks { get; init; }
+    [Id(12)] public long SharedBlocks { get; init; }
+    /// <summary>Tokens looked up in / found in the host's prefix cache since it started; cached blocks evicted.</summary>
+    [Id(13)] public long PrefixQueries { get; init; }
+    [Id(14)] public long PrefixHits { get; init; }
+    [Id(15)] public long Evictions { get; init; }
 }
 
 /// <summary>
@@ -154,6 +167,12 @@ public interface IAttentionGrain : IGrainWithIntegerKey
 
     /// <summary>Folds in the routed experts' output [n, d] of the owner's pending MoE layer and runs on to the next dispatch.</summary>
     Task<StepProgress> ContinueStepAsync(Guid owner, long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Starts the owner's new sequences from the longest cached prefix of their tokens (prefix caching): per query, the
+    /// positions the shard now holds (0: none); the sequence's first chunk continues there.
+    /// </summary>
+    Task<int[]> AttachPrefixAsync(Guid owner, PrefixQuery[] queries, CancellationToken cancellationToken = default);
 
     /// <summary>Frees the latent caches of the owner's given sequences (ended or cancelled).</summary>
     Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default);

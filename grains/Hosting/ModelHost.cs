@@ -95,6 +95,7 @@ public sealed class ModelHost : IHostedService, IDisposable
                     CacheBlockSize = _options.CacheBlockSize,
                     CacheMaxBytes = _options.CacheMaxBytes,
                     MemoryUtilization = _options.MemoryUtilization,
+                    PrefixCaching = _options.PrefixCaching,
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);

@@ -29,6 +29,8 @@ public sealed record GridFlag(string Name, string Key, GridExecutable ReadBy, st
     public bool IsList => ValueType != typeof(string) && ValueType != typeof(GroupList) && typeof(System.Collections.IEnumerable).IsAssignableFrom(ValueType);
     /// <summary>A string key whose flag takes several values (<c>--served-model-name a b</c>), joined with spaces.</summary>
     public bool ManyValues { get; init; }
+    /// <summary>A bool key's second flag that sets it to false (<c>--no-enable-prefix-caching</c>, vLLM's spelling).</summary>
+    public string? Negation { get; init; }
 }
 
 /// <summary>
@@ -83,6 +85,8 @@ public static class GridFlags
         new("--metrics-port", "Grid:Silo:MetricsPort", GridExecutable.Silo, "Prometheus metrics port (0 = off)"),
         new("--block-size", "Grid:Silo:CacheBlockSize", Everywhere, "Latent cache block (page) size in tokens"),
         new("--cache-max-bytes", "Grid:Silo:CacheMaxBytes", Everywhere, "Latent-cache budget of an attention host in bytes (the planner admits and preempts against it); default: from --memory-utilization"),
+        new("--enable-prefix-caching", "Grid:Silo:PrefixCaching", Everywhere, "Automatic prefix caching: share latent-cache blocks between requests with a common prefix (default on; off: --no-enable-prefix-caching)")
+            { Negation = "--no-enable-prefix-caching" },
         new("--memory-utilization", "Grid:Silo:MemoryUtilization", Everywhere, "Fraction of host memory this process may use (weights + latent cache), like vLLM's --gpu-memory-utilization; sets the cache budget when --cache-max-bytes is not given (default 0.9)"),
     ];
 
@@ -93,6 +97,26 @@ public static class GridFlags
     };
 
     public static IEnumerable<GridFlag> For(GridExecutable executable) => All.Where(f => f.ReadBy.HasFlag(executable));
+
+    /// <summary>
+    /// Command-line arguments with bool switches spelled out for <c>AddCommandLine</c>, which wants a value after every
+    /// flag: a bare <c>--enable-prefix-caching</c> becomes <c>--enable-prefix-caching=true</c> and its negation
+    /// <c>--no-enable-prefix-caching</c> becomes <c>--enable-prefix-caching=false</c>.
+    /// </summary>
+    public static string[] ExpandSwitches(IReadOnlyList<string> args, GridExecutable executable)
+    {
+        var switches = For(executable).Where(f => f.ValueType == typeof(bool)).ToList();
+        var result = new List<string>();
+        for (int i = 0; i < args.Count; i++)
+        {
+            var a = args[i];
+            bool valueFollows = i + 1 < args.Count && bool.TryParse(args[i + 1], out _);
+            if (switches.FirstOrDefault(f => f.Negation == a) is { } negated) result.Add($"{negated.Name}=false");
+            else if (switches.Any(f => f.Name == a) && !valueFollows) result.Add($"{a}=true");
+            else result.Add(a);
+        }
+        return result.ToArray();
+    }
 
     /// <summary>Switch mappings for <c>IConfigurationBuilder.AddCommandLine</c> (flags and aliases of one executable).</summary>
     public static IDictionary<string, string> SwitchMappings(GridExecutable executable)

@@ -128,6 +128,11 @@ public sealed class SiloOptions
     /// <summary>Fraction of the host's memory (the container limit where there is one) this process may use in all, like
     /// vLLM's gpu_memory_utilization: without CacheMaxBytes the latent cache gets what is left after the weights.</summary>
     public double MemoryUtilization { get; set; } = Grid.ModelCore.Cache.CacheBudget.DefaultMemoryUtilization;
+    /// <summary>
+    /// Automatic prefix caching (vLLM's --enable-prefix-caching, on by default): full latent-cache blocks are shared
+    /// between sequences whose tokens begin alike and kept, evictable, after their sequences end.
+    /// </summary>
+    public bool PrefixCaching { get; set; } = true;
     /// <summary>Torch intra-op threads for this silo's inference thread (0 = torch default).</summary>
     public int TorchThreads { get; set; }
     /// <summary>Prometheus listener port for this silo's metrics (0 = off).</summary>

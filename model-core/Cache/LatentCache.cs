@@ -32,6 +32,15 @@ public sealed class LatentSequence
 
     /// <summary>The pool blocks the sequence owns, in position order (a trim may renumber them).</summary>
     public IReadOnlyList<int> BlockIds => Blocks;
+
+    /// <summary>Leading full blocks whose prefix hash is known (registered in the prefix index, or shared from it).</summary>
+    public int HashedBlocks { get; internal set; }
+
+    /// <summary>The prefix hash of block <see cref="HashedBlocks"/> - 1 (the chain the next full block continues).</summary>
+    internal UInt128 ChainHash = BlockHash.Root;
+
+    /// <summary>Positions it took from the prefix cache when it started (<see cref="LatentCache.AttachPrefix"/>).</summary>
+    public int CachedPrefix { get; internal set; }
 }
 
 /// <summary>
@@ -45,6 +54,16 @@ public sealed class LatentSequence
 /// Growing at full and shrinking at a quarter to half keeps the copying amortised (no thrashing at a boundary). A
 /// trim waits while any step's batch is open (<see cref="BeginBatch"/>): those hold cache rows computed from the
 /// block lists. All methods must run on the inference thread.</para>
+/// <para>Prefix caching (<see cref="PrefixCaching"/>, vLLM's automatic prefix caching): every full block of a sequence
+/// whose token ids are known is registered under its <see cref="BlockHash"/> (its tokens chained with the previous
+/// block's hash). A new sequence starts from the longest chain of registered blocks its tokens hash to
+/// (<see cref="AttachPrefix"/>), sharing them: a block is reference-counted and read-only while shared - a sequence
+/// only ever writes positions at or after its length, and a shared block is full and before it, so a partial last
+/// block is always private and nothing is copied on write. A released block that is registered stays in the cache as
+/// evictable (least recently used first, a chain's later blocks before its earlier ones) and is reused on a hit;
+/// an allocation takes a free block, grows the pool while under <see cref="MaxBlocks"/>, and only then evicts.
+/// Evictable blocks count as free room (<see cref="BlocksInUse"/> excludes them). A trim keeps the most recently
+/// used evictable blocks that fit in the shrunken pool and evicts the rest.</para>
 /// </summary>
 public sealed class LatentCache : IDisposable
 {
@@ -52,6 +71,11 @@ public sealed class LatentCache : IDisposable
     readonly ScalarType _dtype;
     readonly SortedSet<int> _freeBlocks = new();   // lowest first, so live blocks stay packed low
     readonly Dictionary<long, LatentSequence> _live = new();
+    int[] _refs = [];                                       // per block: sequences holding it (0: free or evictable)
+    readonly Dictionary<int, UInt128> _hashOf = new();      // registered blocks: block -> prefix hash
+    readonly Dictionary<UInt128, int> _blockOf = new();     // prefix hash -> block
+    readonly LinkedList<int> _evictable = new();            // registered blocks no sequence holds, least recently used first
+    readonly Dictionary<int, LinkedListNode<int>> _evictableNode = new();
     Tensor[] _pools;   // per layer [capacityBlocks * blockSize, latentDim]
     int _capacityBlocks;
     long _nextId;
@@ -105,8 +129,34 @@ public sealed class LatentCache : IDisposable
         return (int)Math.Clamp(bytes / perBlock, 1, int.MaxValue);
     }
 
+    /// <summary>Whether full blocks are registered and shared between sequences with equal prefixes (off: every block is private and freed on release).</summary>
+    public bool PrefixCaching
+    {
+        get => _prefixCaching;
+        set
+        {
+            _prefixCaching = value;
+            if (!value) while (_evictable.First is { } oldest) { Evict(oldest.Value); _freeBlocks.Add(oldest.Value); }
+        }
+    }
+    bool _prefixCaching;
+
+    /// <summary>Positions looked up by <see cref="AttachPrefix"/> (vLLM's prefix_cache_queries, in tokens).</summary>
+    public long PrefixQueries { get; private set; }
+    /// <summary>Positions <see cref="AttachPrefix"/> found in the cache (vLLM's prefix_cache_hits, in tokens).</summary>
+    public long PrefixHits { get; private set; }
+    /// <summary>Registered blocks evicted (for room, or by a trim).</summary>
+    public long Evictions { get; private set; }
+    /// <summary>Registered blocks no sequence holds: kept for later hits, free room for allocations.</summary>
+    public int CachedBlocks => _evictable.Count;
+    /// <summary>Blocks in the prefix index (held or evictable).</summary>
+    public int RegisteredBlocks => _hashOf.Count;
+    /// <summary>Blocks held by more than one sequence.</summary>
+    public int SharedBlocks => _refs.Count(r => r > 1);
+
     public int LiveSequences => _live.Count;
-    public int BlocksInUse => _capacityBlocks - _freeBlocks.Count;
+    /// <summary>Blocks held by live sequences (each counted once however many share it); evictable cached blocks are not in use.</summary>
+    public int BlocksInUse => _capacityBlocks - _freeBlocks.Count - _evictable.Count;
     public int CapacityBlocks => _capacityBlocks;
 
     /// <summary>Bytes held by live sequences (whole blocks).</summary>
@@ -134,41 +184,150 @@ public sealed class LatentCache : IDisposable
         int needed = (length + BlockSize - 1) / BlockSize;
         while (seq.Blocks.Count < needed)
         {
-            if (_freeBlocks.Count == 0)
-            {
-                if (_capacityBlocks >= MaxBlocks)
-                    throw new InvalidOperationException($"the latent cache is full: {MaxBlocks} blocks of {BlockSize} tokens are in use");
-                Grow(Math.Min(_capacityBlocks, MaxBlocks - _capacityBlocks));
-            }
-            int block = _freeBlocks.Min;
-            _freeBlocks.Remove(block);
+            int block = Allocate();
+            _refs[block] = 1;
             seq.Blocks.Add(block);
         }
+        PeakBlocksInUse = Math.Max(PeakBlocksInUse, BlocksInUse);
+    }
+
+    /// <summary>Most blocks held at once since the cache was created (or <see cref="ResetPeak"/>).</summary>
+    public int PeakBlocksInUse { get; private set; }
+
+    public void ResetPeak() => PeakBlocksInUse = BlocksInUse;
+
+    /// <summary>A block for new positions: a free one, else the pool grows (under the budget), else the least recently used cached block is evicted.</summary>
+    int Allocate()
+    {
+        if (_freeBlocks.Count == 0)
+        {
+            if (_capacityBlocks < MaxBlocks) Grow(Math.Min(_capacityBlocks, MaxBlocks - _capacityBlocks));
+            else if (_evictable.First is { } oldest)
+            {
+                Evict(oldest.Value);
+                return oldest.Value;
+            }
+            else throw new InvalidOperationException($"the latent cache is full: {MaxBlocks} blocks of {BlockSize} tokens are in use");
+        }
+        int block = _freeBlocks.Min;
+        _freeBlocks.Remove(block);
+        return block;
+    }
+
+    /// <summary>Drops an evictable block from the prefix index (the caller reuses or frees it).</summary>
+    void Evict(int block)
+    {
+        _evictable.Remove(_evictableNode[block]);
+        _evictableNode.Remove(block);
+        _blockOf.Remove(_hashOf[block]);
+        _hashOf.Remove(block);
+        Evictions++;
+    }
+
+    /// <summary>
+    /// Starts the new (empty) sequence from the longest chain of cached full blocks that <paramref name="tokens"/>
+    /// begin with, within the first <paramref name="maxTokens"/> positions (a prompt keeps at least its last token to
+    /// compute: its logits are needed), sharing those blocks. Returns the positions it now holds (a multiple of
+    /// <see cref="BlockSize"/>; 0 when prefix caching is off or nothing matched). Its token history is those tokens.
+    /// </summary>
+    public int AttachPrefix(LatentSequence seq, ReadOnlySpan<int> tokens, int maxTokens)
+    {
+        if (seq.Released) throw new InvalidOperationException($"latent sequence {seq.Id} was released");
+        if (seq.Length != 0 || seq.Blocks.Count != 0) throw new InvalidOperationException($"latent sequence {seq.Id} already holds positions: only a new sequence attaches a prefix");
+        if (!PrefixCaching) return 0;
+        PrefixQueries += tokens.Length;
+        int limit = Math.Clamp(maxTokens, 0, tokens.Length);
+        var chain = BlockHash.Root;
+        for (int b = 0; (b + 1) * BlockSize <= limit; b++)
+        {
+            var hash = BlockHash.Next(chain, tokens.Slice(b * BlockSize, BlockSize));
+            if (!_blockOf.TryGetValue(hash, out int block)) break;
+            if (_refs[block] == 0)
+            {
+                _evictable.Remove(_evictableNode[block]);
+                _evictableNode.Remove(block);
+            }
+            _refs[block]++;
+            seq.Blocks.Add(block);
+            chain = hash;
+        }
+        int matched = seq.Blocks.Count * BlockSize;
+        seq.Length = matched;
+        seq.HashedBlocks = seq.Blocks.Count;
+        seq.ChainHash = chain;
+        seq.CachedPrefix = matched;
+        seq.TokenIds.Clear();
+        seq.TokenIds.AddRange(tokens[..matched]);
+        PrefixHits += matched;
+        return matched;
     }
 
     /// <summary>Marks positions [0, length) as filled (after a step wrote them in every layer).</summary>
     public void Commit(LatentSequence seq, int length)
     {
         if (length > seq.Blocks.Count * BlockSize) throw new InvalidOperationException("commit past the reserved blocks");
+        if (length < seq.HashedBlocks * BlockSize)
+            throw new InvalidOperationException($"latent sequence {seq.Id}: a commit back to position {length} would rewrite its full blocks (they may be shared)");
         seq.Length = length;
     }
 
-    /// <summary>Marks positions [start, start + tokens.Length) as filled with <paramref name="tokens"/> (after a step wrote them in every layer).</summary>
+    /// <summary>
+    /// Marks positions [start, start + tokens.Length) as filled with <paramref name="tokens"/> (after a step wrote them in
+    /// every layer); with prefix caching, the full blocks this completes join the prefix index.
+    /// </summary>
     public void Commit(LatentSequence seq, int start, ReadOnlySpan<int> tokens)
     {
         Commit(seq, start + tokens.Length);
         if (seq.TokenIds.Count > start) seq.TokenIds.RemoveRange(start, seq.TokenIds.Count - start);
         if (seq.TokenIds.Count == start) seq.TokenIds.AddRange(tokens);
         else seq.TokenIds.Clear();   // positions before start were committed without ids: the history is unknown
+        if (PrefixCaching) Register(seq);
     }
 
-    /// <summary>Returns the sequence's blocks to the free list. Idempotent.</summary>
+    /// <summary>Hashes the sequence's newly full blocks (when its token ids are known) and indexes those whose prefix is not cached yet.</summary>
+    void Register(LatentSequence seq)
+    {
+        if (seq.TokenIds.Count != seq.Length) return;
+        var ids = seq.Tokens;
+        while ((seq.HashedBlocks + 1) * BlockSize <= seq.Length)
+        {
+            int b = seq.HashedBlocks;
+            var hash = BlockHash.Next(seq.ChainHash, ids.Slice(b * BlockSize, BlockSize));
+            int block = seq.Blocks[b];
+            // The same prefix computed twice (two sequences prefilled it at once): the first stays indexed, this copy stays private.
+            if (!_blockOf.ContainsKey(hash) && !_hashOf.ContainsKey(block))
+            {
+                _blockOf[hash] = block;
+                _hashOf[block] = hash;
+            }
+            seq.ChainHash = hash;
+            seq.HashedBlocks = b + 1;
+        }
+    }
+
+    /// <summary>
+    /// Lets go of the sequence's blocks: a block no other sequence holds is freed, or, when it is in the prefix index,
+    /// kept as evictable cache. Idempotent.
+    /// </summary>
     public void Release(LatentSequence seq)
     {
         if (seq.Released) return;
         seq.Released = true;
-        foreach (var b in seq.Blocks) _freeBlocks.Add(b);
+        // Last block first: within a chain the later blocks become the older entries, so eviction takes a chain from its end.
+        for (int i = seq.Blocks.Count - 1; i >= 0; i--)
+        {
+            int b = seq.Blocks[i];
+            if (--_refs[b] > 0) continue;
+            if (_hashOf.ContainsKey(b) && PrefixCaching) _evictableNode[b] = _evictable.AddLast(b);
+            else
+            {
+                if (_hashOf.Remove(b, out var hash)) _blockOf.Remove(hash);
+                _freeBlocks.Add(b);
+            }
+        }
         seq.Blocks.Clear();
+        seq.HashedBlocks = 0;
+        seq.ChainHash = BlockHash.Root;
         seq.TokenIds.Clear();
         seq.Length = 0;
         _live.Remove(seq.Id);
@@ -188,9 +347,13 @@ public sealed class LatentCache : IDisposable
     }
 
     /// <summary>
-    /// Gives memory back when at most a quarter of the pool is in use and no batch is open: the pools shrink to twice
-    /// the blocks in use (at least <see cref="InitialBlocks"/>), live blocks above that moving into free ones below it
-    /// (their sequences' latents unchanged). Returns whether the pools shrank.
+    /// Gives memory back when at most a quarter of the pool is held by sequences and no batch is open: the pools shrink
+    /// to twice the blocks in use (at least <see cref="InitialBlocks"/>), held blocks above that moving into free ones
+    /// below it (their sequences' latents unchanged, shared blocks moved once; when no free block is left below it, a
+    /// held block takes the place of the least recently used cached one). Then the cached blocks above the new size,
+    /// most recently used first, move into free places below it or the places of cached blocks used less recently (those
+    /// are evicted); the rest are evicted. So the pool keeps the most recently used prefixes that fit. Returns whether
+    /// the pools shrank.
     /// </summary>
     public bool Trim()
     {
@@ -200,23 +363,66 @@ public sealed class LatentCache : IDisposable
         int target = Math.Max(InitialBlocks, Math.Max(1, 2 * inUse));
         if (target >= _capacityBlocks) return false;
 
-        // Live blocks at or above the target move into the lowest free blocks below it.
+        // Slots below the target: free ones first, then cached ones (least recently used first), which held blocks may take.
+        var slots = new Queue<int>(_freeBlocks.Where(b => b < target).Concat(_evictable.Where(b => b < target)));
+        var moved = new Dictionary<int, int>();
         var src = new List<long>();
         var dst = new List<long>();
-        var lowFree = new Queue<int>(_freeBlocks.Where(b => b < target));
+        void Move(int from, int to)
+        {
+            moved[from] = to;
+            for (int r = 0; r < BlockSize; r++)
+            {
+                src.Add((long)from * BlockSize + r);
+                dst.Add((long)to * BlockSize + r);
+            }
+        }
         foreach (var seq in _live.Values)
             for (int i = 0; i < seq.Blocks.Count; i++)
             {
                 int from = seq.Blocks[i];
                 if (from < target) continue;
-                int to = lowFree.Dequeue();   // exists: at most inUse <= target / 2 blocks are live
-                for (int r = 0; r < BlockSize; r++)
+                if (!moved.TryGetValue(from, out int to))
                 {
-                    src.Add((long)from * BlockSize + r);
-                    dst.Add((long)to * BlockSize + r);
+                    to = slots.Dequeue();   // exists: at most inUse <= target / 2 blocks are held
+                    if (_evictableNode.ContainsKey(to)) Evict(to);
+                    Move(from, to);
+                    _refs[to] = _refs[from];
+                    if (_hashOf.Remove(from, out var hash))
+                    {
+                        _hashOf[to] = hash;
+                        _blockOf[hash] = to;
+                    }
                 }
                 seq.Blocks[i] = to;
             }
+        // Cached blocks above the target, most recently used first: each takes a free slot, or the slot of a cached
+        // block used less recently than itself (evicted); what finds no slot is evicted.
+        var rank = new Dictionary<int, int>();
+        foreach (var b in _evictable) rank[b] = rank.Count;   // 0: least recently used
+        var above = new List<LinkedListNode<int>>();
+        for (var n = _evictable.Last; n is not null; n = n.Previous) if (n.Value >= target) above.Add(n);
+        foreach (var node in above)
+        {
+            int from = node.Value;
+            while (slots.Count > 0 && _evictableNode.ContainsKey(slots.Peek()) && rank[slots.Peek()] > rank[from])
+                slots.Dequeue();   // a cached block used more recently keeps its place
+            if (slots.Count == 0)
+            {
+                Evict(from);
+                continue;
+            }
+            int to = slots.Dequeue();
+            if (_evictableNode.ContainsKey(to)) Evict(to);
+            Move(from, to);
+            var hash = _hashOf[from];
+            _hashOf.Remove(from);
+            _hashOf[to] = hash;
+            _blockOf[hash] = to;
+            _evictableNode.Remove(from);
+            node.Value = to;
+            _evictableNode[to] = node;
+        }
         using (NewDisposeScope())
         {
             var srcRows = tensor(src.ToArray(), ScalarType.Int64);
@@ -229,9 +435,10 @@ public sealed class LatentCache : IDisposable
                 _pools[l] = shrunk.DetachFromDisposeScope();
             }
         }
+        Array.Resize(ref _refs, target);   // moved blocks' counts were copied to their new places
+        var held = new HashSet<int>(_live.Values.SelectMany(s => s.Blocks));
         _freeBlocks.Clear();
-        var used = new HashSet<int>(_live.Values.SelectMany(s => s.Blocks));
-        for (int b = 0; b < target; b++) if (!used.Contains(b)) _freeBlocks.Add(b);
+        for (int b = 0; b < target; b++) if (!held.Contains(b) && !_evictableNode.ContainsKey(b)) _freeBlocks.Add(b);
         long freed = (long)(_capacityBlocks - target) * BytesPerBlock;
         _capacityBlocks = target;
         Trims++;
@@ -269,6 +476,7 @@ public sealed class LatentCache : IDisposable
                 _pools[l] = grown.DetachFromDisposeScope();
             }
         for (int b = _capacityBlocks; b < newCapacity; b++) _freeBlocks.Add(b);
+        Array.Resize(ref _refs, newCapacity);
         _capacityBlocks = newCapacity;
     }
 

@@ -17,6 +17,8 @@ public sealed record ModelLoadOptions
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
     public int CacheBlockSize { get; init; } = 16;
     public int CacheInitialBlocks { get; init; } = 64;
+    /// <summary>Share the latent cache's full blocks between sequences with equal prefixes (<see cref="LatentCache.PrefixCaching"/>; Grid:Silo:PrefixCaching).</summary>
+    public bool PrefixCaching { get; init; } = true;
     /// <summary>The latent-cache budget of this host in bytes (rounded down to whole blocks); null derives it from
     /// <see cref="MemoryUtilization"/> once the weights are loaded (<see cref="CacheBudget"/>).</summary>
     public long? CacheMaxBytes { get; init; }
@@ -82,7 +84,8 @@ public sealed class DeepseekV2Model : IDisposable
             CacheBudgetBytes = CacheBudget.Resolve(options.CacheMaxBytes, options.MemoryUtilization, out var reason);
             CacheBudgetReason = reason;
             Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
-                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize));
+                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize))
+            { PrefixCaching = options.PrefixCaching };
         }
     }
 

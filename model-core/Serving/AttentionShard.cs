@@ -139,6 +139,34 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         return Advance(who, null);
     }
 
+    /// <summary>
+    /// Starts each of the owner's new sequences from the longest cached prefix of its known tokens (prefix caching):
+    /// the sequence then holds those positions, shared read-only with the sequences that computed them, and its next
+    /// chunk continues at the returned length (always short of its last token, whose logits are needed). 0: nothing
+    /// cached (or prefix caching off); the sequence is then created by its chunk at position 0 as usual. A sequence the
+    /// shard already holds under that id is replaced.
+    /// </summary>
+    public int[] AttachPrefix(IReadOnlyList<PrefixLookup> lookups, Guid? owner = null, DateTimeOffset? now = null)
+    {
+        var who = owner ?? LocalOwner;
+        Touch(who, now ?? DateTimeOffset.UtcNow);
+        var cache = Cache;
+        var matched = new int[lookups.Count];
+        for (int i = 0; i < lookups.Count; i++)
+        {
+            var (id, tokens) = lookups[i];
+            var key = new SequenceKey(who, id);
+            if (_sequences.Remove(key, out var old)) cache.Release(old);
+            _constrained.Remove(key);
+            if (tokens.Length < 2 || !cache.PrefixCaching) continue;
+            var seq = cache.Create();
+            matched[i] = cache.AttachPrefix(seq, tokens, tokens.Length - 1);
+            if (matched[i] > 0) _sequences[key] = seq;
+            else cache.Release(seq);
+        }
+        return matched;
+    }
+
     /// <summary>Folds in the routed experts' output [N, d] of the owner's pending MoE layer and runs on to the next dispatch (null: done).</summary>
     public MoeDispatch? Continue(Tensor routedOutput, Guid? owner = null, long? stepId = null, DateTimeOffset? now = null)
     {
@@ -203,15 +231,17 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
     ConstrainedDecoder? Constrain(Guid owner, StepChunk c)
     {
         var key = new SequenceKey(owner, c.SequenceId);
-        if (c.Position == 0)
+        if (c.Position == 0) _constrained.Remove(key);
+        // The constraint comes with the sequence's first chunk: at 0, or where its cached prefix ends (prefix caching).
+        if (c.Constraint is { } spec && !_constrained.ContainsKey(key))
         {
-            _constrained.Remove(key);
-            if (c.Constraint is { } spec)
-            {
-                var vocabulary = Vocabulary ?? throw new InvalidOperationException("structured output needs a byte-level BPE tokenizer.json beside the checkpoint");
-                var grammar = JsonSchemaGrammar.Compile(spec.Schema, spec.Strict);
-                _constrained[key] = (new ConstrainedDecoder(grammar, vocabulary, spec.MaxTokens, spec.EndTokens), spec, 0);
-            }
+            var vocabulary = Vocabulary ?? throw new InvalidOperationException("structured output needs a byte-level BPE tokenizer.json beside the checkpoint");
+            var grammar = JsonSchemaGrammar.Compile(spec.Schema, spec.Strict);
+            var decoder = new ConstrainedDecoder(grammar, vocabulary, spec.MaxTokens, spec.EndTokens);
+            // Generated tokens inside a cached prefix (a recomputed sequence) were not fed by any chunk: replay them.
+            var history = _sequences.TryGetValue(key, out var held) ? held.Tokens : default;
+            for (int p = spec.PromptLength; p < c.Position && p < history.Length; p++) decoder.Feed(history[p]);
+            _constrained[key] = (decoder, spec, c.Position);
         }
         if (!_constrained.TryGetValue(key, out var entry)) return null;
         int end = c.Position + c.Tokens.Length;
@@ -269,7 +299,14 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
     {
         var c = Cache;
         return new CacheStats(_sequences.Count, _sequences.Values.Sum(s => (long)s.Length), _sequences.Values.Sum(c.SequenceBytes), c.BytesReserved,
-            c.BlocksInUse, c.MaxBlocks, c.MaxBlocks * c.BytesPerBlock);
+            c.BlocksInUse, c.MaxBlocks, c.MaxBlocks * c.BytesPerBlock)
+        {
+            CachedBlocks = c.CachedBlocks,
+            SharedBlocks = c.SharedBlocks,
+            PrefixQueries = c.PrefixQueries,
+            PrefixHits = c.PrefixHits,
+            Evictions = c.Evictions,
+        };
     }
 
     /// <summary>

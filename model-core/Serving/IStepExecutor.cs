@@ -59,9 +59,22 @@ public sealed record ChunkResult(SampledToken? Next, SampledToken[] Scored)
     public int[] ExpertGroups { get; init; } = [];
 }
 
+/// <summary>A new sequence's known tokens, to look up in its shard's prefix cache (<see cref="IStepExecutor.AttachPrefixAsync"/>).</summary>
+public readonly record struct PrefixLookup(long SequenceId, int[] Tokens);
+
 /// <summary>Latent cache occupancy of the hosts an executor drives.</summary>
 public readonly record struct CacheStats(long Sequences, long Tokens, long BytesInUse, long BytesReserved, long BlocksInUse = 0, long BlocksBudget = 0, long BytesBudget = 0)
 {
+    /// <summary>Prefix-cache blocks no sequence holds (kept for later hits; free room for allocations).</summary>
+    public long CachedBlocks { get; init; }
+    /// <summary>Blocks held by more than one sequence.</summary>
+    public long SharedBlocks { get; init; }
+    /// <summary>Tokens looked up in the prefix cache / found there, since the hosts started.</summary>
+    public long PrefixQueries { get; init; }
+    public long PrefixHits { get; init; }
+    /// <summary>Cached blocks evicted, since the hosts started.</summary>
+    public long Evictions { get; init; }
+
     /// <summary>Blocks in use over the budget's blocks, across every host's cache counted once (vLLM's kv_cache_usage_perc, 0..1).</summary>
     public double UsageRatio => BlocksBudget > 0 ? (double)BlocksInUse / BlocksBudget : 0;
 }
@@ -95,6 +108,14 @@ public interface IStepExecutor : IAsyncDisposable
     /// when a host the step needed was lost (nothing was committed; step again).
     /// </summary>
     Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Starts new sequences on their shards from the longest cached prefix of their tokens (prefix caching); per lookup,
+    /// the positions its shard now holds (0: none, or prefix caching off): its first chunk continues there. By default
+    /// nothing is cached.
+    /// </summary>
+    Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+        Task.FromResult(new int[lookups.Count]);
 
     /// <summary>Frees the sequences' latent caches. Unknown ids are ignored.</summary>
     Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken);

@@ -40,6 +40,13 @@ public sealed class LocalStepExecutor : IStepExecutor
             return _shard.Finish();
         }, cancellationToken);
 
+    public Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+        _thread.RunAsync(() =>
+        {
+            if (lookups.Any(l => l.Shard != 0)) throw new ArgumentException("only attention shard 0 exists (one local shard)");
+            return _shard.AttachPrefix(lookups.Select(l => l.Lookup).ToList());
+        }, cancellationToken);
+
     public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) =>
         _thread.RunAsync(() => _shard.Release(sequenceIds), CancellationToken.None);
 

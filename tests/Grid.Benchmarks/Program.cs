@@ -72,7 +72,7 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "mla", "routing", "structured", "grid", "serving", "recovery"];
+        public static readonly string[] Names = ["kernel", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
@@ -80,6 +80,7 @@ namespace Grid.Benchmarks
             "mla" => OnOwnThread(() => MlaBench.Run(c)),
             "routing" => OnOwnThread(() => RoutingBench.Run(c)),
             "structured" => Task.Run(() => StructuredBench.Run(c)),
+            "prefix" => ReleasingModel(c, () => PrefixBench.RunAsync(c, ct)),
             "grid" => ReleasingModel(c, () => GridOverheadBench.RunAsync(c, ct)),
             "serving" => ReleasingModel(c, () => ServingBench.RunAsync(c, ct)),
             "recovery" => ReleasingModel(c, () => RecoveryBench.RunAsync(c, ct)),

@@ -78,6 +78,8 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
             return await inner.StepAsync(chunks, cancellationToken);
         }
         public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => inner.ReleaseAsync(sequenceIds, cancellationToken);
+        public Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+            inner.AttachPrefixAsync(lookups, cancellationToken);
         public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => inner.GetCacheStatsAsync(cancellationToken);
         public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) => inner.GetBudgetsAsync(cancellationToken);
         public ValueTask DisposeAsync() => inner.DisposeAsync();
