@@ -193,9 +193,9 @@ public sealed class MlaAttention : IDisposable
     {
         long b = qNope.shape[0];
         var cKV = caches.narrow(2, 0, _kvLoraRank);                      // [B, Tmax, kvr]
-        var kRope = caches.narrow(2, _kvLoraRank, _rope);                // [B, Tmax, rope]
         var qLatent = qNope.transpose(0, 1).bmm(_wUK).transpose(0, 1);   // [B, H, kvr]
-        var scores = qLatent.bmm(cKV.transpose(1, 2)).Add(qRope.bmm(kRope.transpose(1, 2))); // [B, H, Tmax]
+        // [q_latent | q_R] against the cached [c_KV | k_R] rows: both score terms in one matmul over the whole latent.
+        var scores = cat([qLatent, qRope], 2).bmm(caches.transpose(1, 2)); // [B, H, Tmax]
         scores = scores.to(ScalarType.Float32).mul(_softmaxScale);
         if (maskedOut is not null) scores = scores.masked_fill(maskedOut, Scalars.NegativeInfinity);
         var probs = softmax(scores, -1).to(qNope.dtype);

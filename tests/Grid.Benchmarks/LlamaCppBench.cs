@@ -43,16 +43,8 @@ public static class LlamaCppBench
         var model = c.Model;
         var config = model.Config;
         var prompt = ModelCoreBench.Prompt(config, promptTokens);
-
-        c.Log($"grid model-core: prefill {promptTokens} tokens x{reps}, decode {steps} x{decodeReps}");
-        var grid = GridRun(model, prompt, steps, reps, decodeReps);
-        c.Log($"grid: prefill {grid.PrefillTokensPerSecond:F1} tok/s, decode {grid.DecodeTokensPerSecond:F1} tok/s");
-        c.Log($"grid: batch {batch} decode (context {batchContext}, {batchSteps} steps)");
-        var gridBatched = ModelCoreBench.Decode(model, batch, batchContext, batchSteps);
-        c.Log($"grid: batch {batch} {gridBatched.TokensPerSecond:F1} tok/s");
-
         var gguf = EnsureGguf(c);
-        Configure(c);
+        Configure();
         var llamaParams = new ModelParams(gguf)
         {
             ContextSize = (uint)Math.Max(promptTokens + steps + 8, batch * (batchContext + batchSteps + 2)),
@@ -65,20 +57,48 @@ public static class LlamaCppBench
             TypeK = GGMLType.GGML_TYPE_F32,
             TypeV = GGMLType.GGML_TYPE_F32,
         };
-        EngineRun llama;
-        double llamaBatched;
+        EngineRun grid, llama;
+        double gridBatched, llamaBatched;
         string systemInfo;
         using (var weights = LLamaWeights.LoadFromFile(llamaParams))
         using (var context = weights.CreateContext(llamaParams))
         {
             systemInfo = Marshal.PtrToStringAnsi(NativeApi.llama_print_system_info()) ?? "";
             c.Log($"llama.cpp: {systemInfo.Trim()}");
-            c.Log($"llama.cpp: prefill {promptTokens} tokens x{reps}, decode {steps} x{decodeReps}");
-            llama = LlamaRun(context, prompt, steps, reps, decodeReps);
-            c.Log($"llama.cpp: prefill {llama.PrefillTokensPerSecond:F1} tok/s, decode {llama.DecodeTokensPerSecond:F1} tok/s");
-            c.Log($"llama.cpp: batch {batch} decode (context {batchContext}, {batchSteps} steps)");
+            // The two engines take turns, rep by rep, so a change in the machine's load hits both alike.
+            c.Log($"prefill {promptTokens} tokens, {reps} reps each, alternating (after one warm-up each)");
+            var gridPrefill = new List<double>();
+            var llamaPrefill = new List<double>();
+            for (int r = 0; r < reps + 1; r++)
+            {
+                double g = GridPrefillSeconds(model, prompt), l = LlamaPrefill(context, prompt).Seconds;
+                if (r == 0) continue;
+                gridPrefill.Add(g);
+                llamaPrefill.Add(l);
+                c.Log($"  prefill rep {r}: grid {promptTokens / g:F1} tok/s, llama.cpp {promptTokens / l:F1} tok/s");
+            }
+            c.Log($"decode {steps} tokens at batch 1, {decodeReps} reps each, alternating");
+            var gridRates = new List<double>();
+            var llamaRates = new List<double>();
+            int[]? gridTokens = null, llamaTokens = null;
+            for (int r = 0; r < decodeReps; r++)
+            {
+                var (gRate, gTokens) = GridDecode(model, prompt, steps);
+                var (lRate, lTokens) = LlamaDecode(context, prompt, steps);
+                gridRates.Add(gRate);
+                llamaRates.Add(lRate);
+                gridTokens ??= gTokens;
+                llamaTokens ??= lTokens;
+                c.Log($"  decode rep {r + 1}: grid {gRate:F1} tok/s, llama.cpp {lRate:F1} tok/s");
+            }
+            grid = new EngineRun(promptTokens / ModelCoreBench.Median(gridPrefill), ModelCoreBench.Median(gridRates), gridTokens!);
+            llama = new EngineRun(promptTokens / ModelCoreBench.Median(llamaPrefill), ModelCoreBench.Median(llamaRates), llamaTokens!);
+            c.Log($"grid: prefill {grid.PrefillTokensPerSecond:F1} tok/s, decode {grid.DecodeTokensPerSecond:F1} tok/s; " +
+                  $"llama.cpp: prefill {llama.PrefillTokensPerSecond:F1} tok/s, decode {llama.DecodeTokensPerSecond:F1} tok/s");
+            c.Log($"batch {batch} decode (context {batchContext}, {batchSteps} steps)");
+            gridBatched = ModelCoreBench.Decode(model, batch, batchContext, batchSteps).TokensPerSecond;
             llamaBatched = LlamaBatched(context, config, batch, batchContext, batchSteps);
-            c.Log($"llama.cpp: batch {batch} {llamaBatched:F1} tok/s");
+            c.Log($"batch {batch}: grid {gridBatched:F1} tok/s, llama.cpp {llamaBatched:F1} tok/s");
         }
 
         int agree = grid.Tokens.Zip(llama.Tokens).Count(p => p.First == p.Second);
@@ -105,7 +125,7 @@ public static class LlamaCppBench
         {
             ["prefill_tokens_per_second"] = Num(grid.PrefillTokensPerSecond, 2),
             ["decode_tokens_per_second"] = Num(grid.DecodeTokensPerSecond, 2),
-            [$"decode_batch{batch}_tokens_per_second"] = Num(gridBatched.TokensPerSecond, 2),
+            [$"decode_batch{batch}_tokens_per_second"] = Num(gridBatched, 2),
             ["tokens"] = new JsonArray(grid.Tokens.Select(t => (JsonNode)t).ToArray()),
         };
         s.Data["llama_cpp"] = new JsonObject
@@ -125,7 +145,7 @@ public static class LlamaCppBench
             ["prefill GFLOP/s (of matmul ceiling)", $"{F(gridPrefillGflops)} ({Pct(gridPrefillGflops / gflops)})", $"{F(llamaPrefillGflops)} ({Pct(llamaPrefillGflops / gflops)})", ""],
             [$"decode, batch 1, {steps} tokens (tok/s)", F(grid.DecodeTokensPerSecond), F(llama.DecodeTokensPerSecond), Ratio(grid.DecodeTokensPerSecond, llama.DecodeTokensPerSecond)],
             ["decode weight GB/s (of memory read bandwidth)", $"{F(gridGBps)} ({Pct(gridGBps / bandwidth)})", $"{F(llamaGBps)} ({Pct(llamaGBps / bandwidth)})", ""],
-            [$"decode, batch {batch}, context {batchContext} (aggregate tok/s)", F(gridBatched.TokensPerSecond), F(llamaBatched), Ratio(gridBatched.TokensPerSecond, llamaBatched)],
+            [$"decode, batch {batch}, context {batchContext} (aggregate tok/s)", F(gridBatched), F(llamaBatched), Ratio(gridBatched, llamaBatched)],
             ["greedy tokens equal (prefill + decode)", $"{agree}/{grid.Tokens.Length}", $"leading run {prefixAgree}", ""],
         ]);
         s.Notes.Add($"Same checkpoint, same prompt ids (BOS + {promptTokens - 1}), {Threads} threads each, float32 weights and KV cache; llama.cpp through LLamaSharp " +
@@ -133,7 +153,7 @@ public static class LlamaCppBench
         s.Notes.Add("The model has no query compression; llama.cpp's loader insists on one for an 8-layer deepseek2, so the GGUF carries an exactly " +
                     $"equivalent identity q_a: llama.cpp reads {GgufExport.ExtraBytesPerToken(config) / 1e6:F0} MB more per token (counted in its GB/s above) and does one more d×d matmul per layer.");
         s.Summary.Add(("Grid / llama.cpp prefill, decode batch 1, decode batch " + batch,
-            $"{Ratio(grid.PrefillTokensPerSecond, llama.PrefillTokensPerSecond)} / {Ratio(grid.DecodeTokensPerSecond, llama.DecodeTokensPerSecond)} / {Ratio(gridBatched.TokensPerSecond, llamaBatched)}",
+            $"{Ratio(grid.PrefillTokensPerSecond, llama.PrefillTokensPerSecond)} / {Ratio(grid.DecodeTokensPerSecond, llama.DecodeTokensPerSecond)} / {Ratio(gridBatched, llamaBatched)}",
             "same run, same checkpoint and prompt; greedy tokens equal " + $"{agree}/{grid.Tokens.Length}"));
         s.Summary.Add(("batch-1 decode weight bandwidth / memory read bandwidth, Grid / llama.cpp",
             $"{Pct(gridGBps / bandwidth)} / {Pct(llamaGBps / bandwidth)} (of {F(bandwidth)} GB/s)",
@@ -188,64 +208,67 @@ public static class LlamaCppBench
         return Vector.Sum(a0 + a1 + a2 + a3);
     }
 
-    /// <summary>Grid model-core (what <c>--engine local</c> runs): prefill medians, then greedy decode runs; tokens from the first run.</summary>
-    static EngineRun GridRun(DeepseekV2Model model, int[] prompt, int steps, int reps, int decodeReps)
+    /// <summary>One prefill of the prompt on Grid model-core (what <c>--engine local</c> runs) into a fresh sequence.</summary>
+    static double GridPrefillSeconds(DeepseekV2Model model, int[] prompt)
     {
-        var prefill = ModelCoreBench.Prefill(model, prompt.Length, reps);
-        int[]? tokens = null;
-        var rates = new List<double>();
-        for (int r = 0; r < decodeReps; r++)
+        var seq = model.Cache!.Create();
+        try
         {
-            var seq = model.Cache!.Create();
-            try
-            {
-                var run = new List<int>();
-                using (var o = model.Forward([new SequenceChunk(seq, prompt)]))
-                    run.Add(Sampler.Argmax(o.Logits[0].data<float>().ToArray()));
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++)
-                    using (var o = model.Forward([new SequenceChunk(seq, [run[^1]])]))
-                        run.Add(Sampler.Argmax(o.Logits[0].data<float>().ToArray()));
-                rates.Add(steps / sw.Elapsed.TotalSeconds);
-                tokens ??= run.ToArray();
-            }
-            finally { model.Cache.Release(seq); }
+            var sw = Stopwatch.StartNew();
+            using (model.Forward([new SequenceChunk(seq, prompt)])) { }
+            return sw.Elapsed.TotalSeconds;
         }
-        return new EngineRun(prefill.TokensPerSecond, ModelCoreBench.Median(rates), tokens!);
+        finally { model.Cache.Release(seq); }
     }
 
-    static EngineRun LlamaRun(LLamaContext context, int[] prompt, int steps, int reps, int decodeReps)
+    /// <summary>Prefill (untimed), then <paramref name="steps"/> timed greedy steps: tok/s and the 1 + steps greedy tokens.</summary>
+    static (double Rate, int[] Tokens) GridDecode(DeepseekV2Model model, int[] prompt, int steps)
+    {
+        var seq = model.Cache!.Create();
+        try
+        {
+            var run = new List<int>();
+            using (var o = model.Forward([new SequenceChunk(seq, prompt)]))
+                run.Add(Sampler.Argmax(o.Logits[0].data<float>().ToArray()));
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+                using (var o = model.Forward([new SequenceChunk(seq, [run[^1]])]))
+                    run.Add(Sampler.Argmax(o.Logits[0].data<float>().ToArray()));
+            return (steps / sw.Elapsed.TotalSeconds, run.ToArray());
+        }
+        finally { model.Cache.Release(seq); }
+    }
+
+    /// <summary>One prefill of the prompt (one llama_decode of all its ids) into an emptied KV cache, and the greedy next token.</summary>
+    static (double Seconds, int Next) LlamaPrefill(LLamaContext context, int[] prompt)
     {
         var handle = context.NativeHandle;
-        var batch = new LLamaBatch();
-        var prefillTimes = new List<double>();
-        var rates = new List<double>();
-        int[]? tokens = null;
-        for (int r = 0; r < Math.Max(reps + 1, decodeReps); r++)
-        {
-            handle.MemoryClear(true);
-            batch.Clear();
-            for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
-            var sw = Stopwatch.StartNew();
-            Check(handle.Decode(batch));
-            handle.Synchronize();
-            double seconds = sw.Elapsed.TotalSeconds;
-            if (r > 0 && prefillTimes.Count < reps) prefillTimes.Add(seconds); // the first run warms up
-            var run = new List<int> { Argmax(handle.GetLogitsIth(batch.TokenCount - 1)) };
-            if (r >= decodeReps) continue;
-            sw.Restart();
-            for (int i = 0; i < steps; i++)
-            {
-                batch.Clear();
-                batch.Add(run[^1], prompt.Length + i, LLamaSeqId.Zero, true);
-                Check(handle.Decode(batch));
-                run.Add(Argmax(handle.GetLogitsIth(0)));
-            }
-            rates.Add(steps / sw.Elapsed.TotalSeconds);
-            tokens ??= run.ToArray();
-        }
         handle.MemoryClear(true);
-        return new EngineRun(prompt.Length / ModelCoreBench.Median(prefillTimes), ModelCoreBench.Median(rates), tokens!);
+        var batch = new LLamaBatch();
+        for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
+        var sw = Stopwatch.StartNew();
+        Check(handle.Decode(batch));
+        handle.Synchronize();
+        double seconds = sw.Elapsed.TotalSeconds;
+        return (seconds, Argmax(handle.GetLogitsIth(batch.TokenCount - 1)));
+    }
+
+    static (double Rate, int[] Tokens) LlamaDecode(LLamaContext context, int[] prompt, int steps)
+    {
+        var handle = context.NativeHandle;
+        var run = new List<int> { LlamaPrefill(context, prompt).Next };
+        var batch = new LLamaBatch();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++)
+        {
+            batch.Clear();
+            batch.Add(run[^1], prompt.Length + i, LLamaSeqId.Zero, true);
+            Check(handle.Decode(batch));
+            run.Add(Argmax(handle.GetLogitsIth(0)));
+        }
+        double rate = steps / sw.Elapsed.TotalSeconds;
+        handle.MemoryClear(true);
+        return (rate, run.ToArray());
     }
 
     /// <summary>Aggregate greedy decode tok/s of <paramref name="batch"/> sequences decoded together (one llama_batch per step).</summary>
@@ -301,7 +324,7 @@ public static class LlamaCppBench
     }
 
     /// <summary>Native llama.cpp messages go to a buffer (shown when a load or decode fails), not the console.</summary>
-    static void Configure(BenchContext c)
+    static void Configure()
     {
         if (_configured) return;
         _configured = true;
