@@ -143,13 +143,13 @@ public static class LlamaCppBench
         [
             [$"prefill, {promptTokens}-token prompt (tok/s)", F(grid.PrefillTokensPerSecond), F(llama.PrefillTokensPerSecond), Ratio(grid.PrefillTokensPerSecond, llama.PrefillTokensPerSecond)],
             ["prefill GFLOP/s (of matmul ceiling)", $"{F(gridPrefillGflops)} ({Pct(gridPrefillGflops / gflops)})", $"{F(llamaPrefillGflops)} ({Pct(llamaPrefillGflops / gflops)})", ""],
-            [$"decode, batch 1, {steps} tokens (tok/s)", F(grid.DecodeTokensPerSecond), F(llama.DecodeTokensPerSecond), Ratio(grid.DecodeTokensPerSecond, llama.DecodeTokensPerSecond)],
-            ["decode weight GB/s (of memory read bandwidth)", $"{F(gridGBps)} ({Pct(gridGBps / bandwidth)})", $"{F(llamaGBps)} ({Pct(llamaGBps / bandwidth)})", ""],
+            [$"decode, batch 1, {steps} tokens (tok/s)", F(grid.DecodeTokensPerSecond, 2), F(llama.DecodeTokensPerSecond, 2), Ratio(grid.DecodeTokensPerSecond, llama.DecodeTokensPerSecond)],
+            ["decode weight GB/s (of memory read bandwidth)", $"{F(gridGBps, 2)} ({Pct(gridGBps / bandwidth)})", $"{F(llamaGBps, 2)} ({Pct(llamaGBps / bandwidth)})", ""],
             [$"decode, batch {batch}, context {batchContext} (aggregate tok/s)", F(gridBatched), F(llamaBatched), Ratio(gridBatched, llamaBatched)],
             ["greedy tokens equal (prefill + decode)", $"{agree}/{grid.Tokens.Length}", $"leading run {prefixAgree}", ""],
         ]);
         s.Notes.Add($"Same checkpoint, same prompt ids (BOS + {promptTokens - 1}), {Threads} threads each, float32 weights and KV cache; llama.cpp through LLamaSharp " +
-                    $"{typeof(LLamaWeights).Assembly.GetName().Version} with ids fed directly (no text). Prefill: median of {reps}; decode: median of {decodeReps} runs of {steps} greedy steps.");
+                    $"{LlamaSharpVersion()} with ids fed directly (no text). Prefill: median of {reps}; decode: median of {decodeReps} runs of {steps} greedy steps.");
         s.Notes.Add("The model has no query compression; llama.cpp's loader insists on one for an 8-layer deepseek2, so the GGUF carries an exactly " +
                     $"equivalent identity q_a: llama.cpp reads {GgufExport.ExtraBytesPerToken(config) / 1e6:F0} MB more per token (counted in its GB/s above) and does one more d×d matmul per layer.");
         s.Summary.Add(("Grid / llama.cpp prefill, decode batch 1, decode batch " + batch,
@@ -163,6 +163,9 @@ public static class LlamaCppBench
             "per-expert matmuls of ~48 rows at 512 tokens (64 experts, top-6) and gathers between them"));
         return s;
     }
+
+    static string LlamaSharpVersion() =>
+        (System.Reflection.CustomAttributeExtensions.GetCustomAttribute<System.Reflection.AssemblyInformationalVersionAttribute>(typeof(LLamaWeights).Assembly)?.InformationalVersion ?? "?").Split('+')[0];
 
     static string Ratio(double a, double b) => b > 0 ? $"{a / b:F2}×" : "-";
 
