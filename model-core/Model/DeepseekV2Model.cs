@@ -163,25 +163,42 @@ public sealed class DeepseekV2Model : IDisposable
         var (cos, sin) = batch.Rotary(Rope);
         var (qNope, qRope, latent) = l.Attention.Project(x, cos, sin, Rope);
         cache.Write(layer, batch.WriteRows, latent);
-        var output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
-        if (batch.DecodeRows is { } decodeRows)
+        Tensor output;
+        if (batch.AllDecode)
         {
+            // A decode-only step: the hidden rows are the decode rows, in order; no scatter into a zeroed buffer.
             var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-            var decoded = l.Attention.AttendAbsorbedBatch(
-                qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeMask!);
-            output.index_copy_(0, decodeRows, decoded);
+            output = l.Attention.AttendAbsorbedBatch(qNope, qRope, caches, batch.DecodeMaskedOut);
         }
-        for (int i = 0; i < batch.Chunks.Count; i++)
+        else if (batch.Chunks.Count == 1)
         {
-            if (batch.ChunkCacheRows[i] is not { } rows) continue;
-            int n = batch.Chunks[i].Tokens.Length, offset = batch.Offsets[i];
-            var seqCache = cache.Read(layer, rows);
-            var qn = qNope.narrow(0, offset, n);
-            var qr = qRope.narrow(0, offset, n);
-            var attended = mode == AttentionMode.Absorbed
-                ? l.Attention.AttendAbsorbed(qn, qr, seqCache, batch.Starts[i])
-                : l.Attention.AttendNaive(qn, qr, seqCache, batch.Starts[i]);
-            output.narrow(0, offset, n).copy_(attended);
+            var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
+            output = mode == AttentionMode.Absorbed
+                ? l.Attention.AttendAbsorbed(qNope, qRope, seqCache, batch.Starts[0])
+                : l.Attention.AttendNaive(qNope, qRope, seqCache, batch.Starts[0]);
+        }
+        else
+        {
+            output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
+            if (batch.DecodeRows is { } decodeRows)
+            {
+                var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
+                var decoded = l.Attention.AttendAbsorbedBatch(
+                    qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeMaskedOut);
+                output.index_copy_(0, decodeRows, decoded);
+            }
+            for (int i = 0; i < batch.Chunks.Count; i++)
+            {
+                if (batch.ChunkCacheRows[i] is not { } rows) continue;
+                int n = batch.Chunks[i].Tokens.Length, offset = batch.Offsets[i];
+                var seqCache = cache.Read(layer, rows);
+                var qn = qNope.narrow(0, offset, n);
+                var qr = qRope.narrow(0, offset, n);
+                var attended = mode == AttentionMode.Absorbed
+                    ? l.Attention.AttendAbsorbed(qn, qr, seqCache, batch.Starts[i])
+                    : l.Attention.AttendNaive(qn, qr, seqCache, batch.Starts[i]);
+                output.narrow(0, offset, n).copy_(attended);
+            }
         }
         return h.Add(l.Attention.Output(output));
     }

@@ -26,14 +26,18 @@ public enum AttentionMode
 /// </summary>
 public sealed class MlaAttention : IDisposable
 {
-    readonly int _heads, _nope, _rope, _v, _kvLoraRank;
+    readonly int _heads, _nope, _rope, _v, _kvLoraRank, _qLoraRank;
     readonly Scalar _softmaxScale;           // owned for the layer's lifetime (see Scalars)
-    readonly Tensor? _qProj;                 // [H*(nope+rope), d]            (q_lora_rank null)
-    readonly Tensor? _qAProj, _qABias;       // [q_lora_rank, d]
+    // The query and the joint KV compression read the same normed hidden state, so their projections are one matrix,
+    // its rows laid out so that every piece of the output is a plain view and all RoPE inputs sit side by side:
+    //   q_lora_rank null: [q_nope (H*nope) | c_KV (kv_lora_rank) | q_rope (H*rope) | k_rope (rope)]
+    //   q_lora_rank set:  [c_Q (q_lora_rank) | c_KV (kv_lora_rank) | k_rope (rope)], then q_b: [q_nope (H*nope) | q_rope (H*rope)]
+    // The checkpoint stores each RoPE block interleaved (x0, y0, x1, y1, ...); its rows are regrouped into halves
+    // (x0..x15, y0..y15) here, at load, so the rotation needs no per-step permutation.
+    readonly Tensor _qkvA;                   // [rows above, d]
+    readonly Tensor? _qkvABias;              // biases in the same row order (zeros where the checkpoint has none)
     readonly RmsNorm? _qANorm;
-    readonly Tensor? _qBProj;                // [H*(nope+rope), q_lora_rank]
-    readonly Tensor _kvAProj;                // [kv_lora_rank + rope, d]
-    readonly Tensor? _kvABias;
+    readonly Tensor? _qBProj;                // [H*(nope+rope), q_lora_rank], rows regrouped as above
     readonly RmsNorm _kvANorm;
     readonly Tensor _kvBProj;                // [H*(nope+v), kv_lora_rank]
     readonly Tensor _wUK;                    // [H, nope, kv_lora_rank]   absorbed into queries
@@ -50,20 +54,45 @@ public sealed class MlaAttention : IDisposable
         _rope = c.QkRopeHeadDim;
         _v = c.VHeadDim;
         _kvLoraRank = c.KvLoraRank;
+        _qLoraRank = c.QLoraRank ?? 0;
         _softmaxScale = softmaxScale.ToScalar();
-        if (c.QLoraRank is null)
+        using (NewDisposeScope())
         {
-            _qProj = w.Get($"{p}.q_proj.weight");
+            var kvA = w.Get($"{p}.kv_a_proj_with_mqa.weight");                 // [kv_lora_rank + rope, d]
+            var kvABias = w.GetOptional($"{p}.kv_a_proj_with_mqa.bias", c.AttentionBias);
+            var kvC = kvA.narrow(0, 0, _kvLoraRank);
+            var kR = HalvesRows(kvA.narrow(0, _kvLoraRank, _rope), 1);
+            Tensor? qABias = null;
+            if (c.QLoraRank is null)
+            {
+                var q = w.Get($"{p}.q_proj.weight").view(_heads, _nope + _rope, -1); // [H, nope+rope, d]
+                var qNope = q.narrow(1, 0, _nope).reshape(_heads * _nope, -1);
+                var qRope = HalvesRows(q.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads);
+                _qkvA = cat([qNope, kvC, qRope, kR], 0).DetachFromDisposeScope();
+            }
+            else
+            {
+                var qA = w.Get($"{p}.q_a_proj.weight");
+                qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
+                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
+                var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
+                _qBProj = cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
+                               HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope();
+                _qkvA = cat([qA, kvC, kR], 0).DetachFromDisposeScope();
+            }
+            if (kvABias is not null || qABias is not null)
+            {
+                var dtype = _qkvA.dtype;
+                long qRows = c.QLoraRank ?? (long)_heads * _nope;
+                var qPart = qABias ?? zeros(qRows, dtype: dtype);
+                var kvBias = kvABias ?? zeros(_kvLoraRank + _rope, dtype: dtype);
+                var kvBiasC = kvBias.narrow(0, 0, _kvLoraRank);
+                var kvBiasR = HalvesRows(kvBias.narrow(0, _kvLoraRank, _rope).unsqueeze(1), 1).squeeze(1);
+                _qkvABias = (c.QLoraRank is null
+                    ? cat([qPart, kvBiasC, zeros((long)_heads * _rope, dtype: dtype), kvBiasR], 0)
+                    : cat([qPart, kvBiasC, kvBiasR], 0)).DetachFromDisposeScope();
+            }
         }
-        else
-        {
-            _qAProj = w.Get($"{p}.q_a_proj.weight");
-            _qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
-            _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
-            _qBProj = w.Get($"{p}.q_b_proj.weight");
-        }
-        _kvAProj = w.Get($"{p}.kv_a_proj_with_mqa.weight");
-        _kvABias = w.GetOptional($"{p}.kv_a_proj_with_mqa.bias", c.AttentionBias);
         _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
         _oProj = w.Get($"{p}.o_proj.weight");
@@ -77,22 +106,45 @@ public sealed class MlaAttention : IDisposable
     }
 
     /// <summary>
-    /// Projects hidden states x [N, d] (already input-normed), with its rows' rotary cos/sin [N, rope], into the
-    /// query parts and the token latents to cache: qNope [N, H, nope], qRope [N, H, rope] (rotated),
-    /// latent [N, kv_lora_rank + rope] = [c_KV normed, k_R rotated].
+    /// Rows of <paramref name="blocks"/> consecutive RoPE blocks [blocks*rope, ...] regrouped from the checkpoint's
+    /// interleaved order (x0, y0, x1, y1, ...) into halves (x0, x1, ..., y0, y1, ...), as the reference's
+    /// de-interleave does to the projected vector: an exact permutation of rows.
+    /// </summary>
+    Tensor HalvesRows(Tensor rows, long blocks)
+    {
+        var shape = rows.shape;
+        var rest = shape[1..];
+        return rows.reshape([blocks, _rope / 2, 2, .. rest]).transpose(1, 2).reshape(shape);
+    }
+
+    /// <summary>
+    /// Projects hidden states x [N, d] (already input-normed), with its rows' rotary cos and signed sin [N, 1, rope]
+    /// (<see cref="StepBatch.Rotary"/>), into the query parts and the token latents to cache: qNope [N, H, nope],
+    /// qRope [N, H, rope] (rotated), latent [N, kv_lora_rank + rope] = [c_KV normed, k_R rotated]. One matmul for
+    /// the query and the KV compression together, one rotation for every RoPE input of the layer.
     /// </summary>
     public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor cos, Tensor sin, YarnRope rope)
     {
         long n = x.shape[0];
-        var q = _qProj is not null
-            ? linear(x, _qProj)
-            : linear(_qANorm!.Forward(linear(x, _qAProj!, _qABias)), _qBProj!);
-        q = q.view(n, _heads, _nope + _rope);                          // [N, H, nope+rope]
-        var qNope = q.narrow(2, 0, _nope);
-        var qRope = rope.Apply(q.narrow(2, _nope, _rope), cos, sin);
-        var compressed = linear(x, _kvAProj, _kvABias);                  // [N, kv_lora_rank + rope]
-        var cKV = _kvANorm.Forward(compressed.narrow(1, 0, _kvLoraRank));
-        var kRope = rope.Apply(compressed.narrow(1, _kvLoraRank, _rope), cos, sin);
+        var fused = linear(x, _qkvA, _qkvABias);
+        long qRows = _qLoraRank > 0 ? _qLoraRank : (long)_heads * _nope;
+        var cKV = _kvANorm.Forward(fused.narrow(1, qRows, _kvLoraRank));
+        Tensor qNope, qRope, kRope;
+        if (_qLoraRank == 0)
+        {
+            // q_rope and k_rope are adjacent: [N, (H+1)*rope] rotated at once as H+1 heads.
+            var rotated = rope.Apply(fused.narrow(1, qRows + _kvLoraRank, (_heads + 1L) * _rope).view(n, _heads + 1, _rope), cos, sin);
+            qNope = fused.narrow(1, 0, qRows).view(n, _heads, _nope);
+            qRope = rotated.narrow(1, 0, _heads);
+            kRope = rotated.select(1, _heads);
+        }
+        else
+        {
+            var q = linear(_qANorm!.Forward(fused.narrow(1, 0, qRows)), _qBProj!);       // [N, H*nope | H*rope]
+            qNope = q.narrow(1, 0, (long)_heads * _nope).view(n, _heads, _nope);
+            qRope = rope.Apply(q.narrow(1, (long)_heads * _nope, (long)_heads * _rope).view(n, _heads, _rope), cos, sin);
+            kRope = rope.Apply(fused.narrow(1, qRows + _kvLoraRank, _rope).view(n, 1, _rope), cos, sin).select(1, 0);
+        }
         return (qNope, qRope, cat([cKV, kRope], 1));
     }
 
@@ -134,18 +186,18 @@ public sealed class MlaAttention : IDisposable
 
     /// <summary>
     /// Absorbed MLA for a decode batch: one query per sequence, qNope [B, H, nope], qRope [B, H, rope],
-    /// against caches gathered into [B, Tmax, latent]; <paramref name="validMask"/> [B, Tmax] is true at each sequence's
-    /// cached positions (the rest is padding up to Tmax and masked out). Returns [B, H*v].
+    /// against caches gathered into [B, Tmax, latent]; <paramref name="maskedOut"/> [B, 1, Tmax] is true at the padding
+    /// up to Tmax (null when every sequence fills Tmax). Returns [B, H*v].
     /// </summary>
-    public Tensor AttendAbsorbedBatch(Tensor qNope, Tensor qRope, Tensor caches, Tensor validMask)
+    public Tensor AttendAbsorbedBatch(Tensor qNope, Tensor qRope, Tensor caches, Tensor? maskedOut)
     {
         long b = qNope.shape[0];
         var cKV = caches.narrow(2, 0, _kvLoraRank);                      // [B, Tmax, kvr]
-        var kRope = caches.narrow(2, _kvLoraRank, _rope);                // [B, Tmax, rope]
         var qLatent = qNope.transpose(0, 1).bmm(_wUK).transpose(0, 1);   // [B, H, kvr]
-        var scores = qLatent.bmm(cKV.transpose(1, 2)).Add(qRope.bmm(kRope.transpose(1, 2))); // [B, H, Tmax]
+        // [q_latent | q_R] against the cached [c_KV | k_R] rows: both score terms in one matmul over the whole latent.
+        var scores = cat([qLatent, qRope], 2).bmm(caches.transpose(1, 2)); // [B, H, Tmax]
         scores = scores.to(ScalarType.Float32).mul(_softmaxScale);
-        scores = scores.masked_fill(validMask.logical_not().unsqueeze(1), Scalars.NegativeInfinity);
+        if (maskedOut is not null) scores = scores.masked_fill(maskedOut, Scalars.NegativeInfinity);
         var probs = softmax(scores, -1).to(qNope.dtype);
         var outLatent = probs.bmm(cKV);                                  // [B, H, kvr]
         var output = outLatent.transpose(0, 1).bmm(_wUVt);               // [H, B, v]
@@ -176,7 +228,7 @@ public sealed class MlaAttention : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in new[] { _qProj, _qAProj, _qABias, _qBProj, _kvAProj, _kvABias, _kvBProj, _wUK, _wUVt, _oProj, _oBias })
+        foreach (var t in new[] { _qkvA, _qkvABias, _qBProj, _kvBProj, _wUK, _wUVt, _oProj, _oBias })
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();

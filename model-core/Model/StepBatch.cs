@@ -33,8 +33,10 @@ public sealed class StepBatch : IDisposable
     public int[] DecodeChunks { get; }
     public Tensor? DecodeRows { get; }   // [B] hidden rows
     public Tensor? DecodeGather { get; } // [B * Tmax] cache rows, padded
-    public Tensor? DecodeMask { get; }   // [B, Tmax] true where a position is valid
+    public Tensor? DecodeMaskedOut { get; } // [B, 1, Tmax] true at padding positions; null when every sequence fills Tmax
     public long DecodeTmax { get; }
+    /// <summary>Every chunk is a single-token decode chunk: hidden rows and decode rows coincide (0..B-1), so attention needs no scatter.</summary>
+    public bool AllDecode { get; }
 
     public StepBatch(LatentCache cache, IReadOnlyList<SequenceChunk> chunks, AttentionMode mode)
     {
@@ -68,21 +70,20 @@ public sealed class StepBatch : IDisposable
         {
             long tmax = decode.Max(i => Starts[i] + 1);
             var gather = new long[decode.Count * tmax];
-            var mask = new bool[decode.Count * tmax];
+            var maskedOut = new bool[decode.Count * tmax];
+            bool padded = false;
             for (int b = 0; b < decode.Count; b++)
             {
                 var seq = chunks[decode[b]].Sequence;
                 int length = Starts[decode[b]] + 1;
-                for (int t = 0; t < length; t++)
-                {
-                    gather[b * tmax + t] = cache.Row(seq, t);
-                    mask[b * tmax + t] = true;
-                }
+                for (int t = 0; t < length; t++) gather[b * tmax + t] = cache.Row(seq, t);
+                for (long t = length; t < tmax; t++) { maskedOut[b * tmax + t] = true; padded = true; }
             }
             DecodeTmax = tmax;
             DecodeRows = Keep(tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64));
             DecodeGather = Keep(tensor(gather, ScalarType.Int64));
-            DecodeMask = Keep(tensor(mask, [decode.Count, tmax]));
+            if (padded) DecodeMaskedOut = Keep(tensor(maskedOut, [decode.Count, 1, tmax]));
+            AllDecode = decode.Count == chunks.Count;
         }
         _cache = cache;
         cache.BeginBatch();   // the rows above stay valid: no trim moves blocks until Dispose
@@ -93,7 +94,7 @@ public sealed class StepBatch : IDisposable
     readonly List<Tensor> _owned = new();
     (Tensor Cos, Tensor Sin)? _rotary;
 
-    /// <summary>The rows' rotary cos/sin [N, rope], gathered on first use and shared by every layer of the step.</summary>
+    /// <summary>The rows' rotary cos and signed sin [N, 1, rope], gathered on first use and shared by every layer of the step.</summary>
     public (Tensor Cos, Tensor Sin) Rotary(YarnRope rope)
     {
         if (_rotary is null)

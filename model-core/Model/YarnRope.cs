@@ -15,7 +15,7 @@ public sealed class YarnRope : IDisposable
     readonly double[] _invFreq;           // [dim/2]
     readonly double _positionScale;       // 1/factor for linear scaling, else 1
     readonly ScalarType _dtype;
-    Tensor _cos, _sin;                    // [capacity, dim]
+    Tensor _cos, _sin;                    // [capacity, dim]: cos twice; sin signed for the halves layout (-sin | +sin)
     int _capacity;
 
     /// <summary>Scale applied to cos and sin (YaRN: mscale / mscale_all_dim), 1 otherwise.</summary>
@@ -91,7 +91,8 @@ public sealed class YarnRope : IDisposable
                 double angle = t * _positionScale * _invFreq[i];
                 float c = (float)(Math.Cos(angle) * CosSinScale), s = (float)(Math.Sin(angle) * CosSinScale);
                 cos[t * _dim + i] = cos[t * _dim + half + i] = c;
-                sin[t * _dim + i] = sin[t * _dim + half + i] = s;
+                sin[t * _dim + i] = -s;
+                sin[t * _dim + half + i] = s;
             }
         _cos.Dispose();
         _sin.Dispose();
@@ -103,31 +104,27 @@ public sealed class YarnRope : IDisposable
         _capacity = capacity;
     }
 
-    /// <summary>cos and sin [N, dim] for rows at <paramref name="positions"/> [N]; gathered once per step, used by every layer.</summary>
+    /// <summary>
+    /// cos and signed sin [N, 1, dim] for rows at <paramref name="positions"/> [N] (broadcast over heads); gathered once
+    /// per step (<see cref="StepBatch.Rotary"/>) and used by every layer.
+    /// </summary>
     public (Tensor Cos, Tensor Sin) Table(Tensor positions, long maxPosition)
     {
         EnsureCapacity(maxPosition + 1);
-        return (_cos.index_select(0, positions), _sin.index_select(0, positions));
+        return (_cos.index_select(0, positions).unsqueeze(1), _sin.index_select(0, positions).unsqueeze(1));
     }
 
     /// <summary>
-    /// Rotates <paramref name="x"/> [N, ..., dim] with the rows' <paramref name="cos"/> and <paramref name="sin"/> [N, dim]
-    /// from <see cref="Table"/>. The checkpoint stores rope dims interleaved (x0, y0, x1, y1, ...); they are first
-    /// regrouped into halves, as the reference does, then rotated: x * cos + rotate_half(x) * sin.
+    /// Rotates <paramref name="x"/> [N, heads, dim], whose rope dims are already in halves order (x0..x15, y0..y15: the
+    /// checkpoint's interleaved rows are regrouped at load, see <see cref="MlaAttention"/>), with the rows' cos and signed
+    /// sin [N, 1, dim] from <see cref="Table"/>: x * cos + rotate_half(x) * sin, where rotate_half(x) * sin is the halves
+    /// swapped times (-sin | +sin). Three libtorch ops.
     /// </summary>
     public Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
         var shape = x.shape;
-        // [N, ..., dim] -> [N, ..., dim/2, 2] -> [N, ..., 2, dim/2] -> [N, ..., dim]
-        var grouped = x.reshape([.. shape[..^1], _dim / 2, 2]).transpose(-1, -2).reshape(shape);
-        if (shape.Length == 3)
-        {
-            cos = cos.unsqueeze(1);   // broadcast over heads
-            sin = sin.unsqueeze(1);
-        }
-        var halves = grouped.chunk(2, -1);
-        var rotated = cat([-halves[1], halves[0]], -1);
-        return (grouped * cos).Add(rotated * sin);
+        var swapped = x.reshape(shape[0], shape[1], 2, _dim / 2).flip(2).view(shape);
+        return x.mul(cos).addcmul_(swapped, sin, Scalars.One);
     }
 
     public void Dispose()
