@@ -5,6 +5,8 @@ using Xunit;
 
 namespace Grid.Tests.PrefixCaching;
 
+using Json = Grid.Tests.Http.Json;
+
 /// <summary>
 /// Prefix caching over HTTP on the embedded grid (on by default, blocks of 16): OpenAI's
 /// usage.prompt_tokens_details.cached_tokens on completions and chat, streamed or not, the vLLM-named metrics on a
