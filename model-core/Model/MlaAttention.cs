@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Kernels;
 using Grid.ModelCore.Runtime;
 using TorchSharp;
 using Grid.ModelCore.Weights;
@@ -28,17 +29,18 @@ public sealed class MlaAttention : IDisposable
 {
     readonly int _heads, _nope, _rope, _v, _kvLoraRank;
     readonly Scalar _softmaxScale;           // owned for the layer's lifetime (see Scalars)
-    readonly Tensor? _qProj;                 // [H*(nope+rope), d]            (q_lora_rank null)
-    readonly Tensor? _qAProj, _qABias;       // [q_lora_rank, d]
+    readonly LinearWeight? _qProj;                 // [H*(nope+rope), d]            (q_lora_rank null)
+    readonly LinearWeight? _qAProj;
+    readonly Tensor? _qABias;       // [q_lora_rank, d]
     readonly RmsNorm? _qANorm;
-    readonly Tensor? _qBProj;                // [H*(nope+rope), q_lora_rank]
-    readonly Tensor _kvAProj;                // [kv_lora_rank + rope, d]
+    readonly LinearWeight? _qBProj;                // [H*(nope+rope), q_lora_rank]
+    readonly LinearWeight _kvAProj;                // [kv_lora_rank + rope, d]
     readonly Tensor? _kvABias;
     readonly RmsNorm _kvANorm;
     readonly Tensor _kvBProj;                // [H*(nope+v), kv_lora_rank]
     readonly Tensor _wUK;                    // [H, nope, kv_lora_rank]   absorbed into queries
     readonly Tensor _wUVt;                   // [H, kv_lora_rank, v]      absorbed into the output
-    readonly Tensor _oProj;                  // [d, H*v]
+    readonly LinearWeight _oProj;                  // [d, H*v]
     readonly Tensor? _oBias;
 
     public MlaAttention(WeightLoader w, int layer, double softmaxScale)
@@ -53,20 +55,20 @@ public sealed class MlaAttention : IDisposable
         _softmaxScale = softmaxScale.ToScalar();
         if (c.QLoraRank is null)
         {
-            _qProj = w.Get($"{p}.q_proj.weight");
+            _qProj = w.GetLinear($"{p}.q_proj.weight");
         }
         else
         {
-            _qAProj = w.Get($"{p}.q_a_proj.weight");
+            _qAProj = w.GetLinear($"{p}.q_a_proj.weight");
             _qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
             _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
-            _qBProj = w.Get($"{p}.q_b_proj.weight");
+            _qBProj = w.GetLinear($"{p}.q_b_proj.weight");
         }
-        _kvAProj = w.Get($"{p}.kv_a_proj_with_mqa.weight");
+        _kvAProj = w.GetLinear($"{p}.kv_a_proj_with_mqa.weight");
         _kvABias = w.GetOptional($"{p}.kv_a_proj_with_mqa.bias", c.AttentionBias);
         _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
-        _oProj = w.Get($"{p}.o_proj.weight");
+        _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
         using (NewDisposeScope())
         {
@@ -85,12 +87,12 @@ public sealed class MlaAttention : IDisposable
     {
         long n = x.shape[0];
         var q = _qProj is not null
-            ? linear(x, _qProj)
-            : linear(_qANorm!.Forward(linear(x, _qAProj!, _qABias)), _qBProj!);
+            ? _qProj.Forward(x)
+            : _qBProj!.Forward(_qANorm!.Forward(_qAProj!.Forward(x, _qABias)));
         q = q.view(n, _heads, _nope + _rope);                          // [N, H, nope+rope]
         var qNope = q.narrow(2, 0, _nope);
         var qRope = rope.Apply(q.narrow(2, _nope, _rope), cos, sin);
-        var compressed = linear(x, _kvAProj, _kvABias);                  // [N, kv_lora_rank + rope]
+        var compressed = _kvAProj.Forward(x, _kvABias);                  // [N, kv_lora_rank + rope]
         var cKV = _kvANorm.Forward(compressed.narrow(1, 0, _kvLoraRank));
         var kRope = rope.Apply(compressed.narrow(1, _kvLoraRank, _rope), cos, sin);
         return (qNope, qRope, cat([cKV, kRope], 1));
@@ -172,11 +174,13 @@ public sealed class MlaAttention : IDisposable
     }
 
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
-    public Tensor Output(Tensor attention) => linear(attention, _oProj, _oBias);
+    public Tensor Output(Tensor attention) => _oProj.Forward(attention, _oBias);
 
     public void Dispose()
     {
-        foreach (var t in new[] { _qProj, _qAProj, _qABias, _qBProj, _kvAProj, _kvABias, _kvBProj, _wUK, _wUVt, _oProj, _oBias })
+        foreach (var p in new[] { _qProj, _qAProj, _qBProj, _kvAProj, _oProj })
+            p?.Dispose();
+        foreach (var t in new[] { _qABias, _kvABias, _kvBProj, _wUK, _wUVt, _oBias })
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();
