@@ -18,6 +18,8 @@ public sealed record ModelLoadOptions
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
+    /// <summary>How latent-cache rows are stored (<c>--kv-cache-dtype</c>): the compute dtype, or 8 bits with per-token scales.</summary>
+    public KvCacheDtype KvCacheDtype { get; init; } = KvCacheDtype.Auto;
     public int CacheBlockSize { get; init; } = 16;
     public int CacheInitialBlocks { get; init; } = 64;
     /// <summary>The latent-cache budget of this host in bytes (rounded down to whole blocks); null derives it from
@@ -87,8 +89,9 @@ public sealed class DeepseekV2Model : IDisposable
             // Every weight is resident now: what is left of the host's share is the cache's.
             CacheBudgetBytes = CacheBudget.Resolve(options.CacheMaxBytes, options.MemoryUtilization, out var reason);
             CacheBudgetReason = reason;
+            var codec = options.KvCacheDtype == KvCacheDtype.Auto ? null : new LatentRowCodec(options.KvCacheDtype, config.LatentDim, config.KvLoraRank);
             Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
-                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize));
+                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, codec), codec);
         }
     }
 

@@ -102,6 +102,14 @@ public sealed class Experts : IDisposable
         return output;
     }
 
+    /// <summary>Routed expert <paramref name="expert"/> (a global index inside <see cref="Range"/>) of MoE layer <paramref name="layer"/>.</summary>
+    public SwiGluMlp Expert(int layer, int expert) =>
+        _byLayer.TryGetValue(layer, out var experts) && Range.Contains(expert) ? experts[expert - Range.First]
+            : throw new ArgumentException($"expert {expert} of layer {layer} is not in this group ({Range})");
+
+    /// <summary>Bytes of the group's expert weights.</summary>
+    public long Bytes => _byLayer.Values.SelectMany(e => e).Sum(e => e.Bytes);
+
     public void Dispose()
     {
         foreach (var experts in _byLayer.Values)

@@ -72,11 +72,12 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "mla", "routing", "structured", "grid", "serving", "recovery"];
+        public static readonly string[] Names = ["kernel", "quant", "mla", "routing", "structured", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
             "kernel" => OnOwnThread(() => KernelBench.Run(c)),
+            "quant" => OnOwnThread(() => QuantBench.Run(c)),
             "mla" => OnOwnThread(() => MlaBench.Run(c)),
             "routing" => OnOwnThread(() => RoutingBench.Run(c)),
             "structured" => Task.Run(() => StructuredBench.Run(c)),
