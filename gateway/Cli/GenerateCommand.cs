@@ -66,7 +66,7 @@ public static class GenerateCommand
             catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
             await using var executor = await EngineFactory.CreateExecutorAsync(options.Model.Engine, dir, options.Model.Dtype,
-                options.Cluster, CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct, options.Silo);
+                options.Cluster, CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct, options.Silo, options.Model.Quantization);
             var vocab = executor.Config.VocabSize;
             int badAt = Array.FindIndex(promptTokens, t => t < 0 || t >= vocab);
             if (badAt >= 0)

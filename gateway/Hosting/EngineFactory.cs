@@ -24,7 +24,7 @@ public static class EngineFactory
     /// <summary>Loads the whole model into this process on a new inference thread.</summary>
     /// <param name="cache">Latent cache block size and budget (Grid:Silo:CacheBlockSize, CacheMaxBytes); defaults when null.</param>
     public static async Task<LocalStepExecutor> LoadLocalAsync(string directory, ScalarType dtype, Action<LoadProgress>? progress, CancellationToken cancellationToken,
-        SiloOptions? cache = null)
+        SiloOptions? cache = null, string? quantization = null)
     {
         cache ??= new SiloOptions();
         var thread = new InferenceThread();
@@ -33,7 +33,10 @@ public static class EngineFactory
             var model = await thread.RunAsync(() => DeepseekV2Model.Load(directory,
                 new ModelLoadOptions
                 {
-                    Dtype = dtype, CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes, MemoryUtilization = cache.MemoryUtilization,
+                    Dtype = dtype,
+                    Quantization = string.IsNullOrEmpty(quantization) ? null : Grid.ModelCore.Kernels.WeightQuantizationNames.Parse(quantization),
+                    KvCacheDtype = Grid.ModelCore.Cache.KvCacheDtypeNames.Parse(cache.KvCacheDtype),
+                    CacheBlockSize = cache.CacheBlockSize, CacheMaxBytes = cache.CacheMaxBytes, MemoryUtilization = cache.MemoryUtilization,
                     PrefixCaching = cache.PrefixCaching,
                 },
                 progress is null ? null : new DecileProgress(progress)), cancellationToken);
@@ -52,15 +55,15 @@ public static class EngineFactory
     /// </summary>
     public static async Task<IStepExecutor> CreateExecutorAsync(string engine, string directory, string dtype,
         GridClusterOptions cluster, Microsoft.Extensions.Logging.ILoggerFactory? loggers,
-        Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken, SiloOptions? silo = null)
+        Action<LoadProgress>? progress, Action<string>? status, CancellationToken cancellationToken, SiloOptions? silo = null, string? quantization = null)
     {
         switch (engine.ToLowerInvariant())
         {
             case "local":
-                return await LoadLocalAsync(directory, DtypeNames.Parse(dtype), progress, cancellationToken, silo);
+                return await LoadLocalAsync(directory, DtypeNames.Parse(dtype), progress, cancellationToken, silo, quantization);
             case "grid":
                 DtypeNames.Parse(dtype);
-                return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken, silo));
+                return new OwnedGridExecutor(await GridConnection.StartAsync(directory, dtype, cluster, loggers, status, cancellationToken, silo, quantization));
             default:
                 throw new ArgumentException($"engine: '{engine}' is not supported (grid, local)");
         }

@@ -34,7 +34,7 @@ public sealed class GridConnection : IAsyncDisposable
 
     /// <summary>Starts the embedded silo or connects to the cluster, then waits until every shard and group reports its weights loaded.</summary>
     public static async Task<GridConnection> StartAsync(string modelPath, string dtype, GridClusterOptions cluster, ILoggerFactory? loggerFactory,
-        Action<string>? status, CancellationToken cancellationToken, SiloOptions? embeddedSilo = null)
+        Action<string>? status, CancellationToken cancellationToken, SiloOptions? embeddedSilo = null, string? quantization = null)
     {
         var config = ModelConfig.Load(Path.Combine(modelPath, "config.json"));
         if (cluster.IsEmbedded)
@@ -52,11 +52,12 @@ public sealed class GridConnection : IAsyncDisposable
             var cache = embeddedSilo ?? new SiloOptions();
             var silo = new GridOptions
             {
-                Model = new ModelOptions { Path = modelPath, Dtype = dtype },
+                Model = new ModelOptions { Path = modelPath, Dtype = dtype, Quantization = quantization },
                 Cluster = cluster,
                 Silo = new SiloOptions
                 {
                     CacheBlockSize = cache.CacheBlockSize,
+                    KvCacheDtype = cache.KvCacheDtype,
                     CacheMaxBytes = cache.CacheMaxBytes,
                     MemoryUtilization = cache.MemoryUtilization,
                     TorchThreads = cache.TorchThreads,

@@ -125,7 +125,7 @@ public sealed class ServingEngine : IHostedService, IAsyncDisposable
         {
             _logger.LogInformation("loading weights: {Done}/{Total} tensors, {MiBDone}/{MiBTotal} MiB",
                 p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20, p.BytesTotal >> 20);
-        }, status => _logger.LogInformation("{Status}", status), cancellationToken, _options.Silo);
+        }, status => _logger.LogInformation("{Status}", status), cancellationToken, _options.Silo, _options.Model.Quantization);
     }
 
     /// <summary>Queries the executor for cache occupancy and keeps the newest answer (never blocks the caller).</summary>

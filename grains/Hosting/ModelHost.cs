@@ -90,6 +90,8 @@ public sealed class ModelHost : IHostedService, IDisposable
                 var model = await Thread.RunAsync(() => DeepseekV2Model.Load(ModelPath, new ModelLoadOptions
                 {
                     Dtype = Dtype,
+                    Quantization = string.IsNullOrEmpty(_grid.Model.Quantization) ? null : Grid.ModelCore.Kernels.WeightQuantizationNames.Parse(_grid.Model.Quantization),
+                    KvCacheDtype = Grid.ModelCore.Cache.KvCacheDtypeNames.Parse(_options.KvCacheDtype),
                     LoadAttention = _options.Attention,
                     ExpertRanges = ranges,
                     CacheBlockSize = _options.CacheBlockSize,

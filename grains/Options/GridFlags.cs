@@ -46,6 +46,7 @@ public static class GridFlags
     [
         new("--model", "Grid:Model:Path", Everywhere, "Checkpoint folder (Hugging Face layout); grid: default the built-in tiny model"),
         new("--dtype", "Grid:Model:Dtype", Everywhere, "Compute dtype: float32 (default), bfloat16, float16"),
+        new("--quantization", "Grid:Model:Quantization", Everywhere, "Linear weights in 8 bits: int8 or fp8 (block scales), none (compute dtype); default: the checkpoint's (fp8 for an FP8 checkpoint)"),
         new("--engine", "Grid:Model:Engine", Gateway, "grid (default: the embedded grid, or the cluster Grid:Cluster configures) or local (model-core in process)"),
         new("--max-model-len", "Grid:Model:MaxModelLen", Gateway, "Cap on the context length (0 = the checkpoint's)"),
         new("--served-model-name", "Grid:Model:ServedName", Gateway, "Model names in the API, e.g. --served-model-name a b (all accepted, the first reported; default: grid-tiny or the folder's name)") { ManyValues = true },
@@ -84,6 +85,7 @@ public static class GridFlags
         new("--torch-threads", "Grid:Silo:TorchThreads", GridExecutable.Silo, "Torch intra-op threads (0 = torch default)"),
         new("--metrics-port", "Grid:Silo:MetricsPort", GridExecutable.Silo, "Prometheus metrics port (0 = off)"),
         new("--block-size", "Grid:Silo:CacheBlockSize", Everywhere, "Latent cache block (page) size in tokens"),
+        new("--kv-cache-dtype", "Grid:Silo:KvCacheDtype", Everywhere, "Latent-cache rows: auto (compute dtype), int8 or fp8 (8 bits with per-token scales)"),
         new("--cache-max-bytes", "Grid:Silo:CacheMaxBytes", Everywhere, "Latent-cache budget of an attention host in bytes (the planner admits and preempts against it); default: from --memory-utilization"),
         new("--enable-prefix-caching", "Grid:Silo:PrefixCaching", Everywhere, "Automatic prefix caching: share latent-cache blocks between requests with a common prefix (default on; off: --no-enable-prefix-caching)")
             { Negation = "--no-enable-prefix-caching" },

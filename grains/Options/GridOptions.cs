@@ -30,6 +30,13 @@ public sealed class ModelOptions
     public string? Path { get; set; }
     /// <summary>Compute dtype: float32, bfloat16, float16.</summary>
     public string Dtype { get; set; } = "float32";
+    /// <summary>
+    /// How linear weights (routed and shared experts, dense MLPs, attention projections) are stored, vLLM's
+    /// <c>--quantization</c>: "int8" or "fp8" (8 bits with block scales, computed on directly by the decode kernels),
+    /// "none" (the compute dtype; an FP8 checkpoint is dequantized). Unset: the checkpoint's own (fp8 for an FP8
+    /// checkpoint, none otherwise).
+    /// </summary>
+    public string? Quantization { get; set; }
     /// <summary>"grid" (default: the Orleans grid, embedded or clustered) or "local" (model-core in process, no Orleans).</summary>
     public string Engine { get; set; } = "grid";
     /// <summary>Caps the context length below the checkpoint's max_position_embeddings (0 = no cap).</summary>
@@ -120,6 +127,9 @@ public sealed class SiloOptions
     public bool Elastic { get; set; }
     /// <summary>Where this silo's tensors live: "cpu", or "cuda:N" in a CUDA build (TorchSharp-cuda-linux).</summary>
     public string Device { get; set; } = "cpu";
+    /// <summary>How latent-cache rows are stored, vLLM's <c>--kv-cache-dtype</c>: "auto" (the compute dtype), "int8" or "fp8"
+    /// (8-bit codes with per-token scales).</summary>
+    public string KvCacheDtype { get; set; } = "auto";
     /// <summary>Latent cache block size in tokens.</summary>
     public int CacheBlockSize { get; set; } = 16;
     /// <summary>Latent-cache budget of this silo's attention shards in bytes (whole blocks); the planner admits and preempts

@@ -40,6 +40,8 @@ sealed class ModelOptionsValidator : GridValidator
         catch (ArgumentException) { fail($"Grid:Model:Dtype: '{m.Dtype}' is not supported (float32, bfloat16, float16)", null); }
         if (!Engines.Contains(m.Engine ?? "", StringComparer.OrdinalIgnoreCase))
             fail($"Grid:Model:Engine: '{m.Engine}' is not supported (grid, local)", null);
+        try { Grid.ModelCore.Kernels.WeightQuantizationNames.Parse(m.Quantization); }
+        catch (ArgumentException) { fail($"{GridFlags.Describe("Grid:Model:Quantization")}: '{m.Quantization}' is not supported (none, int8, fp8)", null); }
         if (m.MaxModelLen < 0) fail($"Grid:Model:MaxModelLen must not be negative, got {m.MaxModelLen}", null);
     }
 }
@@ -125,6 +127,8 @@ sealed class CacheOptionsValidator : GridValidator
     protected override void Check(GridOptions o, Action<string, string?> fail)
     {
         AtLeast(fail, "Grid:Silo:CacheBlockSize", o.Silo.CacheBlockSize, 1);
+        try { Grid.ModelCore.Cache.KvCacheDtypeNames.Parse(o.Silo.KvCacheDtype); }
+        catch (ArgumentException) { fail($"{GridFlags.Describe("Grid:Silo:KvCacheDtype")}: '{o.Silo.KvCacheDtype}' is not supported (auto, int8, fp8)", null); }
         if (o.Silo.CacheMaxBytes is long bytes) AtLeast(fail, "Grid:Silo:CacheMaxBytes", bytes, 1 << 20);
         if (!(o.Silo.MemoryUtilization > 0 && o.Silo.MemoryUtilization <= 1))
             fail($"{GridFlags.Describe("Grid:Silo:MemoryUtilization")} must be a fraction in (0, 1], got {o.Silo.MemoryUtilization}", null);

@@ -84,14 +84,23 @@ public sealed class LatentCache : IDisposable
     public int LatentDim { get; }
     public int ElementSize { get; }
 
+    /// <summary>The 8-bit row form, or null when rows hold latents in the compute dtype.</summary>
+    public LatentRowCodec? Codec { get; }
+
+    /// <summary>Bytes of one token's row in one layer: latentDim * element size, or the codec's row (codes + scales).</summary>
+    public int RowBytes => Codec?.RowBytes ?? LatentDim * ElementSize;
+
     /// <summary>Bytes one block holds across all layers.</summary>
-    public long BytesPerBlock => (long)BlockSize * LatentDim * _numLayers * ElementSize;
+    public long BytesPerBlock => (long)BlockSize * RowBytes * _numLayers;
 
-    /// <summary>Bytes one cached token takes across all layers: (kv_lora_rank + qk_rope_head_dim) * layers * element size.</summary>
-    public long BytesPerToken => (long)LatentDim * _numLayers * ElementSize;
+    /// <summary>Bytes one cached token takes across all layers: (kv_lora_rank + qk_rope_head_dim) * layers * element size
+    /// (8-bit rows: (kv_lora_rank + qk_rope_head_dim + 8) * layers).</summary>
+    public long BytesPerToken => (long)RowBytes * _numLayers;
 
-    public LatentCache(int numLayers, int latentDim, ScalarType dtype, int blockSize = 16, int initialBlocks = 64, int maxBlocks = int.MaxValue)
+    public LatentCache(int numLayers, int latentDim, ScalarType dtype, int blockSize = 16, int initialBlocks = 64, int maxBlocks = int.MaxValue, LatentRowCodec? codec = null)
     {
+        if (codec is not null && codec.LatentDim != latentDim) throw new ArgumentException("the codec's row does not match the latent dimension", nameof(codec));
+        Codec = codec;
         if (blockSize < 1) throw new ArgumentOutOfRangeException(nameof(blockSize));
         if (maxBlocks < 1) throw new ArgumentOutOfRangeException(nameof(maxBlocks), "the latent cache needs at least one block");
         MaxBlocks = maxBlocks;
@@ -102,7 +111,7 @@ public sealed class LatentCache : IDisposable
         ElementSize = TensorBytes.ElementSize(dtype);
         _pools = new Tensor[numLayers];
         using (NewDisposeScope())
-            for (int l = 0; l < numLayers; l++) _pools[l] = zeros(0, latentDim, dtype).DetachFromDisposeScope();
+            for (int l = 0; l < numLayers; l++) _pools[l] = zeros(0, PoolWidth, PoolDtype).DetachFromDisposeScope();
         InitialBlocks = Math.Clamp(initialBlocks, 1, maxBlocks);
         Grow(InitialBlocks);
     }
@@ -123,9 +132,9 @@ public sealed class LatentCache : IDisposable
     public int MaxBlocks { get; }
 
     /// <summary>Blocks of <see cref="BlockSize"/> tokens that fit in <paramref name="bytes"/> for a model of this shape.</summary>
-    public static int BlocksFor(long bytes, int numLayers, int latentDim, ScalarType dtype, int blockSize)
+    public static int BlocksFor(long bytes, int numLayers, int latentDim, ScalarType dtype, int blockSize, LatentRowCodec? codec = null)
     {
-        long perBlock = (long)blockSize * latentDim * numLayers * TensorBytes.ElementSize(dtype);
+        long perBlock = (long)blockSize * (codec?.RowBytes ?? latentDim * TensorBytes.ElementSize(dtype)) * numLayers;
         return (int)Math.Clamp(bytes / perBlock, 1, int.MaxValue);
     }
 
@@ -459,10 +468,15 @@ public sealed class LatentCache : IDisposable
     }
 
     /// <summary>Writes latents [n, latentDim] into layer <paramref name="layer"/> at <paramref name="rows"/> [n].</summary>
-    public void Write(int layer, Tensor rows, Tensor latents) => _pools[layer].index_copy_(0, rows, latents.to(_dtype));
+    public void Write(int layer, Tensor rows, Tensor latents) =>
+        _pools[layer].index_copy_(0, rows, Codec is null ? latents.to(_dtype) : Codec.Encode(latents));
 
-    /// <summary>Reads rows [n] of layer <paramref name="layer"/> -> [n, latentDim].</summary>
-    public Tensor Read(int layer, Tensor rows) => _pools[layer].index_select(0, rows);
+    /// <summary>Reads rows [n] of layer <paramref name="layer"/> -> [n, latentDim] in the compute dtype (8-bit rows decoded).</summary>
+    public Tensor Read(int layer, Tensor rows) =>
+        Codec is null ? _pools[layer].index_select(0, rows) : Codec.Decode(_pools[layer].index_select(0, rows), _dtype);
+
+    long PoolWidth => Codec?.RowBytes ?? LatentDim;
+    ScalarType PoolDtype => Codec is null ? _dtype : ScalarType.Byte;
 
     void Grow(int extraBlocks)
     {
@@ -470,7 +484,7 @@ public sealed class LatentCache : IDisposable
         using (NewDisposeScope())
             for (int l = 0; l < _numLayers; l++)
             {
-                var grown = zeros((long)newCapacity * BlockSize, LatentDim, _dtype);
+                var grown = zeros((long)newCapacity * BlockSize, PoolWidth, PoolDtype);
                 if (_capacityBlocks > 0) grown.narrow(0, 0, (long)_capacityBlocks * BlockSize).copy_(_pools[l]);
                 _pools[l].Dispose();
                 _pools[l] = grown.DetachFromDisposeScope();

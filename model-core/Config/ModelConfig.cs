@@ -52,6 +52,9 @@ public sealed record ModelConfig
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
     public string TorchDtype { get; init; } = "float32";
+    /// <summary>Whether the checkpoint ships FP8 E4M3 linear weights with 128x128 <c>weight_scale_inv</c> blocks
+    /// (<c>quantization_config: {quant_method: fp8, fmt: e4m3, weight_block_size: [128, 128]}</c>).</summary>
+    public bool Fp8Checkpoint { get; init; }
 
     public int QHeadDim => QkNopeHeadDim + QkRopeHeadDim;
 
@@ -116,6 +119,7 @@ public sealed record ModelConfig
             BosTokenId = NullableInt(o, "bos_token_id"),
             EosTokenId = NullableInt(o, "eos_token_id"),
             TorchDtype = Str(o, "torch_dtype", "float32")!,
+            Fp8Checkpoint = ParseQuantizationConfig(o),
         };
         cfg.Validate();
         return cfg;
@@ -150,6 +154,31 @@ public sealed record ModelConfig
             throw new ModelConfigException($"num_key_value_heads: {NumKeyValueHeads} must equal num_attention_heads ({NumAttentionHeads}) for MLA");
         if (RopeScaling is { } rs && rs.Type is not ("yarn" or "linear"))
             throw new ModelConfigException($"rope_scaling.type: '{rs.Type}' is not supported (expected 'yarn' or 'linear')");
+    }
+
+    /// <summary>
+    /// quantization_config: absent/null, or DeepSeek-V3's FP8 layout (quant_method fp8, fmt e4m3, weight_block_size
+    /// [128, 128], activation_scheme dynamic or absent). Everything else is refused by name: other methods (awq, gptq,
+    /// bitsandbytes, ...) store weights differently, and a static activation scheme needs input scales Grid does not apply.
+    /// </summary>
+    static bool ParseQuantizationConfig(JsonObject o)
+    {
+        if (!o.TryGetPropertyValue("quantization_config", out var n) || n is null) return false;
+        if (n is not JsonObject q) throw new ModelConfigException("quantization_config: expected an object or null");
+        const string Supported = "supported: quant_method 'fp8' with fmt 'e4m3', weight_block_size [128, 128], activation_scheme 'dynamic'";
+        var method = Str(q, "quant_method", null);
+        if (method != "fp8") throw new ModelConfigException($"quantization_config.quant_method: '{method}' is not supported ({Supported})");
+        var fmt = Str(q, "fmt", "e4m3");
+        if (fmt != "e4m3") throw new ModelConfigException($"quantization_config.fmt: '{fmt}' is not supported ({Supported})");
+        var scheme = Str(q, "activation_scheme", "dynamic");
+        if (scheme != "dynamic") throw new ModelConfigException($"quantization_config.activation_scheme: '{scheme}' is not supported ({Supported}); Grid computes activations in the compute dtype");
+        if (q.TryGetPropertyValue("weight_block_size", out var b) && b is not null)
+        {
+            var block = b is JsonArray arr && arr.Count == 2 && arr.All(x => x is JsonValue v && v.TryGetValue<int>(out _)) ? arr.Select(x => x!.GetValue<int>()).ToArray() : null;
+            if (block is not [128, 128]) throw new ModelConfigException($"quantization_config.weight_block_size: {b.ToJsonString()} is not supported ({Supported})");
+        }
+        else throw new ModelConfigException($"quantization_config.weight_block_size: missing ({Supported}; per-tensor FP8 scales are not supported)");
+        return true;
     }
 
     static RopeScaling? ParseRopeScaling(JsonObject o)

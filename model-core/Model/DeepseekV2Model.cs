@@ -12,9 +12,14 @@ namespace Grid.ModelCore.Model;
 public sealed record ModelLoadOptions
 {
     public ScalarType Dtype { get; init; } = ScalarType.Float32;
+    /// <summary>How linear weights are stored (<c>--quantization</c>); null keeps the checkpoint's storage (FP8 for an FP8
+    /// checkpoint, the compute dtype otherwise).</summary>
+    public Kernels.WeightQuantization? Quantization { get; init; }
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
+    /// <summary>How latent-cache rows are stored (<c>--kv-cache-dtype</c>): the compute dtype, or 8 bits with per-token scales.</summary>
+    public KvCacheDtype KvCacheDtype { get; init; } = KvCacheDtype.Auto;
     public int CacheBlockSize { get; init; } = 16;
     public int CacheInitialBlocks { get; init; } = 64;
     /// <summary>Share the latent cache's full blocks between sequences with equal prefixes (<see cref="LatentCache.PrefixCaching"/>; Grid:Silo:PrefixCaching).</summary>
@@ -43,6 +48,8 @@ public sealed class DeepseekV2Model : IDisposable
     /// <summary>The checkpoint folder it was loaded from (null when loaded from a <see cref="Checkpoint"/>): the shard reads its tokenizer's vocabulary from there.</summary>
     public string? SourceDirectory { get; private set; }
     public ScalarType Dtype { get; }
+    /// <summary>The weight storage asked for at load (null: the checkpoint's own).</summary>
+    public Kernels.WeightQuantization? Quantization { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
     /// <summary>The latent-cache budget chosen at load (bytes, before rounding to blocks) and how it was chosen.</summary>
@@ -63,6 +70,7 @@ public sealed class DeepseekV2Model : IDisposable
     {
         Config = config;
         Dtype = options.Dtype;
+        Quantization = options.Quantization;
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
@@ -83,8 +91,9 @@ public sealed class DeepseekV2Model : IDisposable
             // Every weight is resident now: what is left of the host's share is the cache's.
             CacheBudgetBytes = CacheBudget.Resolve(options.CacheMaxBytes, options.MemoryUtilization, out var reason);
             CacheBudgetReason = reason;
+            var codec = options.KvCacheDtype == KvCacheDtype.Auto ? null : new LatentRowCodec(options.KvCacheDtype, config.LatentDim, config.KvLoraRank);
             Cache = new LatentCache(config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, options.CacheInitialBlocks,
-                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize))
+                LatentCache.BlocksFor(CacheBudgetBytes, config.NumHiddenLayers, config.LatentDim, options.Dtype, options.CacheBlockSize, codec), codec)
             { PrefixCaching = options.PrefixCaching };
         }
     }
@@ -106,7 +115,7 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress);
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization };
         return new DeepseekV2Model(config, options, loader, ranges);
     }
 
@@ -132,7 +141,7 @@ public sealed class DeepseekV2Model : IDisposable
         if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
             throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
         using var scope = NewDisposeScope();
-        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress);
+        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization };
         var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them
         _expertGroups = _expertGroups.Append(experts).OrderBy(g => g.Range.First).ToArray();
         _loadedTensors = [.. _loadedTensors, .. loader.Loaded];

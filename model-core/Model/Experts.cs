@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Kernels;
 using Grid.ModelCore.Runtime;
 using Grid.ModelCore.Weights;
 using static TorchSharp.torch;
@@ -74,17 +75,40 @@ public sealed class Experts : IDisposable
                 (tokens[local] ??= new()).Add(t);
                 (weights[local] ??= new()).Add(routing.Weight(t, k));
             }
+        // Experts with few tokens (decode) run together through the C# kernels in one parallel call; the rest
+        // (prefill) as one libtorch gather/matmul/scatter each.
+        bool kernels = SmallBatchMatmul.Enabled && x.dtype == ScalarType.Float32;
+        var small = new List<ExpertWork>();
         for (int local = 0; local < Range.Count; local++)
         {
             if (tokens[local] is not { } rows) continue;
+            var expert = experts[local];
+            if (kernels && rows.Count <= SmallBatchMatmul.MaxRows && expert.GateUp.KernelReady && expert.Down.KernelReady)
+            {
+                small.Add(new ExpertWork(expert.GateUp, expert.Down, rows, weights[local]));
+                continue;
+            }
             var index = tensor(rows.ToArray(), ScalarType.Int64);
             var gathered = x.index_select(0, index);                                 // [n_e, d]
             var scale = tensor(weights[local].ToArray(), [rows.Count, 1]);            // [n_e, 1]
             if (x.dtype != ScalarType.Float32) scale = scale.to(x.dtype);
-            output.index_add_(0, index, experts[local].Forward(gathered) * scale, Scalars.One);
+            output.index_add_(0, index, expert.Forward(gathered) * scale, Scalars.One);
+        }
+        if (small.Count > 0)
+        {
+            var input = x.contiguous();
+            unsafe { GroupedExperts.Run(small, TensorMemory.Pointer<float>(input), (int)x.shape[1], TensorMemory.Pointer<float>(output)); }
         }
         return output;
     }
+
+    /// <summary>Routed expert <paramref name="expert"/> (a global index inside <see cref="Range"/>) of MoE layer <paramref name="layer"/>.</summary>
+    public SwiGluMlp Expert(int layer, int expert) =>
+        _byLayer.TryGetValue(layer, out var experts) && Range.Contains(expert) ? experts[expert - Range.First]
+            : throw new ArgumentException($"expert {expert} of layer {layer} is not in this group ({Range})");
+
+    /// <summary>Bytes of the group's expert weights.</summary>
+    public long Bytes => _byLayer.Values.SelectMany(e => e).Sum(e => e.Bytes);
 
     public void Dispose()
     {

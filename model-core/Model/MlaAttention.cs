@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Kernels;
 using Grid.ModelCore.Runtime;
 using TorchSharp;
 using Grid.ModelCore.Weights;
@@ -34,15 +35,15 @@ public sealed class MlaAttention : IDisposable
     //   q_lora_rank set:  [c_Q (q_lora_rank) | c_KV (kv_lora_rank) | k_rope (rope)], then q_b: [q_nope (H*nope) | q_rope (H*rope)]
     // The checkpoint stores each RoPE block interleaved (x0, y0, x1, y1, ...); its rows are regrouped into halves
     // (x0..x15, y0..y15) here, at load, so the rotation needs no per-step permutation.
-    readonly Tensor _qkvA;                   // [rows above, d]
+    readonly LinearWeight _qkvA;             // [rows above, d]
     readonly Tensor? _qkvABias;              // biases in the same row order (zeros where the checkpoint has none)
     readonly RmsNorm? _qANorm;
-    readonly Tensor? _qBProj;                // [H*(nope+rope), q_lora_rank], rows regrouped as above
+    readonly LinearWeight? _qBProj;          // [H*(nope+rope), q_lora_rank], rows regrouped as above
     readonly RmsNorm _kvANorm;
     readonly Tensor _kvBProj;                // [H*(nope+v), kv_lora_rank]
     readonly Tensor _wUK;                    // [H, nope, kv_lora_rank]   absorbed into queries
     readonly Tensor _wUVt;                   // [H, kv_lora_rank, v]      absorbed into the output
-    readonly Tensor _oProj;                  // [d, H*v]
+    readonly LinearWeight _oProj;                  // [d, H*v]
     readonly Tensor? _oBias;
 
     public MlaAttention(WeightLoader w, int layer, double softmaxScale)
@@ -58,6 +59,9 @@ public sealed class MlaAttention : IDisposable
         _softmaxScale = softmaxScale.ToScalar();
         using (NewDisposeScope())
         {
+            // The fused rows regroup an FP8 checkpoint's 128x128 blocks, so without an explicit --quantization they stay
+            // in the compute dtype; with one they are quantized after fusing.
+            var fusedFormat = w.Quantization ?? WeightQuantization.None;
             var kvA = w.Get($"{p}.kv_a_proj_with_mqa.weight");                 // [kv_lora_rank + rope, d]
             var kvABias = w.GetOptional($"{p}.kv_a_proj_with_mqa.bias", c.AttentionBias);
             var kvC = kvA.narrow(0, 0, _kvLoraRank);
@@ -68,7 +72,7 @@ public sealed class MlaAttention : IDisposable
                 var q = w.Get($"{p}.q_proj.weight").view(_heads, _nope + _rope, -1); // [H, nope+rope, d]
                 var qNope = q.narrow(1, 0, _nope).reshape(_heads * _nope, -1);
                 var qRope = HalvesRows(q.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads);
-                _qkvA = cat([qNope, kvC, qRope, kR], 0).DetachFromDisposeScope();
+                _qkvA = LinearWeight.Create(cat([qNope, kvC, qRope, kR], 0).DetachFromDisposeScope(), fusedFormat);
             }
             else
             {
@@ -76,13 +80,13 @@ public sealed class MlaAttention : IDisposable
                 qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
                 _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
                 var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
-                _qBProj = cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
-                               HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope();
-                _qkvA = cat([qA, kvC, kR], 0).DetachFromDisposeScope();
+                _qBProj = LinearWeight.Create(cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
+                               HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat);
+                _qkvA = LinearWeight.Create(cat([qA, kvC, kR], 0).DetachFromDisposeScope(), fusedFormat);
             }
             if (kvABias is not null || qABias is not null)
             {
-                var dtype = _qkvA.dtype;
+                var dtype = kvA.dtype;
                 long qRows = c.QLoraRank ?? (long)_heads * _nope;
                 var qPart = qABias ?? zeros(qRows, dtype: dtype);
                 var kvBias = kvABias ?? zeros(_kvLoraRank + _rope, dtype: dtype);
@@ -95,7 +99,7 @@ public sealed class MlaAttention : IDisposable
         }
         _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
-        _oProj = w.Get($"{p}.o_proj.weight");
+        _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
         using (NewDisposeScope())
         {
@@ -126,7 +130,7 @@ public sealed class MlaAttention : IDisposable
     public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor cos, Tensor sin, YarnRope rope)
     {
         long n = x.shape[0];
-        var fused = linear(x, _qkvA, _qkvABias);
+        var fused = _qkvA.Forward(x, _qkvABias);
         long qRows = _qLoraRank > 0 ? _qLoraRank : (long)_heads * _nope;
         var cKV = _kvANorm.Forward(fused.narrow(1, qRows, _kvLoraRank));
         Tensor qNope, qRope, kRope;
@@ -140,7 +144,7 @@ public sealed class MlaAttention : IDisposable
         }
         else
         {
-            var q = linear(_qANorm!.Forward(fused.narrow(1, 0, qRows)), _qBProj!);       // [N, H*nope | H*rope]
+            var q = _qBProj!.Forward(_qANorm!.Forward(fused.narrow(1, 0, qRows)));       // [N, H*nope | H*rope]
             qNope = q.narrow(1, 0, (long)_heads * _nope).view(n, _heads, _nope);
             qRope = rope.Apply(q.narrow(1, (long)_heads * _nope, (long)_heads * _rope).view(n, _heads, _rope), cos, sin);
             kRope = rope.Apply(fused.narrow(1, qRows + _kvLoraRank, _rope).view(n, 1, _rope), cos, sin).select(1, 0);
@@ -224,11 +228,13 @@ public sealed class MlaAttention : IDisposable
     }
 
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
-    public Tensor Output(Tensor attention) => linear(attention, _oProj, _oBias);
+    public Tensor Output(Tensor attention) => _oProj.Forward(attention, _oBias);
 
     public void Dispose()
     {
-        foreach (var t in new[] { _qkvA, _qkvABias, _qBProj, _kvBProj, _wUK, _wUVt, _oProj, _oBias })
+        foreach (var p in new[] { _qkvA, _qBProj, _oProj })
+            p?.Dispose();
+        foreach (var t in new[] { _qkvABias, _kvBProj, _wUK, _wUVt, _oBias })
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();

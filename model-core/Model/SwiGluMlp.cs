@@ -1,3 +1,4 @@
+using Grid.ModelCore.Kernels;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
 
@@ -5,34 +6,36 @@ namespace Grid.ModelCore.Model;
 
 /// <summary>
 /// The feed-forward block used by dense layers, shared experts and every routed expert:
-/// down(silu(gate(x)) * up(x)). gate and up are fused into one [2*inter, d] matrix at load.
+/// down(silu(gate(x)) * up(x)). gate and up are stacked into one [2*inter, d] weight at load; the weights may be
+/// 8-bit (<see cref="LinearWeight"/>).
 /// </summary>
 public sealed class SwiGluMlp : IDisposable
 {
-    readonly Tensor _gateUp;   // [2*inter, d]
-    readonly Tensor _down;     // [d, inter]
+    public LinearWeight GateUp { get; }   // [2*inter, d]
+    public LinearWeight Down { get; }     // [d, inter]
 
-    public SwiGluMlp(Tensor gate, Tensor up, Tensor down)
+    public SwiGluMlp(LinearWeight gateUp, LinearWeight down)
     {
-        using (NewDisposeScope()) _gateUp = cat([gate, up], 0).DetachFromDisposeScope();
-        gate.Dispose();
-        up.Dispose();
-        _down = down;
+        GateUp = gateUp;
+        Down = down;
     }
 
     public static SwiGluMlp Load(Weights.WeightLoader w, string prefix) =>
-        new(w.Get($"{prefix}.gate_proj.weight"), w.Get($"{prefix}.up_proj.weight"), w.Get($"{prefix}.down_proj.weight"));
+        new(LinearWeight.StackRows(w.GetLinear($"{prefix}.gate_proj.weight"), w.GetLinear($"{prefix}.up_proj.weight")), w.GetLinear($"{prefix}.down_proj.weight"));
+
+    /// <summary>Bytes of its weights.</summary>
+    public long Bytes => GateUp.Bytes + Down.Bytes;
 
     /// <summary>x [N, d] -> [N, d].</summary>
     public Tensor Forward(Tensor x)
     {
-        var gateUp = linear(x, _gateUp).chunk(2, -1);   // 2 x [N, inter]
-        return linear(silu(gateUp[0]) * gateUp[1], _down);
+        var gateUp = GateUp.Forward(x).chunk(2, -1);   // 2 x [N, inter]
+        return Down.Forward(silu(gateUp[0]) * gateUp[1]);
     }
 
     public void Dispose()
     {
-        _gateUp.Dispose();
-        _down.Dispose();
+        GateUp.Dispose();
+        Down.Dispose();
     }
 }

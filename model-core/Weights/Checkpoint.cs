@@ -80,6 +80,13 @@ public sealed class Checkpoint : IDisposable
             throw new CheckpointException($"tensor '{name}' not found in checkpoint {Directory} (expected shape [{string.Join(", ", expectedShape)}])");
         if (!entry.Shape.SequenceEqual(expectedShape))
             throw new CheckpointException($"tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] in the checkpoint but the config expects [{string.Join(", ", expectedShape)}]");
+        if (entry.Dtype == StorageDtype.F8_E4M3)
+        {
+            using var fp8 = LoadFp8(name, expectedShape);
+            using var dequantScope = NewDisposeScope();
+            var values = fp8.Dequantize();
+            return (dtype == ScalarType.Float32 ? values : values.to(dtype)).DetachFromDisposeScope();
+        }
         var source = entry.Dtype switch
         {
             StorageDtype.F32 => ScalarType.Float32,
@@ -91,6 +98,40 @@ public sealed class Checkpoint : IDisposable
         _files[entry.File].Bytes(entry).CopyTo(raw.bytes);
         var result = source == dtype ? raw : raw.to(dtype);
         return result.DetachFromDisposeScope();
+    }
+
+    /// <summary>The name of the block-scale tensor of an FP8 weight (DeepSeek-V3: <c>&lt;name&gt;_scale_inv</c>).</summary>
+    public static string ScaleName(string weightName) => weightName + "_scale_inv";
+
+    /// <summary>Whether tensor <paramref name="name"/> is stored as FP8 E4M3.</summary>
+    public bool IsFp8(string name) => _entries.TryGetValue(name, out var e) && e.Dtype == StorageDtype.F8_E4M3;
+
+    /// <summary>
+    /// An FP8 E4M3 weight with its float32 block scales <c>&lt;name&gt;_scale_inv</c> [ceil(rows/128), ceil(cols/128)], as is
+    /// (codes and scales copied, nothing dequantized).
+    /// </summary>
+    public Kernels.QuantizedMatrix LoadFp8(string name, long[] expectedShape)
+    {
+        if (!_entries.TryGetValue(name, out var entry))
+            throw new CheckpointException($"tensor '{name}' not found in checkpoint {Directory} (expected shape [{string.Join(", ", expectedShape)}])");
+        if (!entry.Shape.SequenceEqual(expectedShape))
+            throw new CheckpointException($"tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] in the checkpoint but the config expects [{string.Join(", ", expectedShape)}]");
+        if (entry.Dtype != StorageDtype.F8_E4M3 || entry.Shape.Length != 2)
+            throw new CheckpointException($"tensor '{name}' is not an FP8 E4M3 matrix");
+        var scaleName = ScaleName(name);
+        if (!_entries.TryGetValue(scaleName, out var scales))
+            throw new CheckpointException($"FP8 tensor '{name}' has no block scales '{scaleName}' in checkpoint {Directory}");
+        int rows = (int)entry.Shape[0], cols = (int)entry.Shape[1];
+        long[] scaleShape = [(rows + 127) / 128, (cols + 127) / 128];
+        if (scales.Dtype != StorageDtype.F32 || !scales.Shape.SequenceEqual(scaleShape))
+            throw new CheckpointException($"'{scaleName}' is {scales.Dtype} [{string.Join(", ", scales.Shape)}]; an FP8 weight [{rows}, {cols}] with 128x128 blocks needs F32 [{scaleShape[0]}, {scaleShape[1]}]");
+        var codes = _files[entry.File].Bytes(entry);
+        foreach (var c in codes)
+            if (Kernels.Fp8E4M3.IsNaN(c)) throw new CheckpointException($"FP8 tensor '{name}' holds a NaN code");
+        var scaleValues = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_files[scales.File].Bytes(scales));
+        foreach (var v in scaleValues)
+            if (!float.IsFinite(v) || v < 0) throw new CheckpointException($"'{scaleName}' holds a scale that is negative or not finite ({v})");
+        return Kernels.QuantizedMatrix.FromFp8Blocks(codes, rows, cols, scaleValues);
     }
 
     public void Dispose()

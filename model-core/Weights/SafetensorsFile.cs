@@ -4,14 +4,14 @@ using System.Text.Json.Nodes;
 
 namespace Grid.ModelCore.Weights;
 
-/// <summary>The storage dtypes Grid reads and writes.</summary>
-public enum StorageDtype { F32, F16, BF16 }
+/// <summary>The storage dtypes Grid reads and writes (F8_E4M3: FP8 linear weights with block scales, as DeepSeek-V3 ships them).</summary>
+public enum StorageDtype { F32, F16, BF16, F8_E4M3 }
 
 /// <summary>Where one tensor lives in a safetensors file.</summary>
 public sealed record TensorEntry(string Name, StorageDtype Dtype, long[] Shape, long Begin, long End, string File)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
-    public static int ElementSize(StorageDtype d) => d == StorageDtype.F32 ? 4 : 2;
+    public static int ElementSize(StorageDtype d) => d switch { StorageDtype.F32 => 4, StorageDtype.F8_E4M3 => 1, _ => 2 };
 }
 
 /// <summary>
@@ -65,7 +65,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
                 "F32" => StorageDtype.F32,
                 "F16" => StorageDtype.F16,
                 "BF16" => StorageDtype.BF16,
-                _ => throw new CheckpointException($"{Path}: tensor '{name}' has dtype {dtypeText}; supported: F32, F16, BF16"),
+                "F8_E4M3" => StorageDtype.F8_E4M3,
+                _ => throw new CheckpointException($"{Path}: tensor '{name}' has dtype {dtypeText}; supported: F32, F16, BF16, F8_E4M3 (with weight_scale_inv)"),
             };
             var shape = (t["shape"] as JsonArray ?? throw new CheckpointException($"{Path}: tensor '{name}' has no shape"))
                 .Select(x => x!.GetValue<long>()).ToArray();

@@ -12,6 +12,9 @@ namespace Grid.ModelCore.Weights;
 /// <summary>A tensor to write: its name, shape and a function that produces its float values when written.</summary>
 public sealed record TensorData(string Name, long[] Shape, Func<float[]> Produce)
 {
+    /// <summary>Stores this tensor in another dtype than the file's (F8_E4M3 values are rounded to the nearest code).</summary>
+    public StorageDtype? Dtype { get; init; }
+
     public long Elements => Shape.Aggregate(1L, (a, b) => a * b);
 }
 
@@ -55,13 +58,13 @@ public static class SafetensorsWriter
     {
         var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
         long offset = 0;
-        int size = TensorEntry.ElementSize(dtype);
-        foreach (var (name, shape, _) in tensors)
+        foreach (var t in tensors)
         {
-            long bytes = shape.Aggregate(1L, (a, b) => a * b) * size;
+            var (name, shape, _) = t;
+            long bytes = shape.Aggregate(1L, (a, b) => a * b) * TensorEntry.ElementSize(t.Dtype ?? dtype);
             header[name] = new JsonObject
             {
-                ["dtype"] = dtype.ToString(),
+                ["dtype"] = (t.Dtype ?? dtype).ToString(),
                 ["shape"] = new JsonArray(shape.Select(x => (JsonNode)x).ToArray()),
                 ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
@@ -78,12 +81,14 @@ public static class SafetensorsWriter
         foreach (var t in tensors)
         {
             var data = t.Produce();
+            var tensorDtype = t.Dtype ?? dtype;
+            int size = TensorEntry.ElementSize(tensorDtype);
             if (data.LongLength != t.Elements) throw new InvalidOperationException($"tensor '{t.Name}' produced {data.LongLength} values for shape [{string.Join(", ", t.Shape)}]");
             int perChunk = buffer.Length / size;
             for (int i = 0; i < data.Length; i += perChunk)
             {
                 int n = Math.Min(perChunk, data.Length - i);
-                for (int j = 0; j < n; j++) Encode(data[i + j], dtype, buffer, j * size);
+                for (int j = 0; j < n; j++) Encode(data[i + j], tensorDtype, buffer, j * size);
                 w.Write(buffer, 0, n * size);
             }
         }
@@ -95,6 +100,9 @@ public static class SafetensorsWriter
         {
             case StorageDtype.F32:
                 BitConverter.TryWriteBytes(buffer.AsSpan(at, 4), value);
+                break;
+            case StorageDtype.F8_E4M3:
+                buffer[at] = Kernels.Fp8E4M3.Encode(value);
                 break;
             case StorageDtype.F16:
                 BitConverter.TryWriteBytes(buffer.AsSpan(at, 2), (Half)value);

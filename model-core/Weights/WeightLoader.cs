@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Kernels;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Weights;
@@ -18,6 +19,10 @@ public sealed class WeightLoader
     long _bytesDone;
 
     public ScalarType Dtype { get; }
+
+    /// <summary>How linear weights loaded through <see cref="GetLinear"/> are stored; null keeps the checkpoint's own
+    /// storage (FP8 for an FP8 checkpoint, the compute dtype otherwise).</summary>
+    public WeightQuantization? Quantization { get; init; }
     public ModelConfig Config { get; }
 
     /// <summary>Names of the tensors loaded so far, in order.</summary>
@@ -39,11 +44,33 @@ public sealed class WeightLoader
     {
         var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");
         var tensor = _checkpoint.Load(name, spec.Shape, Dtype);
+        Count(name, spec);
+        return tensor;
+    }
+
+    void Count(string name, TensorSpec spec)
+    {
         Loaded.Add(name);
         _done++;
         _bytesDone += spec.Shape.Aggregate(1L, (a, b) => a * b) * 4;
         _progress?.Report(new LoadProgress(_done, _total, _bytesDone, _totalBytes, name));
-        return tensor;
+    }
+
+    /// <summary>
+    /// A linear weight in the storage <see cref="Quantization"/> asks for, quantized as it is loaded (the float tensor is
+    /// freed at once). An FP8 checkpoint's weight is taken as is when FP8 is wanted, dequantized otherwise.
+    /// </summary>
+    public LinearWeight GetLinear(string name)
+    {
+        var wanted = Quantization ?? (_checkpoint.IsFp8(name) ? WeightQuantization.Fp8 : WeightQuantization.None);
+        if (wanted == WeightQuantization.Fp8 && _checkpoint.IsFp8(name))
+        {
+            var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");
+            var matrix = _checkpoint.LoadFp8(name, spec.Shape);
+            Count(name, spec);
+            return LinearWeight.FromQuantized(matrix);
+        }
+        return LinearWeight.Create(Get(name), wanted);
     }
 
     public Tensor? GetOptional(string name, bool wanted) => wanted ? Get(name) : null;

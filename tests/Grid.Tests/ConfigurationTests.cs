@@ -42,6 +42,8 @@ public class ConfigurationTests
     [InlineData(GridExecutable.Serve, "Grid:Silo:MemoryUtilization", "1.5", "Grid:Silo:MemoryUtilization (--memory-utilization) must be a fraction in (0, 1], got 1.5")]
     [InlineData(GridExecutable.Generate, "Grid:Silo:MemoryUtilization", "0", "must be a fraction in (0, 1], got 0")]
     [InlineData(GridExecutable.Serve, "Grid:Silo:CacheMaxBytes", "1000", "Grid:Silo:CacheMaxBytes must be at least 1048576, got 1000")]
+    [InlineData(GridExecutable.Serve, "Grid:Model:Quantization", "int4", "Grid:Model:Quantization (--quantization): 'int4' is not supported (none, int8, fp8)")]
+    [InlineData(GridExecutable.Generate, "Grid:Silo:KvCacheDtype", "fp16", "Grid:Silo:KvCacheDtype (--kv-cache-dtype): 'fp16' is not supported (auto, int8, fp8)")]
     public void BadValuesGiveOneLineThatNamesTheKey(GridExecutable executable, string key, string value, string message)
     {
         var e = Assert.Throws<GridConfigurationException>(() => Load(executable, (key, value)));

@@ -1,0 +1,88 @@
+using System.Runtime.InteropServices;
+
+namespace Grid.ModelCore.Kernels;
+
+/// <summary>One routed expert's share of a MoE layer: its SwiGLU weights and the (token, routing weight) pairs it got.</summary>
+public sealed record ExpertWork(LinearWeight GateUp, LinearWeight Down, List<long> Tokens, List<float> Weights);
+
+/// <summary>
+/// All active experts of a group for a small batch in two kernel calls: every expert's gate+up projection of its
+/// tokens at once (one <see cref="SmallBatchMatmul.Run(MatmulJob[], int)"/> over all of them, split over the cores
+/// by output rows), SiLU(gate) * up, then every expert's down projection at once, and the routing-weighted sum into
+/// the output rows. Plain memory only; the caller (inference thread) owns the tensors behind the pointers.
+/// </summary>
+public static unsafe class GroupedExperts
+{
+    [ThreadStatic] static float[]? t_arena;
+
+    /// <summary>
+    /// For every expert in <paramref name="work"/>: output[token] += weight * down(silu(gate(x[token])) * up(x[token])),
+    /// x [N, d] and output [N, d] float32, row-major.
+    /// </summary>
+    public static void Run(IReadOnlyList<ExpertWork> work, float* x, int d, float* output)
+    {
+        if (work.Count == 0) return;
+        long inputs = 0, hidden = 0, acts = 0;
+        foreach (var w in work)
+        {
+            int n = w.Tokens.Count, inter = w.Down.Cols;
+            if (w.GateUp.Cols != d || w.Down.Rows != d || w.GateUp.Rows != 2 * inter) throw new ArgumentException("expert weights do not match the hidden size");
+            inputs += (long)n * d;
+            hidden += (long)n * 2 * inter;
+            acts += (long)n * inter;
+        }
+        long total = 2 * inputs + hidden + acts;
+        var arena = t_arena is { } a && a.Length >= total ? a : t_arena = GC.AllocateUninitializedArray<float>((int)Math.Max(total, 1 << 16), pinned: true);
+        fixed (float* basePtr = arena)
+        {
+            float* xs = basePtr, hs = xs + inputs, actsPtr = hs + hidden, outs = actsPtr + acts;
+            var gateUpJobs = new MatmulJob[work.Count];
+            var downJobs = new MatmulJob[work.Count];
+            float* xe = xs, he = hs, ae = actsPtr, oe = outs;
+            for (int e = 0; e < work.Count; e++)
+            {
+                var w = work[e];
+                int n = w.Tokens.Count, inter = w.Down.Cols;
+                for (int t = 0; t < n; t++)
+                    Buffer.MemoryCopy(x + w.Tokens[t] * d, xe + (long)t * d, d * sizeof(float), d * sizeof(float));
+                gateUpJobs[e] = w.GateUp.Job(xe, n, he, 2 * inter);
+                downJobs[e] = w.Down.Job(ae, n, oe, d);
+                xe += (long)n * d;
+                he += (long)n * 2 * inter;
+                ae += (long)n * inter;
+                oe += (long)n * d;
+            }
+            SmallBatchMatmul.Run(gateUpJobs, work.Count);
+            he = hs;
+            ae = actsPtr;
+            foreach (var w in work)
+            {
+                int n = w.Tokens.Count, inter = w.Down.Cols;
+                for (int t = 0; t < n; t++)
+                {
+                    float* gate = he + (long)t * 2 * inter, up = gate + inter, act = ae + (long)t * inter;
+                    for (int i = 0; i < inter; i++)
+                    {
+                        float g = gate[i];
+                        act[i] = g / (1f + MathF.Exp(-g)) * up[i];
+                    }
+                }
+                he += (long)n * 2 * inter;
+                ae += (long)n * inter;
+            }
+            SmallBatchMatmul.Run(downJobs, work.Count);
+            oe = outs;
+            foreach (var w in work)
+            {
+                for (int t = 0; t < w.Tokens.Count; t++)
+                {
+                    var dst = new Span<float>(output + w.Tokens[t] * d, d);
+                    var src = new ReadOnlySpan<float>(oe + (long)t * d, d);
+                    float weight = w.Weights[t];
+                    for (int i = 0; i < d; i++) dst[i] += weight * src[i];
+                }
+                oe += (long)w.Tokens.Count * d;
+            }
+        }
+    }
+}

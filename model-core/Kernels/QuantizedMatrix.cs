@@ -1,0 +1,160 @@
+using System.Runtime.InteropServices;
+using static TorchSharp.torch;
+
+namespace Grid.ModelCore.Kernels;
+
+/// <summary>
+/// A weight matrix [Rows, Cols] in 8 bits: one code byte per weight and one float32 scale per row and
+/// 128-column block (weight = decode(code) * scale). int8 codes are symmetric (absmax / 127 per 1x128 block);
+/// FP8 E4M3 codes share their scale over 128x128 blocks (absmax / 448), stored per row so that matrices can be
+/// stacked by rows (gate and up) whatever their row count. Native memory, freed on dispose; read by the kernels
+/// from any thread.
+/// </summary>
+public sealed unsafe class QuantizedMatrix : IDisposable
+{
+    public const int BlockCols = 128;
+    /// <summary>Rows sharing one FP8 scale (DeepSeek's 128x128 blocks).</summary>
+    public const int Fp8BlockRows = 128;
+
+    public WeightQuantization Format { get; }
+    public int Rows { get; }
+    public int Cols { get; }
+    public int BlocksPerRow { get; }
+    internal byte* Codes { get; private set; }
+    internal float* Scales { get; private set; }   // [Rows, BlocksPerRow]
+
+    /// <summary>Bytes held: codes plus scales.</summary>
+    public long Bytes => (long)Rows * Cols + (long)Rows * BlocksPerRow * sizeof(float);
+
+    QuantizedMatrix(WeightQuantization format, int rows, int cols)
+    {
+        if (format == WeightQuantization.None) throw new ArgumentException("a quantized matrix needs int8 or fp8");
+        Format = format;
+        Rows = rows;
+        Cols = cols;
+        BlocksPerRow = (cols + BlockCols - 1) / BlockCols;
+        Codes = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * cols), 64);
+        Scales = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * BlocksPerRow * sizeof(float)), 64);
+    }
+
+    /// <summary>Quantizes <paramref name="weight"/> [rows, cols] (any float dtype; not disposed here).</summary>
+    public static QuantizedMatrix Quantize(Tensor weight, WeightQuantization format)
+    {
+        if (weight.dim() != 2) throw new ArgumentException("only matrices are quantized", nameof(weight));
+        int rows = (int)weight.shape[0], cols = (int)weight.shape[1];
+        var q = new QuantizedMatrix(format, rows, cols);
+        using (NewDisposeScope())
+        {
+            var f = weight.dtype == ScalarType.Float32 && weight.is_contiguous() ? weight : weight.to(ScalarType.Float32).contiguous();
+            float* src = TensorMemory.Pointer<float>(f);
+            if (format == WeightQuantization.Int8)
+                KernelParallel.For((rows + 15) / 16, chunk => q.QuantizeInt8Rows(src, chunk * 16, Math.Min(rows, chunk * 16 + 16)));
+            else
+                KernelParallel.For((rows + Fp8BlockRows - 1) / Fp8BlockRows, band => q.QuantizeFp8Band(src, band * Fp8BlockRows, Math.Min(rows, band * Fp8BlockRows + Fp8BlockRows)));
+        }
+        return q;
+    }
+
+    void QuantizeInt8Rows(float* src, int r0, int r1)
+    {
+        for (int r = r0; r < r1; r++)
+            for (int b = 0; b < BlocksPerRow; b++)
+            {
+                int c0 = b * BlockCols, c1 = Math.Min(Cols, c0 + BlockCols);
+                float* s = src + (long)r * Cols;
+                float amax = 0;
+                for (int c = c0; c < c1; c++) amax = MathF.Max(amax, MathF.Abs(s[c]));
+                float scale = amax / 127f;
+                Scales[(long)r * BlocksPerRow + b] = scale;
+                float inv = scale > 0 ? 1f / scale : 0f;
+                sbyte* d = (sbyte*)Codes + (long)r * Cols;
+                for (int c = c0; c < c1; c++) d[c] = (sbyte)Math.Clamp((int)MathF.Round(s[c] * inv, MidpointRounding.ToEven), -127, 127);
+            }
+    }
+
+    void QuantizeFp8Band(float* src, int r0, int r1)
+    {
+        for (int b = 0; b < BlocksPerRow; b++)
+        {
+            int c0 = b * BlockCols, c1 = Math.Min(Cols, c0 + BlockCols);
+            float amax = 0;
+            for (int r = r0; r < r1; r++)
+                for (int c = c0; c < c1; c++) amax = MathF.Max(amax, MathF.Abs(src[(long)r * Cols + c]));
+            float scale = amax / Fp8E4M3.MaxFinite;
+            float inv = scale > 0 ? 1f / scale : 0f;
+            for (int r = r0; r < r1; r++)
+            {
+                Scales[(long)r * BlocksPerRow + b] = scale;
+                for (int c = c0; c < c1; c++) Codes[(long)r * Cols + c] = Fp8E4M3.Encode(src[(long)r * Cols + c] * inv);
+            }
+        }
+    }
+
+    /// <summary>
+    /// An FP8 E4M3 matrix as a checkpoint stores it: <paramref name="codes"/> [rows, cols] and the block scales
+    /// <paramref name="blockScales"/> [ceil(rows/128), ceil(cols/128)] (DeepSeek's <c>weight_scale_inv</c>: weight = code * scale).
+    /// </summary>
+    public static QuantizedMatrix FromFp8Blocks(ReadOnlySpan<byte> codes, int rows, int cols, ReadOnlySpan<float> blockScales)
+    {
+        int blockRows = (rows + Fp8BlockRows - 1) / Fp8BlockRows, blockCols = (cols + BlockCols - 1) / BlockCols;
+        if (codes.Length != (long)rows * cols) throw new ArgumentException($"expected {(long)rows * cols} FP8 codes, got {codes.Length}");
+        if (blockScales.Length != blockRows * blockCols)
+            throw new ArgumentException($"expected [{blockRows}, {blockCols}] block scales for a [{rows}, {cols}] FP8 matrix, got {blockScales.Length} values");
+        var q = new QuantizedMatrix(WeightQuantization.Fp8, rows, cols);
+        codes.CopyTo(new Span<byte>(q.Codes, codes.Length));
+        for (int r = 0; r < rows; r++)
+            for (int b = 0; b < blockCols; b++)
+                q.Scales[(long)r * blockCols + b] = blockScales[(r / Fp8BlockRows) * blockCols + b];
+        return q;
+    }
+
+    /// <summary>The rows of <paramref name="top"/> followed by those of <paramref name="bottom"/> (same format and columns).</summary>
+    public static QuantizedMatrix StackRows(QuantizedMatrix top, QuantizedMatrix bottom)
+    {
+        if (top.Format != bottom.Format || top.Cols != bottom.Cols) throw new ArgumentException("stacked matrices need the same format and columns");
+        var q = new QuantizedMatrix(top.Format, top.Rows + bottom.Rows, top.Cols);
+        long topCodes = (long)top.Rows * top.Cols, topScales = (long)top.Rows * top.BlocksPerRow;
+        Buffer.MemoryCopy(top.Codes, q.Codes, topCodes, topCodes);
+        Buffer.MemoryCopy(bottom.Codes, q.Codes + topCodes, (long)bottom.Rows * bottom.Cols, (long)bottom.Rows * bottom.Cols);
+        Buffer.MemoryCopy(top.Scales, q.Scales, topScales * 4, topScales * 4);
+        Buffer.MemoryCopy(bottom.Scales, q.Scales + topScales, (long)bottom.Rows * bottom.BlocksPerRow * 4, (long)bottom.Rows * bottom.BlocksPerRow * 4);
+        return q;
+    }
+
+    /// <summary>The weight value at [row, col].</summary>
+    public float Value(int row, int col)
+    {
+        byte code = Codes[(long)row * Cols + col];
+        float v = Format == WeightQuantization.Int8 ? (sbyte)code : Fp8E4M3.Decode(code);
+        return v * Scales[(long)row * BlocksPerRow + col / BlockCols];
+    }
+
+    /// <summary>A float32 copy [Rows, Cols] (for large-batch matmuls through libtorch and for tests); the caller disposes it.</summary>
+    public Tensor Dequantize()
+    {
+        var t = empty([Rows, Cols], ScalarType.Float32);
+        float* dst = TensorMemory.Pointer<float>(t);
+        KernelParallel.For((Rows + 63) / 64, chunk =>
+        {
+            for (int r = chunk * 64, end = Math.Min(Rows, chunk * 64 + 64); r < end; r++)
+                SmallBatchMatmul.DecodeRow(this, r, dst + (long)r * Cols);
+        });
+        return t;
+    }
+
+    public void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    ~QuantizedMatrix() => Free();
+
+    void Free()
+    {
+        if (Codes is not null) NativeMemory.AlignedFree(Codes);
+        if (Scales is not null) NativeMemory.AlignedFree(Scales);
+        Codes = null;
+        Scales = null;
+    }
+}
