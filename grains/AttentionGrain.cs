@@ -4,6 +4,9 @@ using Grid.Grains.Placement;
 using Grid.ModelCore.Model;
 using Grid.ModelCore.Serving;
 using Microsoft.Extensions.Logging;
+using Orleans.Serialization;
+using Polly;
+using Polly.Retry;
 using static TorchSharp.torch;
 
 namespace Grid.Grains;
@@ -18,9 +21,35 @@ public sealed record ShardLease(TimeSpan Lease);
 /// A timer frees the caches of gateways whose lease expired.
 /// </summary>
 [AttentionPlacement]
-public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, ShardLease lease, ILogger<AttentionGrain> logger) : Grain, IAttentionGrain
+public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, ShardLease lease, Serializer serializer, ILogger<AttentionGrain> logger)
+    : Grain, IAttentionGrain
 {
     AttentionShard? _shard;
+
+    /// <summary>Each owner's step walked with <see cref="ExpertExchange.Shard"/>: what its pending MoE layer needs.</summary>
+    readonly Dictionary<Guid, ExchangeWalk> _exchanges = new();
+
+    /// <summary>
+    /// Expert calls are pure functions of their payload, so a failed one is retried: when the silo serving a group leaves,
+    /// the group's grain re-activates on a replica (or an elastic silo) and the step goes on. A group no silo can serve
+    /// fails at once (the gateway reports it as unavailable); the gateway's deadline on the whole exchange bounds the rest.
+    /// </summary>
+    static readonly ResiliencePipeline GroupRetry = new ResiliencePipelineBuilder()
+        .AddRetry(new RetryStrategyOptions
+        {
+            MaxRetryAttempts = 3,
+            Delay = TimeSpan.FromMilliseconds(200),
+            BackoffType = DelayBackoffType.Exponential,
+            ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException && !Unservable(e)),
+        })
+        .Build();
+
+    static bool Unservable(Exception e)
+    {
+        for (var x = e; x is not null; x = x.InnerException)
+            if (x.Message.Contains("no silo in the cluster", StringComparison.Ordinal)) return true;
+        return false;
+    }
 
     int Index => (int)this.GetPrimaryKeyLong();
 
@@ -55,10 +84,14 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         {
             var limit = start.MaxGroupsPerToken > 0 && start.MaxGroupsPerToken < start.DeviceGroups
                 ? new DeviceLimit(start.DeviceGroups, start.MaxGroupsPerToken) : null;
+            DropExchange(start.Owner);
             try
             {
-                return Measure(model, start.Owner, shard => shard.Start(start.Chunks.Select(c => c.ToChunk()).ToList(), limit,
-                    owner: start.Owner, stepId: start.StepId));
+                var chunks = start.Chunks.Select(c => c.ToChunk()).ToList();
+                if (start.Exchange == ExpertExchange.Shard)
+                    _exchanges[start.Owner] = new ExchangeWalk(start.StepId, start.WireDtype, start.MeasureWire, start.DeviceGroups,
+                        chunks.SelectMany((c, i) => Enumerable.Repeat(i, c.Tokens.Length)).ToArray(), chunks.Count);
+                return Measure(model, start.Owner, shard => shard.Start(chunks, limit, owner: start.Owner, stepId: start.StepId), start.WireDtype);
             }
             catch (StepRefusedException refused)
             {
@@ -79,8 +112,8 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
                 return Measure(model, owner, shard =>
                 {
                     using var scope = NewDisposeScope();
-                    return shard.Continue(routedOutput.ToTensor(), owner, stepId);
-                });
+                    return shard.Continue(routedOutput.ToTensor(host.Dtype), owner, stepId);
+                }, routedOutput.Dtype);
             }
             catch (WalkLostException lost)
             {
@@ -89,15 +122,32 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             }
         }, cancellationToken);
 
-    StepProgress Measure(DeepseekV2Model model, Guid owner, Func<AttentionShard, MoeDispatch?> advance)
+    StepProgress Measure(DeepseekV2Model model, Guid owner, Func<AttentionShard, MoeDispatch?> advance, PayloadDtype wire)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
             var shard = Shard(model);
-            var dispatch = advance(shard);
+            MoeDispatch? dispatch;
+            try { dispatch = advance(shard); }
+            catch { DropExchange(owner); throw; }
+            if (_exchanges.TryGetValue(owner, out var exchange))
+            {
+                if (dispatch is not null)
+                {
+                    // The shard keeps the layer's input: the next ExchangeStep runs its experts; the gateway gets no hidden state.
+                    exchange.Prepare(dispatch, host);
+                    return new StepProgress(dispatch.Layer, null, dispatch.Routing.TopK, null, null, null) { Silo = RuntimeIdentity };
+                }
+                var reached = exchange.Reached;
+                DropExchange(owner);
+                return new StepProgress(-1, null, 0, null, null, shard.Finish(owner).Select((r, i) => r.ToOutput() with
+                {
+                    ExpertGroups = reached[i]?.ToArray() ?? [],
+                }).ToArray()) { Silo = RuntimeIdentity };
+            }
             if (dispatch is not null)
-                return new StepProgress(dispatch.Layer, dispatch.Input.ToPayload(), dispatch.Routing.TopK,
+                return new StepProgress(dispatch.Layer, dispatch.Input.ToPayload(wire), dispatch.Routing.TopK,
                     dispatch.Routing.ExpertIds, dispatch.Routing.Weights, null) { Silo = RuntimeIdentity };
             return new StepProgress(-1, null, 0, null, null, shard.Finish(owner).Select(r => r.ToOutput()).ToArray()) { Silo = RuntimeIdentity };
         }
@@ -115,6 +165,70 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             telemetry.Observe(model.Cache!);
             return matched;
         }, cancellationToken);
+
+    public async Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, CancellationToken cancellationToken = default)
+    {
+        if (!_exchanges.TryGetValue(owner, out var walk) || walk.StepId != stepId || walk.Layer != layer)
+            return LostProgress($"step {stepId} of gateway {owner} is not waiting on MoE layer {layer} on this shard (it moved, or a newer step replaced it)");
+        // The other silos' groups are called first, so they compute while this silo's inference thread runs its own.
+        var remote = walk.Remote;
+        if (remote.Length == 0)
+            return await host.RunAsync(model => FoldAndContinue(model, owner, walk, []), cancellationToken);
+        var calls = remote.Select(r => GroupRetry.ExecuteAsync(async ct =>
+            await GrainFactory.GetGrain<IExpertGroupGrain>(r.Group).ForwardAsync(r.Request, ct).WaitAsync(ct), cancellationToken).AsTask()).ToArray();
+        long bytes = walk.MeasureWire ? remote.Sum(r => (long)serializer.SerializeToArray(r.Request).Length) : 0;
+        try
+        {
+            var lost = await host.RunAsync<StepProgress?>(model =>
+            {
+                if (!Shard(model).Walks(owner, stepId)) return LostProgress($"step {stepId} of gateway {owner} is no longer walking on this shard");
+                walk.RunLocal(model, host, telemetry);
+                return null;
+            }, cancellationToken);
+            var outputs = await Task.WhenAll(calls);
+            if (lost is not null) return lost;
+            if (walk.MeasureWire) bytes += outputs.Sum(o => (long)serializer.SerializeToArray(o).Length);
+            var progress = await host.RunAsync(model => FoldAndContinue(model, owner, walk, outputs), cancellationToken);
+            return progress with { ExchangedBytes = bytes };
+        }
+        catch
+        {
+            // The layer's outputs of this silo's groups are freed on the inference thread (a cancelled turn may still run there).
+            await host.RunAsync(_ => { walk.DisposeLocal(); return true; }, CancellationToken.None);
+            throw;
+        }
+    }
+
+    StepProgress LostProgress(string why) => new(-1, null, 0, null, null, null) { Lost = why, Silo = RuntimeIdentity };
+
+    /// <summary>Sums the layer's routed experts in group order (as model-core does), folds the sum in and runs on (inference thread).</summary>
+    StepProgress FoldAndContinue(DeepseekV2Model model, Guid owner, ExchangeWalk walk, TensorPayload[] remoteOutputs)
+    {
+        try
+        {
+            if (!Shard(model).Walks(owner, walk.StepId))
+                return LostProgress($"step {walk.StepId} of gateway {owner} is no longer walking on this shard");
+            return Measure(model, owner, shard =>
+            {
+                using var scope = NewDisposeScope();
+                var sum = walk.Sum(model, host, telemetry, remoteOutputs);
+                return shard.Continue(sum, owner, walk.StepId);
+            }, walk.Wire);
+        }
+        catch (WalkLostException lost)
+        {
+            return LostProgress(lost.Message);
+        }
+        finally
+        {
+            walk.DisposeLocal();
+        }
+    }
+
+    void DropExchange(Guid owner)
+    {
+        if (_exchanges.Remove(owner, out var walk)) walk.DisposeLocal();
+    }
 
     public Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>

@@ -39,9 +39,10 @@ public sealed class ExpertGroupGrain(ModelHost host, SiloTelemetry telemetry) : 
             var experts = model.ExpertGroups.FirstOrDefault(g => g.Range == range)
                 ?? throw new InvalidOperationException($"expert group {Group} ({range}) is not loaded on this silo");
             using var scope = NewDisposeScope();
-            var x = request.Input.ToTensor();
+            // Hidden states may travel in 16 bits: widened to the compute dtype here, the output narrowed back to the request's.
+            var x = request.Input.ToTensor(host.Dtype);
             var routing = new Routing(request.Input.Rows, request.TopK, request.ExpertIds, request.Weights);
-            var output = experts.Forward(request.Layer, x, routing).ToPayload();
+            var output = experts.Forward(request.Layer, x, routing).ToPayload(request.Input.Dtype);
             telemetry.ComputeMs.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("kind", "experts"));
             return output;
         }, cancellationToken);

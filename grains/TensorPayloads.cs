@@ -14,6 +14,20 @@ public static class TensorPayloads
 
     public static Tensor ToTensor(this TensorPayload p) => TensorBytes.FromBytes(p.Data, ToScalarType(p.Dtype), p.Rows, p.Cols);
 
+    /// <summary>The payload as a tensor in <paramref name="computeDtype"/> (widened where it travelled in 16 bits).</summary>
+    public static Tensor ToTensor(this TensorPayload p, ScalarType computeDtype)
+    {
+        var t = p.ToTensor();
+        return t.dtype == computeDtype ? t : t.to(computeDtype);
+    }
+
+    /// <summary>The tensor as a payload in the wire dtype <paramref name="wire"/> (narrowed at this edge when it differs).</summary>
+    public static TensorPayload ToPayload(this Tensor t, PayloadDtype wire)
+    {
+        var dtype = ToScalarType(wire);
+        return t.dtype == dtype ? t.ToPayload() : t.to(dtype).ToPayload();
+    }
+
     public static PayloadDtype ToPayloadDtype(ScalarType dtype) => dtype switch
     {
         ScalarType.Float32 => PayloadDtype.Float32,

@@ -1,3 +1,4 @@
+using Grid.Grains.Contracts;
 using Grid.Gateway.Orchestration;
 using Grid.Grains.Hosting;
 using Grid.ModelCore.Config;
@@ -83,6 +84,8 @@ public sealed class GridConnection : IAsyncDisposable
                 MaxGroupsPerToken = cluster.MaxGroupsPerToken,
                 CallTimeout = TimeSpan.FromSeconds(cluster.CallTimeoutSeconds),
                 Lease = TimeSpan.FromSeconds(cluster.LeaseSeconds),
+                Exchange = string.Equals(cluster.ExpertExchange, "gateway", StringComparison.OrdinalIgnoreCase) ? ExpertExchange.Gateway : ExpertExchange.Shard,
+                WireDtype = cluster.WireDtype.ToLowerInvariant() switch { "float16" => PayloadDtype.Float16, "bfloat16" => PayloadDtype.BFloat16, _ => PayloadDtype.Float32 },
             };
             var loggers = loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
             var grains = host.Services.GetRequiredService<IGrainFactory>();

@@ -26,13 +26,19 @@ public sealed record GridTopology
     public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(20);
     /// <summary>The gateway's lease on its sequences (Grid:Cluster:LeaseSeconds): renewed at least every third of it.</summary>
     public TimeSpan Lease { get; init; } = TimeSpan.FromSeconds(20);
+    /// <summary>Who carries a MoE layer's hidden states (Grid:Cluster:ExpertExchange): the shard (one round trip per layer) or the gateway (two).</summary>
+    public ExpertExchange Exchange { get; init; } = ExpertExchange.Shard;
+    /// <summary>Element type of hidden states on the wire (Grid:Cluster:WireDtype).</summary>
+    public PayloadDtype WireDtype { get; init; } = PayloadDtype.Float32;
 }
 
 /// <summary>
 /// The orchestrator (the engine's executor on the grid): walks each step layer by layer across the grid. Per step every attention shard with
-/// sequences in the batch embeds and runs attention up to the first MoE layer; per MoE layer the tokens of all
-/// shards are bundled into one call per expert group that any token routed to, the groups' outputs are summed
-/// (in group order) and handed back to the shards, which continue to the next MoE layer or the logits.
+/// sequences in the batch embeds and runs attention up to the first MoE layer. Per MoE layer, with the default
+/// <see cref="ExpertExchange.Shard"/> walk, the gateway makes one call per shard: the shard runs the layer's routed
+/// experts (the groups its silo holds in place, one bundled call per other group reached), sums them in group order and
+/// runs on to the next MoE layer. With <see cref="ExpertExchange.Gateway"/> the tokens of all shards are bundled into
+/// one gateway call per expert group reached, summed here and handed back to the shards (two round trips per layer).
 /// Calls per layer therefore depend on the number of shards and groups, never on the number of sequences. The shards
 /// sample where the logits are, so a step returns tokens and logprobs, never vocabulary-sized rows.
 /// </summary>
@@ -192,7 +198,13 @@ public sealed class GridStepExecutor : IStepExecutor
             (byShard.TryGetValue(s, out var list) ? list : byShard[s] = new()).Add(i);
         }
         var shards = byShard.Keys.ToArray();
-        var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken, Owner)).ToArray();
+        bool exchange = _topology.Exchange == ExpertExchange.Shard;
+        var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken, Owner)
+        {
+            Exchange = _topology.Exchange,
+            WireDtype = _topology.WireDtype,
+            MeasureWire = Wire is not null,
+        }).ToArray();
         var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken)));
         if (Wire is { } wire) foreach (var start in starts) wire.Chunks(start);
         // A shard that refused changed nothing; the others' walks are abandoned by this gateway's next step.
@@ -206,6 +218,19 @@ public sealed class GridStepExecutor : IStepExecutor
         var reached = new SortedSet<int>?[chunks.Count];
         while (!progress[0].Finished)
         {
+            if (exchange)
+            {
+                // One round trip per MoE layer: each shard runs the layer's experts itself and comes back at the next layer.
+                int layer = progress[0].Layer;
+                if (progress.Any(p => p.Finished || p.Layer != layer)) throw new InvalidOperationException("attention shards are out of step");
+                progress = await Task.WhenAll(shards.Select(s =>
+                    CallAsync("attention.exchange", ct => Shard(s).ExchangeStepAsync(Owner, stepId, layer, ct), cancellationToken)));
+                Wire?.Exchanged(progress.Sum(p => p.ExchangedBytes));
+                Wire?.Hidden(progress);   // the per-layer answers carry no hidden state: routing-free progress, a few dozen bytes
+                if (progress.FirstOrDefault(p => p.Lost is not null) is { } lostExchange)
+                    throw new StepInterruptedException($"attention shard on {lostExchange.Silo} lost step {stepId}: {lostExchange.Lost}");
+                continue;
+            }
             Wire?.Hidden(progress);
             var routed = await DispatchExpertsAsync(progress, rowChunk, reached, cancellationToken);
             Wire?.Hidden(routed);
@@ -228,7 +253,7 @@ public sealed class GridStepExecutor : IStepExecutor
             var outputs = progress[k].Results!;
             var order = byShard[shards[k]];
             for (int j = 0; j < order.Count; j++)
-                results[order[j]] = outputs[j].ToResult() with { ExpertGroups = reached[order[j]]?.ToArray() ?? [] };
+                results[order[j]] = outputs[j].ToResult() with { ExpertGroups = outputs[j].ExpertGroups ?? reached[order[j]]?.ToArray() ?? [] };
         }
         return results;
     }

@@ -25,6 +25,8 @@ public sealed class WireMeter(Serializer serializer)
     internal void Chunks<T>(T value) => Interlocked.Add(ref _chunks, Size(value));
     internal void Hidden<T>(T value) => Interlocked.Add(ref _hidden, Size(value));
     internal void Results<T>(T value) => Interlocked.Add(ref _results, Size(value));
+    /// <summary>Hidden-state bytes the shards' own expert-group calls serialized (the shard exchange counts them where they are sent).</summary>
+    internal void Exchanged(long bytes) => Interlocked.Add(ref _hidden, bytes);
 
     internal void EndStep() =>
         LastStep = new StepWireBytes(Interlocked.Exchange(ref _chunks, 0), Interlocked.Exchange(ref _hidden, 0), Interlocked.Exchange(ref _results, 0));

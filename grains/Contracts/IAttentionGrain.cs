@@ -70,7 +70,18 @@ public sealed record StepStart(
     [property: Id(1)] ChunkInput[] Chunks,
     [property: Id(2)] int DeviceGroups,
     [property: Id(3)] int MaxGroupsPerToken,
-    [property: Id(4)] Guid Owner);
+    [property: Id(4)] Guid Owner)
+{
+    /// <summary>Who carries the MoE layers' hidden states: the shard (one gateway call per layer) or the gateway.</summary>
+    [Id(5)] public ExpertExchange Exchange { get; init; }
+    /// <summary>
+    /// Element type of hidden states on the wire (float32, or float16/bfloat16 for half the bytes): converted from and
+    /// to the compute dtype at the edges of each call, sums taken in the compute dtype.
+    /// </summary>
+    [Id(6)] public PayloadDtype WireDtype { get; init; }
+    /// <summary>Count the serialized bytes of the shard's expert-group calls (benchmarks and tests; off in serving).</summary>
+    [Id(7)] public bool MeasureWire { get; init; }
+}
 
 /// <summary>A chunk the shard refused (the whole step then changed nothing): why, the position it named, the tokens held.</summary>
 [GenerateSerializer, Immutable]
@@ -96,6 +107,8 @@ public sealed record ChunkOutput(
 {
     /// <summary>Latent-cache bytes (whole blocks) the sequence holds on the shard after the step.</summary>
     [Id(2)] public long LatentBytes { get; init; }
+    /// <summary>Expert groups the chunk's tokens reached in the step (ascending), when the shard exchanged with them.</summary>
+    [Id(3)] public int[]? ExpertGroups { get; init; }
 }
 
 /// <summary>
@@ -116,6 +129,8 @@ public sealed record StepProgress(
     [Id(7)] public string Silo { get; init; } = "";
     /// <summary>The shard was not walking this step (it re-activated elsewhere mid-step): nothing changed, step again.</summary>
     [Id(8)] public string? Lost { get; init; }
+    /// <summary>Serialized bytes of the shard's own expert-group calls for this progress (requests and replies; when asked).</summary>
+    [Id(9)] public long ExchangedBytes { get; init; }
     public bool Finished => Results is not null;
 }
 
@@ -173,6 +188,14 @@ public interface IAttentionGrain : IGrainWithIntegerKey
     /// positions the shard now holds (0: none); the sequence's first chunk continues there.
     /// </summary>
     Task<int[]> AttachPrefixAsync(Guid owner, PrefixQuery[] queries, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// One MoE layer in one call (the <see cref="ExpertExchange.Shard"/> walk): runs the routed experts of the owner's
+    /// pending MoE layer <paramref name="layer"/> (the groups this silo holds in place, the others on their
+    /// expert-group grains, retried there when a group's silo leaves), folds their sum in and runs on to the next
+    /// MoE layer or the end of the step.
+    /// </summary>
+    Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, CancellationToken cancellationToken = default);
 
     /// <summary>Frees the latent caches of the owner's given sequences (ended or cancelled).</summary>
     Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default);

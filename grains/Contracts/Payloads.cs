@@ -9,6 +9,25 @@ public enum PayloadDtype
 }
 
 /// <summary>
+/// Who carries a MoE layer's hidden states between the attention shard and the expert groups
+/// (<c>Grid:Cluster:ExpertExchange</c>).
+/// </summary>
+public enum ExpertExchange
+{
+    /// <summary>
+    /// One gateway call per shard and MoE layer (<see cref="IAttentionGrain.ExchangeStepAsync"/>): the shard runs the
+    /// layer's routed experts itself, the groups its silo holds in place and the others on their expert-group grains,
+    /// folds their sum in and runs on to the next MoE layer. Hidden states never pass through the gateway.
+    /// </summary>
+    Shard = 0,
+    /// <summary>
+    /// The earlier walk, two round trips per MoE layer: the shard returns the layer's input to the gateway, the gateway
+    /// calls the expert groups, sums and hands the sum back (<see cref="IAttentionGrain.ContinueStepAsync"/>).
+    /// </summary>
+    Gateway = 1,
+}
+
+/// <summary>
 /// A [Rows, Cols] tensor as raw little-endian bytes in the compute dtype. Immutable: Orleans passes it by
 /// reference on local calls instead of deep-copying the array. Tensors convert to and from it beside the grains.
 /// </summary>

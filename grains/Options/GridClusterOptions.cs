@@ -37,6 +37,17 @@ public sealed class GridClusterOptions
     public int ExpertGroups { get; set; } = 1;
     /// <summary>Device-limited routing: most expert groups a token may reach (0 = off).</summary>
     public int MaxGroupsPerToken { get; set; }
+    /// <summary>
+    /// Who carries a MoE layer's hidden states between attention shard and expert groups: "shard" (the default: one
+    /// gateway round trip per layer; the shard runs its silo's groups in place and calls the others) or "gateway" (the
+    /// gateway calls the groups and hands their sum back: two round trips per layer). Read by the gateway.
+    /// </summary>
+    public string ExpertExchange { get; set; } = "shard";
+    /// <summary>
+    /// Element type of hidden states on the wire: "float32" (the default, exact), "float16" or "bfloat16" (half the
+    /// bytes; converted at the edges of each call, sums taken in the compute dtype; moves logits slightly). Read by the gateway.
+    /// </summary>
+    public string WireDtype { get; set; } = "float32";
     /// <summary>Orchestrator deadline per grain call, seconds.</summary>
     public double CallTimeoutSeconds { get; set; } = 20;
     /// <summary>

@@ -73,6 +73,8 @@ public static class GridFlags
         new("--expert-groups", "Grid:Cluster:ExpertGroups", Everywhere, "Expert groups the routed experts are split into"),
         new("--attention-shards", "Grid:Cluster:AttentionShards", Gateway, "Attention shards"),
         new("--max-groups-per-token", "Grid:Cluster:MaxGroupsPerToken", Gateway, "Device-limited routing M: most expert groups per token, 0 = off"),
+        new("--expert-exchange", "Grid:Cluster:ExpertExchange", Gateway, "Who carries MoE hidden states: shard (one round trip per layer) or gateway (two)"),
+        new("--wire-dtype", "Grid:Cluster:WireDtype", Gateway, "Hidden states on the wire: float32 (exact), float16 or bfloat16 (half the bytes)"),
         new("--silo-port", "Grid:Cluster:SiloPort", GridExecutable.Silo, "Silo-to-silo port (0 = a free one)"),
         new("--gateway-port", "Grid:Cluster:GatewayPort", GridExecutable.Silo, "This silo's client gateway port (0 = a free one)"),
         new("--primary-port", "Grid:Cluster:PrimarySiloPort", GridExecutable.Silo, "Primary silo's port for localhost clustering"),

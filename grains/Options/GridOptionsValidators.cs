@@ -96,6 +96,10 @@ sealed class ClusterOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Cluster:ExpertGroups", c.ExpertGroups, 1);
         AtLeast(fail, "Grid:Cluster:AttentionShards", c.AttentionShards, 1);
         AtLeast(fail, "Grid:Cluster:MaxGroupsPerToken", c.MaxGroupsPerToken, 0);
+        if (c.ExpertExchange?.ToLowerInvariant() is not ("shard" or "gateway"))
+            fail($"Grid:Cluster:ExpertExchange: '{c.ExpertExchange}' is not supported (shard, gateway)", null);
+        if (c.WireDtype?.ToLowerInvariant() is not ("float32" or "float16" or "bfloat16"))
+            fail($"Grid:Cluster:WireDtype: '{c.WireDtype}' is not supported (float32, float16, bfloat16)", null);
         if (!(c.CallTimeoutSeconds > 0)) fail($"Grid:Cluster:CallTimeoutSeconds must be positive, got {c.CallTimeoutSeconds}", null);
         if (!(c.LeaseSeconds >= 1)) fail($"Grid:Cluster:LeaseSeconds must be at least 1, got {c.LeaseSeconds}", null);
         if (!(c.RecoverySeconds > 0)) fail($"Grid:Cluster:RecoverySeconds must be positive, got {c.RecoverySeconds}", null);

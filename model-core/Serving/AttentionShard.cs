@@ -177,6 +177,9 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         return Advance(who, routedOutput);
     }
 
+    /// <summary>Whether the owner's step <paramref name="stepId"/> is walking here (its pending MoE layer's input is alive).</summary>
+    public bool Walks(Guid owner, long stepId) => _walks.TryGetValue(owner, out var walk) && walk.StepId == stepId;
+
     MoeDispatch? Advance(Guid owner, Tensor? routed)
     {
         try { return _walks[owner].Layers.Advance(routed); }

@@ -23,10 +23,12 @@ public static class WireBytesBench
         public long Before => After.Total - After.Results + LogitRowBytes;
     }
 
-    public static async Task<List<Row>> MeasureAsync(BenchContext c, GridConnection grid, int[] batches, int promptTokens, CancellationToken ct)
+    public static Task<List<Row>> MeasureAsync(BenchContext c, GridConnection grid, int[] batches, int promptTokens, CancellationToken ct) =>
+        MeasureAsync(c, grid.Executor, grid.Services, batches, promptTokens, ct);
+
+    public static async Task<List<Row>> MeasureAsync(BenchContext c, GridStepExecutor executor, IServiceProvider services, int[] batches, int promptTokens, CancellationToken ct)
     {
-        var executor = grid.Executor;
-        var serializer = grid.Services.GetRequiredService<Serializer>();
+        var serializer = services.GetRequiredService<Serializer>();
         var meter = new WireMeter(serializer);
         var greedy = new TokenSampling(SamplingParams.Greedy, default);
         var rows = new List<Row>();

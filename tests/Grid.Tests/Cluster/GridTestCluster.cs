@@ -32,12 +32,14 @@ public abstract class GridTestCluster : IAsyncLifetime
     public string ModelPath => Golden.Dir(Checkpoint);
 
     /// <summary>
-    /// Step calls (start, continue, expert forward) this cluster's attention and expert-group grains have received so
-    /// far; the background lease renewals and cache reads are not step calls.
+    /// Step calls (start, exchange, continue, expert forward) this cluster's attention and expert-group grains have received
+    /// so far; the background lease renewals and cache reads are not step calls.
     /// </summary>
-    public long CallsSoFar => Calls.Where(kv => kv.Key.StartsWith(Name + "|", StringComparison.Ordinal)
-        && (kv.Key.EndsWith(".StartStepAsync", StringComparison.Ordinal) || kv.Key.EndsWith(".ContinueStepAsync", StringComparison.Ordinal)
-            || kv.Key.EndsWith(".ForwardAsync", StringComparison.Ordinal))).Sum(kv => kv.Value);
+    public long CallsSoFar => CallsOf("StartStepAsync", "ExchangeStepAsync", "ContinueStepAsync", "ForwardAsync");
+
+    /// <summary>Calls of the given grain methods received so far.</summary>
+    public long CallsOf(params string[] methods) => Calls.Where(kv => kv.Key.StartsWith(Name + "|", StringComparison.Ordinal)
+        && methods.Any(m => kv.Key.EndsWith("." + m, StringComparison.Ordinal))).Sum(kv => kv.Value);
 
     public async Task InitializeAsync()
     {

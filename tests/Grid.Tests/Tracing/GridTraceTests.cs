@@ -21,8 +21,8 @@ public sealed class TracedCluster : GridTestCluster
 /// <summary>
 /// One request through the engine loop on a 3-silo grid, recorded by OpenTelemetry's in-memory exporter: the request's
 /// span carries the expert groups its tokens reached and the latent-cache bytes it held; every step it took part in is a
-/// span linked to it; each step's grain calls (attention start/continue, expert forward) are client spans beneath the
-/// step, and the silos' server spans beneath those, all in the step's trace.
+/// span linked to it; each step's grain calls (attention start, one exchange per MoE layer) are client spans beneath the
+/// step, the silos' server spans beneath those, and the shard's expert-group calls beneath its exchange, all in the step's trace.
 /// </summary>
 public sealed class GridTraceTests(TracedCluster grid) : IClassFixture<TracedCluster>
 {
@@ -79,9 +79,24 @@ public sealed class GridTraceTests(TracedCluster grid) : IClassFixture<TracedClu
             Assert.All(calls, c => Assert.Equal(step.TraceId, c.TraceId));
             Assert.Contains(calls, c => c.DisplayName.Contains("StartStepAsync", StringComparison.Ordinal));
             var stepGroups = (int[])step.GetTagItem("grid.expert_groups")!;
-            // One expert call per group reached per MoE layer: every group the step reached, at most every layer.
-            int forwards = calls.Count(c => c.DisplayName.Contains("ForwardAsync", StringComparison.Ordinal));
-            Assert.InRange(forwards, stepGroups.Length, grid.Config.MoeLayers.Count() * stepGroups.Length);
+            // One exchange call per MoE layer from the gateway; the shard calls the groups its silo does not hold (all but
+            // group 0 here) beneath it: one call per such group reached per MoE layer, at most every layer.
+            int moeLayers = grid.Config.MoeLayers.Count();
+            Assert.Equal(moeLayers, calls.Count(c => c.DisplayName.Contains("ExchangeStepAsync", StringComparison.Ordinal)));
+            Assert.DoesNotContain(calls, c => c.DisplayName.Contains("ForwardAsync", StringComparison.Ordinal));
+            var exchanges = all.Where(a => a.Kind == ActivityKind.Server && calls.Any(c => c.SpanId == a.ParentSpanId)
+                && a.DisplayName.Contains("ExchangeStepAsync", StringComparison.Ordinal)).ToArray();
+            Assert.Equal(moeLayers, exchanges.Length);
+            var forwards = all.Where(a => a.Kind == ActivityKind.Client && exchanges.Any(x => x.SpanId == a.ParentSpanId)).ToArray();
+            Assert.All(forwards, f => Assert.Contains("ForwardAsync", f.DisplayName, StringComparison.Ordinal));
+            int remoteGroups = stepGroups.Count(g => !GridTestCluster.GroupsOfSilo[0].Contains(g));
+            Assert.InRange(forwards.Length, remoteGroups, moeLayers * remoteGroups);
+            foreach (var forward in forwards)
+            {
+                Assert.Equal(step.TraceId, forward.TraceId);
+                var served = Assert.Single(all, a => a.ParentSpanId == forward.SpanId && a.Kind == ActivityKind.Server);
+                Assert.Equal(step.TraceId, served.TraceId);
+            }
             foreach (var call in calls)
             {
                 var served = Assert.Single(all, a => a.ParentSpanId == call.SpanId && a.Kind == ActivityKind.Server);
