@@ -1,3 +1,4 @@
+using Grid.ModelCore.Runtime;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
 
@@ -88,7 +89,7 @@ public sealed unsafe class LinearWeight : IDisposable
             var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
             var y = empty([m, Rows], ScalarType.Float32);
             SmallBatchMatmul.Run(Job(TensorMemory.Pointer<float>(input), (int)m, TensorMemory.Pointer<float>(y), Rows));
-            if (bias is not null) y = y.add_(bias.to(ScalarType.Float32));
+            if (bias is not null) y = y.add_(bias.to(ScalarType.Float32), Scalars.One);
             return x.dtype == ScalarType.Float32 ? y : y.to(x.dtype);
         }
         if (_dense is not null) return linear(x, _dense, bias);
