@@ -78,13 +78,26 @@ public sealed unsafe class LinearWeight : IDisposable
     }
 
     /// <summary>Whether the kernels can take this weight (float32 or 8-bit storage).</summary>
-    public bool KernelReady => _quantized is not null || _dense!.dtype == ScalarType.Float32;
+    public bool KernelReady => _quantized is not null || (SmallBatchMatmul.Float32 && _dense!.dtype == ScalarType.Float32);
 
     /// <summary>x [M, Cols] -> [M, Rows] in x's dtype.</summary>
     public Tensor Forward(Tensor x, Tensor? bias = null)
     {
         long m = x.shape[0];
         if (m > 0 && m <= SmallBatchMatmul.MaxRows && SmallBatchMatmul.Enabled && KernelReady)
+            return KernelForward(x, bias);
+        if (_dense is not null) return linear(x, _dense, bias);
+        using var w = _quantized!.Dequantize();
+        var result = x.dtype == ScalarType.Float32 ? linear(x, w, bias) : linear(x.to(ScalarType.Float32), w, bias?.to(ScalarType.Float32)).to(x.dtype);
+        return result;
+    }
+
+    /// <summary>x [M ≤ <see cref="SmallBatchMatmul.MaxRows"/>, Cols] -> [M, Rows] through the kernels, whatever the storage.</summary>
+    public Tensor KernelForward(Tensor x, Tensor? bias = null)
+    {
+        long m = x.shape[0];
+        if (m < 1 || m > SmallBatchMatmul.MaxRows || (_quantized is null && _dense!.dtype != ScalarType.Float32))
+            throw new ArgumentException($"the kernels take 1..{SmallBatchMatmul.MaxRows} rows over float32 or 8-bit weights");
         {
             var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
             var y = empty([m, Rows], ScalarType.Float32);
@@ -92,10 +105,6 @@ public sealed unsafe class LinearWeight : IDisposable
             if (bias is not null) y = y.add_(bias.to(ScalarType.Float32), Scalars.One);
             return x.dtype == ScalarType.Float32 ? y : y.to(x.dtype);
         }
-        if (_dense is not null) return linear(x, _dense, bias);
-        using var w = _quantized!.Dequantize();
-        var result = x.dtype == ScalarType.Float32 ? linear(x, w, bias) : linear(x.to(ScalarType.Float32), w, bias?.to(ScalarType.Float32)).to(x.dtype);
-        return result;
     }
 
     /// <summary>The kernel job y[m * yStride + n] = x[m] · W[n] for m &lt; <paramref name="m"/>.</summary>

@@ -46,6 +46,14 @@ public static unsafe class SmallBatchMatmul
     /// <summary>Whether the kernels are used at all (false: libtorch for every batch; for measurements).</summary>
     public static bool Enabled { get; set; } = true;
 
+    /// <summary>
+    /// Whether float32 weights go through the kernels too (off by default). The kernels sum in another order than
+    /// libtorch, so with them a row's result would depend on whether its batch had at most <see cref="MaxRows"/> rows:
+    /// a cache recomputed by prefill (a lost silo, preemption) would then differ in the last bits from the one decode
+    /// built, and a sampled stream could change after recovery. 8-bit weights always use them.
+    /// </summary>
+    public static bool Float32 { get; set; }
+
     /// <summary>Whether this CPU runs the vector paths.</summary>
     public static bool Vectorized => Avx2.IsSupported && Fma.IsSupported;
 

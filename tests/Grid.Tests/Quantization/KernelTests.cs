@@ -30,7 +30,7 @@ public class KernelTests
         try
         {
             var expected = linear(x, w.Dense!);
-            var actual = w.Forward(x);
+            var actual = w.KernelForward(x);
             Assert.Equal(new long[] { m, n }, actual.shape);
             Assert.True(MaxAbs(expected, actual) < 1e-4 * Math.Sqrt(k), $"max diff {MaxAbs(expected, actual)}");
         }
