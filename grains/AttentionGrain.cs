@@ -44,12 +44,7 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         })
         .Build();
 
-    static bool Unservable(Exception e)
-    {
-        for (var x = e; x is not null; x = x.InnerException)
-            if (x.Message.Contains("no silo in the cluster", StringComparison.Ordinal)) return true;
-        return false;
-    }
+    static bool Unservable(Exception e) => NoServingSiloException.Find(e) is not null;
 
     int Index => (int)this.GetPrimaryKeyLong();
 

@@ -268,22 +268,12 @@ public sealed class GridStepExecutor : IStepExecutor
     }
 
     /// <summary>The part of the model no silo can serve, when the failure says so (placement found no silo).</summary>
-    static string? Unservable(Exception e)
+    static string? Unservable(Exception e) => NoServingSiloException.Find(e) switch
     {
-        for (var x = e; x is not null; x = x.InnerException)
-        {
-            var m = x.Message;
-            int at = m.IndexOf("expert group ", StringComparison.Ordinal);
-            if (m.Contains("no silo in the cluster", StringComparison.Ordinal) && at >= 0)
-            {
-                var digits = new string(m[(at + 13)..].TakeWhile(char.IsDigit).ToArray());
-                return $"no silo in the cluster can serve expert group {digits}; start a silo that declares it (or an elastic silo)";
-            }
-            if (m.Contains("no silo in the cluster", StringComparison.Ordinal) && m.Contains("attention", StringComparison.Ordinal))
-                return "no silo in the cluster serves attention; start a silo with attention";
-        }
-        return null;
-    }
+        { ExpertGroup: { } group } => $"no silo in the cluster can serve expert group {group}; start a silo that declares it (or an elastic silo)",
+        { } => "no silo in the cluster serves attention; start a silo with attention",
+        null => null,
+    };
 
     /// <summary>
     /// One MoE layer: bundles the routed tokens of all shards per expert group, calls each group that any token

@@ -1,3 +1,4 @@
+using Grid.Grains.Contracts;
 using Grid.Grains.Hosting;
 using Orleans.Placement;
 using Orleans.Runtime;
@@ -42,7 +43,7 @@ public sealed class GridPlacementDirector(ISiloMetadataCache metadata) : IPlacem
             var (silo, error) = Choose(strategy is ExpertGroupPlacement, key, context.GetCompatibleSilos(target),
                 s => metadata.GetSiloMetadata(s).Metadata, mayWait: DateTime.UtcNow < deadline);
             if (silo is not null) return silo;
-            if (error is not null) throw new OrleansException(error);
+            if (error is not null) throw new NoServingSiloException(strategy is ExpertGroupPlacement ? (int)key : null, error);
             await Task.Delay(100);
         }
     }

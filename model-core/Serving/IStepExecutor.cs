@@ -111,11 +111,10 @@ public interface IStepExecutor : IAsyncDisposable
 
     /// <summary>
     /// Starts new sequences on their shards from the longest cached prefix of their tokens (prefix caching); per lookup,
-    /// the positions its shard now holds (0: none, or prefix caching off): its first chunk continues there. By default
-    /// nothing is cached.
+    /// the positions its shard now holds (0: none, or prefix caching off): its first chunk continues there. Deliberately
+    /// without a default body: a wrapper that forgot to forward it would silently turn prefix caching off.
     /// </summary>
-    Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
-        Task.FromResult(new int[lookups.Count]);
+    Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken);
 
     /// <summary>Frees the sequences' latent caches. Unknown ids are ignored.</summary>
     Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken);

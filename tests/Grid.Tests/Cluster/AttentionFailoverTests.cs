@@ -42,17 +42,7 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
 
     sealed class Configurator : ISiloConfigurator
     {
-        public void Configure(ISiloBuilder silo)
-        {
-            var name = silo.Configuration["Orleans:Name"]!;
-            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new GridOptions
-            {
-                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
-                Cluster = new GridClusterOptions { ExpertGroups = 4 },
-                Silo = new SiloOptions { Attention = index < 2, ExpertGroups = index == 2 ? new[] { 0, 1, 2, 3 } : Array.Empty<int>() },
-            });
-        }
+        public void Configure(ISiloBuilder silo) => TestSilo.AddGridSilo(silo, 4, index => new SiloOptions { Attention = index < 2, ExpertGroups = index == 2 ? new[] { 0, 1, 2, 3 } : Array.Empty<int>() });
     }
 
     /// <summary>

@@ -65,17 +65,7 @@ public abstract class ElasticClusterBase(string serviceId) : IAsyncLifetime
 
     sealed class Configurator : ISiloConfigurator
     {
-        public void Configure(ISiloBuilder silo)
-        {
-            var name = silo.Configuration["Orleans:Name"]!;
-            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new GridOptions
-            {
-                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
-                Cluster = new GridClusterOptions { ExpertGroups = 4 },
-                Silo = Layout(silo.Configuration["GridLayout"]!, index),
-            });
-        }
+        public void Configure(ISiloBuilder silo) => TestSilo.AddGridSilo(silo, 4, index => Layout(silo.Configuration["GridLayout"]!, index));
     }
 
     protected Task<HostStatus> StatusOfGroupAsync(int group) => Cluster.Client.GetGrain<IExpertGroupGrain>(group).GetStatusAsync();
@@ -158,6 +148,8 @@ public sealed class NoElasticSiloTests() : ElasticClusterBase("grid-no-elastic")
 
         var failed = await Assert.ThrowsAnyAsync<Exception>(() => GridClusterTestsBase<FullCluster>.GreedyAsync(Executor, 2, Expected.PromptIds, 16));
         Assert.Contains("expert group 1", Flatten(failed));
+        // The placement failure crossed the grain boundary typed (its codec), not as text to parse.
+        Assert.Equal(1, Grid.Grains.Contracts.NoServingSiloException.Find(failed)?.ExpertGroup);
         await Executor.ReleaseAsync([2], CancellationToken.None);
 
         // A silo declaring group 1 joins (see Late): group 1 is placed there and generation works again.

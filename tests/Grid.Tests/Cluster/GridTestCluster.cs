@@ -69,14 +69,7 @@ public abstract class GridTestCluster : IAsyncLifetime
     {
         public void Configure(ISiloBuilder silo)
         {
-            var name = silo.Configuration["Orleans:Name"] ?? throw new InvalidOperationException("the test cluster gave the silo no name");
-            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new GridOptions
-            {
-                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
-                Cluster = new GridClusterOptions { ExpertGroups = Groups },
-                Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
-            });
+            TestSilo.AddGridSilo(silo, Groups, index => new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] });
             var model = silo.Configuration["GridClusterName"]!;
             silo.AddIncomingGrainCallFilter(async ctx =>
             {
@@ -93,6 +86,26 @@ public abstract class GridTestCluster : IAsyncLifetime
     {
         public void Configure(IConfiguration configuration, IClientBuilder client) => client.AddActivityPropagation();
     }
+}
+
+/// <summary>What every TestingHost silo configurator shares: the silo's index from its name, and the Grid silo over the cluster's checkpoint.</summary>
+public static class TestSilo
+{
+    /// <summary>0 for the primary silo, n for "Secondary_n".</summary>
+    public static int Index(ISiloBuilder silo)
+    {
+        var name = silo.Configuration["Orleans:Name"] ?? throw new InvalidOperationException("the test cluster gave the silo no name");
+        return name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
+    }
+
+    /// <summary>Adds the Grid silo for the checkpoint in the cluster's <c>GridModelPath</c>, with the roles <paramref name="layout"/> gives the silo's index.</summary>
+    public static void AddGridSilo(ISiloBuilder silo, int expertGroups, Func<int, SiloOptions> layout) =>
+        silo.AddGridSilo(new GridOptions
+        {
+            Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
+            Cluster = new GridClusterOptions { ExpertGroups = expertGroups },
+            Silo = layout(Index(silo)),
+        });
 }
 
 public sealed class LiteCluster : GridTestCluster { protected override string Checkpoint => "lite_f32"; }

@@ -39,17 +39,7 @@ public sealed class ReplicaFailoverTests : IAsyncLifetime
 
     sealed class Configurator : ISiloConfigurator
     {
-        public void Configure(ISiloBuilder silo)
-        {
-            var name = silo.Configuration["Orleans:Name"]!;
-            int index = name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
-            silo.AddGridSilo(new GridOptions
-            {
-                Model = new ModelOptions { Path = silo.Configuration["GridModelPath"]! },
-                Cluster = new GridClusterOptions { ExpertGroups = 4 },
-                Silo = new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] },
-            });
-        }
+        public void Configure(ISiloBuilder silo) => TestSilo.AddGridSilo(silo, 4, index => new SiloOptions { Attention = index == 0, ExpertGroups = GroupsOfSilo[index] });
     }
 
     [Fact]

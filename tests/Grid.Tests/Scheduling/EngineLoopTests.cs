@@ -87,6 +87,10 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
         }
     }
 
+    /// <summary>The fake keeps no prefix cache: every sequence starts from position 0.</summary>
+    public Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+        Task.FromResult(new int[lookups.Count]);
+
     public async Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken)
     {
         if (HoldReleases is { } hold) await hold.Task;

@@ -93,6 +93,8 @@ public sealed class EngineRecoveryTests
             Interlocked.Increment(ref Steps);
             throw new StepInterruptedException("silo lost (fake)");
         }
+        public Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken) =>
+            Task.FromResult(new int[lookups.Count]);
         public Task ReleaseAsync(IReadOnlyList<long> sequenceIds, CancellationToken cancellationToken) => Task.CompletedTask;
         public Task<CacheStats> GetCacheStatsAsync(CancellationToken cancellationToken) => Task.FromResult(default(CacheStats));
         public Task<ShardBudget[]> GetBudgetsAsync(CancellationToken cancellationToken) => Task.FromResult(new[] { new ShardBudget(0, 4, 100, 0) });
