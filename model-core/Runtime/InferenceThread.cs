@@ -23,7 +23,12 @@ public sealed class InferenceThread : IDisposable
 
     void Loop(int? torchThreads)
     {
-        if (torchThreads is int n && n > 0) torch.set_num_threads(n);
+        if (torchThreads is int n && n > 0)
+        {
+            torch.set_num_threads(n);
+            // The C# kernels follow the same limit: silos sharing a box each get their share of the cores.
+            Grid.ModelCore.Kernels.KernelParallel.Threads = n;
+        }
         using var noGrad = torch.no_grad();
         foreach (var work in _queue.GetConsumingEnumerable()) work();
     }
