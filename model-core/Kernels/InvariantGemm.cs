@@ -9,7 +9,7 @@ namespace Grid.ModelCore.Kernels;
 /// count: decode (one row), a decode batch and a prefill chunk give the same bits for the same input row. Every output
 /// element is reduced in one fixed order whatever the call: eight lane accumulators, lane j summing
 /// x[k]·W[k] for k ≡ j (mod 8) in increasing k with fused multiply-adds, the last K mod 8 columns as one masked
-/// step, then the fixed horizontal sum <see cref="Sum"/>. Tiles (3 input rows × 4 weight rows in registers, blocks
+/// step, then the fixed horizontal sum <see cref="Sum4"/>. Tiles (3 input rows × 4 weight rows in registers, blocks
 /// of rows per work item) only choose which elements are computed together, never the order inside one; a partial
 /// tile repeats a row and drops the duplicate result. Work items (blocks of weight rows × blocks of input rows) run
 /// on every core (<see cref="KernelParallel"/>); plain memory only. Without AVX2+FMA a scalar path computes the same
@@ -22,7 +22,10 @@ public static unsafe class InvariantGemm
     const int SmallBlockWeights = 32;  // weight rows per work item for a decode-sized batch (a multiple of TileWeights)
     const int BlockWeights = 64;       // weight rows per work item otherwise
 
-    static readonly int[] MaskTable = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    /// <summary>Lanes below k mod 8 set: the masked last step over the columns past the last whole 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> TailMask(int k) =>
+        Avx2.CompareGreaterThan(Vector256.Create(k & 7), Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7)).AsSingle();
 
     /// <summary>Runs the float32 <paramref name="jobs"/> (every one with float32 <see cref="MatmulJob.Weights"/>) on every core.</summary>
     public static void Run(MatmulJob[] jobs, int count)
@@ -85,13 +88,16 @@ public static unsafe class InvariantGemm
     /// <summary>Whether this CPU runs the vector paths.</summary>
     public static bool Vectorized => Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>The fixed horizontal sum: (lane i + lane i+4) for i &lt; 4, then (0 + 2) + (1 + 3).</summary>
+    /// <summary>The fixed horizontal sums of four accumulators [a, b, c, d]: per accumulator v, h_i = v_i + v_(i+4) for
+    /// i &lt; 4, then (h0 + h1) + (h2 + h3).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float Sum(Vector256<float> v)
+    static Vector128<float> Sum4(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
     {
-        var h = Sse.Add(v.GetLower(), v.GetUpper());          // [a0+a4, a1+a5, a2+a6, a3+a7]
-        var p = Sse.Add(h, Sse.MoveHighToLow(h, h));          // [h0+h2, h1+h3, ...]
-        return Sse.AddScalar(p, Sse.Shuffle(p, p, 0b01)).ToScalar();   // (h0+h2) + (h1+h3)
+        var hab = Avx.Add(Avx.Permute2x128(a, b, 0x20), Avx.Permute2x128(a, b, 0x31));   // [h(a) | h(b)]
+        var hcd = Avx.Add(Avx.Permute2x128(c, d, 0x20), Avx.Permute2x128(c, d, 0x31));   // [h(c) | h(d)]
+        var p = Avx.HorizontalAdd(hab, hcd);   // [a0+a1, a2+a3, c0+c1, c2+c3 | b0+b1, b2+b3, d0+d1, d2+d3]
+        var q = Avx.HorizontalAdd(p, p);       // [a, c, a, c | b, d, b, d]
+        return Sse.UnpackLow(q.GetLower(), q.GetUpper());                                 // [a, b, c, d]
     }
 
     static void Tile1x4(float* x, float* w0, float* w1, float* w2, float* w3, int count, int k, float* y)
@@ -108,20 +114,14 @@ public static unsafe class InvariantGemm
         }
         if (i < k)
         {
-            fixed (int* table = MaskTable)
-            {
-                var mask = Avx.LoadVector256((float*)(table + 8 - (k & 7)));
-                var xv = Avx.MaskLoad(x + i, mask);
-                a0 = Fma.MultiplyAdd(Avx.MaskLoad(w0 + i, mask), xv, a0);
-                a1 = Fma.MultiplyAdd(Avx.MaskLoad(w1 + i, mask), xv, a1);
-                a2 = Fma.MultiplyAdd(Avx.MaskLoad(w2 + i, mask), xv, a2);
-                a3 = Fma.MultiplyAdd(Avx.MaskLoad(w3 + i, mask), xv, a3);
-            }
+            var mask = TailMask(k);
+            var xv = Avx.MaskLoad(x + i, mask);
+            a0 = Fma.MultiplyAdd(Avx.MaskLoad(w0 + i, mask), xv, a0);
+            a1 = Fma.MultiplyAdd(Avx.MaskLoad(w1 + i, mask), xv, a1);
+            a2 = Fma.MultiplyAdd(Avx.MaskLoad(w2 + i, mask), xv, a2);
+            a3 = Fma.MultiplyAdd(Avx.MaskLoad(w3 + i, mask), xv, a3);
         }
-        y[0] = Sum(a0);
-        if (count > 1) y[1] = Sum(a1);
-        if (count > 2) y[2] = Sum(a2);
-        if (count > 3) y[3] = Sum(a3);
+        Store(y, count, Sum4(a0, a1, a2, a3));
     }
 
     static void Tile3x4(float* x0, float* x1, float* x2, int inputs, float* w0, float* w1, float* w2, float* w3, int count, int k, float* y, int yStride)
@@ -146,34 +146,35 @@ public static unsafe class InvariantGemm
         }
         if (i < k)
         {
-            fixed (int* table = MaskTable)
-            {
-                var mask = Avx.LoadVector256((float*)(table + 8 - (k & 7)));
-                var v0 = Avx.MaskLoad(x0 + i, mask);
-                var v1 = Avx.MaskLoad(x1 + i, mask);
-                var v2 = Avx.MaskLoad(x2 + i, mask);
-                var w = Avx.MaskLoad(w0 + i, mask);
-                a00 = Fma.MultiplyAdd(w, v0, a00); a10 = Fma.MultiplyAdd(w, v1, a10); a20 = Fma.MultiplyAdd(w, v2, a20);
-                w = Avx.MaskLoad(w1 + i, mask);
-                a01 = Fma.MultiplyAdd(w, v0, a01); a11 = Fma.MultiplyAdd(w, v1, a11); a21 = Fma.MultiplyAdd(w, v2, a21);
-                w = Avx.MaskLoad(w2 + i, mask);
-                a02 = Fma.MultiplyAdd(w, v0, a02); a12 = Fma.MultiplyAdd(w, v1, a12); a22 = Fma.MultiplyAdd(w, v2, a22);
-                w = Avx.MaskLoad(w3 + i, mask);
-                a03 = Fma.MultiplyAdd(w, v0, a03); a13 = Fma.MultiplyAdd(w, v1, a13); a23 = Fma.MultiplyAdd(w, v2, a23);
-            }
+            var mask = TailMask(k);
+            var v0 = Avx.MaskLoad(x0 + i, mask);
+            var v1 = Avx.MaskLoad(x1 + i, mask);
+            var v2 = Avx.MaskLoad(x2 + i, mask);
+            var w = Avx.MaskLoad(w0 + i, mask);
+            a00 = Fma.MultiplyAdd(w, v0, a00); a10 = Fma.MultiplyAdd(w, v1, a10); a20 = Fma.MultiplyAdd(w, v2, a20);
+            w = Avx.MaskLoad(w1 + i, mask);
+            a01 = Fma.MultiplyAdd(w, v0, a01); a11 = Fma.MultiplyAdd(w, v1, a11); a21 = Fma.MultiplyAdd(w, v2, a21);
+            w = Avx.MaskLoad(w2 + i, mask);
+            a02 = Fma.MultiplyAdd(w, v0, a02); a12 = Fma.MultiplyAdd(w, v1, a12); a22 = Fma.MultiplyAdd(w, v2, a22);
+            w = Avx.MaskLoad(w3 + i, mask);
+            a03 = Fma.MultiplyAdd(w, v0, a03); a13 = Fma.MultiplyAdd(w, v1, a13); a23 = Fma.MultiplyAdd(w, v2, a23);
         }
-        Store(y, count, Sum(a00), Sum(a01), Sum(a02), Sum(a03));
-        if (inputs > 1) Store(y + yStride, count, Sum(a10), Sum(a11), Sum(a12), Sum(a13));
-        if (inputs > 2) Store(y + 2L * yStride, count, Sum(a20), Sum(a21), Sum(a22), Sum(a23));
+        Store(y, count, Sum4(a00, a01, a02, a03));
+        if (inputs > 1) Store(y + yStride, count, Sum4(a10, a11, a12, a13));
+        if (inputs > 2) Store(y + 2L * yStride, count, Sum4(a20, a21, a22, a23));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store(float* y, int count, float s0, float s1, float s2, float s3)
+    static void Store(float* y, int count, Vector128<float> sums)
     {
-        y[0] = s0;
-        if (count > 1) y[1] = s1;
-        if (count > 2) y[2] = s2;
-        if (count > 3) y[3] = s3;
+        if (count == 4)
+        {
+            Sse.Store(y, sums);
+            return;
+        }
+        y[0] = sums.GetElement(0);
+        if (count > 1) y[1] = sums.GetElement(1);
+        if (count > 2) y[2] = sums.GetElement(2);
     }
 
     /// <summary>The vector paths' arithmetic lane by lane: the same bits without AVX2.</summary>
@@ -192,7 +193,7 @@ public static unsafe class InvariantGemm
                 if ((k & 7) != 0)
                     for (int l = k & 7; l < 8; l++) lanes[l] = MathF.FusedMultiplyAdd(0f, 0f, lanes[l]);
                 float h0 = lanes[0] + lanes[4], h1 = lanes[1] + lanes[5], h2 = lanes[2] + lanes[6], h3 = lanes[3] + lanes[7];
-                y[(long)r * yStride + c] = (h0 + h2) + (h1 + h3);
+                y[(long)r * yStride + c] = (h0 + h1) + (h2 + h3);
             }
         }
     }
