@@ -53,6 +53,36 @@ public class InvariantGemmTests
         for (int i = 0; i < 7; i++) Assert.Equal(Row(all, 40 + i), Row(batch, i));
     }
 
+    [Theory]
+    [InlineData(11, 203)]
+    [InlineData(9, 1024)]
+    [InlineData(6, 7)]
+    [InlineData(7, 17)]
+    public unsafe void EveryPathGivesTheSameBits(int n, int k)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        const int m = 13;
+        var x = Random(m, k, 61).contiguous();
+        using var w = LinearWeight.Create(Random(n, k, 62), WeightQuantization.None);
+        var paths = new List<GemmPath> { GemmPath.Scalar };
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported) paths.Add(GemmPath.Avx2);
+        if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported) paths.Add(GemmPath.Avx512);
+        Assert.Contains(InvariantGemm.BestPath, paths);
+        var results = new List<float[]>();
+        foreach (var path in paths)
+        {
+            var y = empty(m, n);
+            var job = w.Job(TensorMemory.Pointer<float>(x), m, TensorMemory.Pointer<float>(y), n);
+            InvariantGemm.Rows(job, 0, m, 0, n, path);
+            results.Add(y.data<float>().ToArray());
+        }
+        for (int i = 1; i < results.Count; i++) Assert.Equal(results[0], results[i]);
+        // And those bits are the dot products (libtorch, within rounding).
+        double maxDiff = (linear(x, w.Dense!) - tensor(results[0], [m, n])).abs().max().item<float>();
+        Assert.True(maxDiff < 1e-5 * Math.Sqrt(k) * 4, $"max diff {maxDiff}");
+    }
+
     [Fact]
     public void LinearWeightForwardRunsTheInvariantGemmForEveryBatchByDefault()
     {
