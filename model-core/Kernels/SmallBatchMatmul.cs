@@ -30,8 +30,8 @@ public readonly unsafe struct MatmulJob
 }
 
 /// <summary>
-/// Matrix-vector and small-batch (M ≤ <see cref="MaxRows"/>) matmuls over float32 or 8-bit weights, the decode
-/// path's kernels. Each call reads every weight once from memory: output rows go four at a time, each group of four
+/// Matrix-vector and small-batch (M ≤ <see cref="MaxRows"/>) matmuls over 8-bit weights, the decode path's kernels;
+/// a float32 job is computed by <see cref="InvariantGemm"/> (the same bits as in any other batch). Each call reads every weight once from memory: output rows go four at a time, each group of four
 /// weight rows streamed once and reused from the L1 cache for every input row; 8-bit rows are decoded in registers
 /// (one input row) or into an L1-resident float scratch of four rows (several input rows), never into a float copy
 /// of the matrix. Work is split into blocks of output rows over all the jobs of a call and run on every core
