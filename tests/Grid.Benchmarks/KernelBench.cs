@@ -181,7 +181,7 @@ public static class KernelBench
         s.Markdown.Add("");
         s.Table(["shape", "M x K x N", "invariant GFLOP/s", "libtorch GFLOP/s", "invariant / libtorch", "invariant / ceiling"], rows);
         s.Summary.Add(("batch-invariant GEMM / libtorch matmul, prefill shapes (time-weighted)", $"{Pct(all)} ({Pct(flopsAll / kernelSeconds / 1e9 / ceiling)} of the matmul ceiling)",
-            "register-tiled AVX2/FMA dot products, 3 input rows x 4 weight rows, fixed reduction order per element; no packing"));
+            "register-tiled AVX-512 dot products (up to 6 input rows x 4 weight rows), fixed 16-lane reduction order per element; operands read unpacked (no packed panels), so they stream from L2"));
     }
 
     /// <summary>Prefill and batch-1 decode of the same checkpoint loaded without the kernels (libtorch everywhere), in the same run.</summary>
