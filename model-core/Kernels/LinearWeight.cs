@@ -6,8 +6,10 @@ namespace Grid.ModelCore.Kernels;
 
 /// <summary>
 /// The weight of one linear projection, y = x Wᵀ (+ bias), stored in the compute dtype or in 8 bits
-/// (<see cref="QuantizedMatrix"/>). Batches of at most <see cref="SmallBatchMatmul.MaxRows"/> rows (decode) run the
-/// C# kernels over the raw weight memory; larger ones (prefill) run libtorch's matmul, over a transient float32
+/// (<see cref="QuantizedMatrix"/>). With <see cref="UseKernels"/> (the default; <see cref="Model.ModelLoadOptions.UseKernels"/>)
+/// float32 weights run the batch-invariant GEMM (<see cref="InvariantGemm"/>) for every row count, so a row's result
+/// is the same bits in decode and in a prefill chunk, and 8-bit weights run the small-batch kernels for batches of at
+/// most <see cref="SmallBatchMatmul.MaxRows"/> rows; everything else runs libtorch's matmul, over a transient float32
 /// copy of the matrix when it is quantized. Runs on the inference thread.
 /// </summary>
 public sealed unsafe class LinearWeight : IDisposable
@@ -27,8 +29,12 @@ public sealed unsafe class LinearWeight : IDisposable
     /// <summary>Bytes the weight holds.</summary>
     public long Bytes => _quantized?.Bytes ?? _dense!.NumberOfElements * _dense.ElementSize;
 
-    LinearWeight(Tensor? dense, QuantizedMatrix? quantized, int rows, int cols)
+    /// <summary>Whether this weight runs Grid's C# kernels (false: libtorch for every batch, for comparisons).</summary>
+    public bool UseKernels { get; }
+
+    LinearWeight(Tensor? dense, QuantizedMatrix? quantized, int rows, int cols, bool useKernels)
     {
+        UseKernels = useKernels;
         _dense = dense;
         _quantized = quantized;
         Rows = rows;
@@ -37,23 +43,23 @@ public sealed unsafe class LinearWeight : IDisposable
     }
 
     /// <summary>Takes ownership of <paramref name="weight"/> [rows, cols]; with a quantization it is quantized and disposed.</summary>
-    public static LinearWeight Create(Tensor weight, WeightQuantization quantization)
+    public static LinearWeight Create(Tensor weight, WeightQuantization quantization, bool useKernels = true)
     {
         int rows = (int)weight.shape[0], cols = (int)weight.shape[1];
         if (quantization == WeightQuantization.None)
         {
-            if (weight.is_contiguous()) return new LinearWeight(weight, null, rows, cols);
+            if (weight.is_contiguous()) return new LinearWeight(weight, null, rows, cols, useKernels);
             Tensor c;
             using (NewDisposeScope()) c = weight.contiguous().DetachFromDisposeScope();
             weight.Dispose();
-            return new LinearWeight(c, null, rows, cols);
+            return new LinearWeight(c, null, rows, cols, useKernels);
         }
-        try { return new LinearWeight(null, QuantizedMatrix.Quantize(weight, quantization), rows, cols); }
+        try { return new LinearWeight(null, QuantizedMatrix.Quantize(weight, quantization), rows, cols, useKernels); }
         finally { weight.Dispose(); }
     }
 
     /// <summary>Wraps an already quantized matrix (an FP8 checkpoint's), taking ownership.</summary>
-    public static LinearWeight FromQuantized(QuantizedMatrix matrix) => new(null, matrix, matrix.Rows, matrix.Cols);
+    public static LinearWeight FromQuantized(QuantizedMatrix matrix, bool useKernels = true) => new(null, matrix, matrix.Rows, matrix.Cols, useKernels);
 
     /// <summary>Gate and up stacked by rows into one [2*inter, d] weight; both inputs are consumed.</summary>
     public static LinearWeight StackRows(LinearWeight top, LinearWeight bottom)
@@ -61,12 +67,12 @@ public sealed unsafe class LinearWeight : IDisposable
         try
         {
             if (top._quantized is { } qt && bottom._quantized is { } qb)
-                return FromQuantized(QuantizedMatrix.StackRows(qt, qb));
+                return FromQuantized(QuantizedMatrix.StackRows(qt, qb), top.UseKernels);
             if (top._dense is { } dt && bottom._dense is { } db)
             {
                 Tensor stacked;
                 using (NewDisposeScope()) stacked = cat([dt, db], 0).DetachFromDisposeScope();
-                return new LinearWeight(stacked, null, top.Rows + bottom.Rows, top.Cols);
+                return new LinearWeight(stacked, null, top.Rows + bottom.Rows, top.Cols, top.UseKernels);
             }
             throw new ArgumentException("stacked weights need the same storage");
         }
@@ -77,34 +83,37 @@ public sealed unsafe class LinearWeight : IDisposable
         }
     }
 
-    /// <summary>Whether the kernels can take this weight (float32 or 8-bit storage).</summary>
-    public bool KernelReady => _quantized is not null || (SmallBatchMatmul.Float32 && _dense!.dtype == ScalarType.Float32);
+    /// <summary>Whether the weight is float32 (the batch-invariant GEMM can take it, any number of rows).</summary>
+    public bool IsFloat32 => _densePointer != null;
+
+    /// <summary>Whether the kernels run an <paramref name="rows"/>-row batch over this weight: float32 any batch, 8-bit up
+    /// to <see cref="SmallBatchMatmul.MaxRows"/> rows, and only with <see cref="UseKernels"/>.</summary>
+    public bool KernelsTake(long rows) => UseKernels && rows > 0 && (IsFloat32 || (_quantized is not null && rows <= SmallBatchMatmul.MaxRows));
 
     /// <summary>x [M, Cols] -> [M, Rows] in x's dtype.</summary>
     public Tensor Forward(Tensor x, Tensor? bias = null)
     {
-        long m = x.shape[0];
-        if (m > 0 && m <= SmallBatchMatmul.MaxRows && SmallBatchMatmul.Enabled && KernelReady)
-            return KernelForward(x, bias);
+        if (KernelsTake(x.shape[0])) return KernelForward(x, bias);
         if (_dense is not null) return linear(x, _dense, bias);
         using var w = _quantized!.Dequantize();
         var result = x.dtype == ScalarType.Float32 ? linear(x, w, bias) : linear(x.to(ScalarType.Float32), w, bias?.to(ScalarType.Float32)).to(x.dtype);
         return result;
     }
 
-    /// <summary>x [M ≤ <see cref="SmallBatchMatmul.MaxRows"/>, Cols] -> [M, Rows] through the kernels, whatever the storage.</summary>
+    /// <summary>x [M, Cols] -> [M, Rows] through the kernels, whatever <see cref="UseKernels"/> says: any M over float32
+    /// weights (the batch-invariant GEMM), 1..<see cref="SmallBatchMatmul.MaxRows"/> rows over 8-bit ones.</summary>
     public Tensor KernelForward(Tensor x, Tensor? bias = null)
     {
         long m = x.shape[0];
-        if (m < 1 || m > SmallBatchMatmul.MaxRows || (_quantized is null && _dense!.dtype != ScalarType.Float32))
-            throw new ArgumentException($"the kernels take 1..{SmallBatchMatmul.MaxRows} rows over float32 or 8-bit weights");
-        {
-            var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
-            var y = empty([m, Rows], ScalarType.Float32);
-            SmallBatchMatmul.Run(Job(TensorMemory.Pointer<float>(input), (int)m, TensorMemory.Pointer<float>(y), Rows));
-            if (bias is not null) y = y.add_(bias.to(ScalarType.Float32), Scalars.One);
-            return x.dtype == ScalarType.Float32 ? y : y.to(x.dtype);
-        }
+        if (m < 1 || (_quantized is null && !IsFloat32) || (_quantized is not null && m > SmallBatchMatmul.MaxRows))
+            throw new ArgumentException($"the kernels take any number of rows over float32 weights, 1..{SmallBatchMatmul.MaxRows} over 8-bit ones");
+        var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
+        var y = empty([m, Rows], ScalarType.Float32);
+        var job = Job(TensorMemory.Pointer<float>(input), (int)m, TensorMemory.Pointer<float>(y), Rows);
+        if (IsFloat32) InvariantGemm.Run(job);
+        else SmallBatchMatmul.Run(job);
+        if (bias is not null) y = y.add_(bias.to(ScalarType.Float32), Scalars.One);
+        return x.dtype == ScalarType.Float32 ? y : y.to(x.dtype);
     }
 
     /// <summary>The kernel job y[m * yStride + n] = x[m] · W[n] for m &lt; <paramref name="m"/>.</summary>

@@ -30,8 +30,8 @@ public readonly unsafe struct MatmulJob
 }
 
 /// <summary>
-/// Matrix-vector and small-batch (M ≤ <see cref="MaxRows"/>) matmuls over float32 or 8-bit weights, the decode
-/// path's kernels. Each call reads every weight once from memory: output rows go four at a time, each group of four
+/// Matrix-vector and small-batch (M ≤ <see cref="MaxRows"/>) matmuls over 8-bit weights, the decode path's kernels;
+/// a float32 job is computed by <see cref="InvariantGemm"/> (the same bits as in any other batch). Each call reads every weight once from memory: output rows go four at a time, each group of four
 /// weight rows streamed once and reused from the L1 cache for every input row; 8-bit rows are decoded in registers
 /// (one input row) or into an L1-resident float scratch of four rows (several input rows), never into a float copy
 /// of the matrix. Work is split into blocks of output rows over all the jobs of a call and run on every core
@@ -40,19 +40,9 @@ public readonly unsafe struct MatmulJob
 /// </summary>
 public static unsafe class SmallBatchMatmul
 {
-    /// <summary>Input rows up to which the kernels run; larger batches (prefill) go through libtorch's matmul.</summary>
+    /// <summary>Input rows up to which the 8-bit kernels run; larger batches (prefill) go through libtorch's matmul. Float32
+    /// weights run <see cref="InvariantGemm"/> for any number of rows (here too: a float32 job is computed by it).</summary>
     public const int MaxRows = 16;
-
-    /// <summary>Whether the kernels are used at all (false: libtorch for every batch; for measurements).</summary>
-    public static bool Enabled { get; set; } = true;
-
-    /// <summary>
-    /// Whether float32 weights go through the kernels too (off by default). The kernels sum in another order than
-    /// libtorch, so with them a row's result would depend on whether its batch had at most <see cref="MaxRows"/> rows:
-    /// a cache recomputed by prefill (a lost silo, preemption) would then differ in the last bits from the one decode
-    /// built, and a sampled stream could change after recovery. 8-bit weights always use them.
-    /// </summary>
-    public static bool Float32 { get; set; }
 
     /// <summary>Whether this CPU runs the vector paths.</summary>
     public static bool Vectorized => Avx2.IsSupported && Fma.IsSupported;
@@ -89,30 +79,13 @@ public static unsafe class SmallBatchMatmul
 
     static void RunRows(in MatmulJob job, int n0, int n1)
     {
-        if (job.Quantized is null) F32Rows(job, n0, n1);
+        if (job.Quantized is null) InvariantGemm.Rows(job, 0, job.M, n0, n1);
         else if (job.M == 1 && Vectorized)
         {
             if (job.Quantized.Format == WeightQuantization.Int8) Q8RowsOneInput<Int8Decoder>(job, n0, n1);
             else Q8RowsOneInput<Fp8Decoder>(job, n0, n1);
         }
         else Q8RowsScratch(job, n0, n1);
-    }
-
-    static void F32Rows(in MatmulJob job, int n0, int n1)
-    {
-        int k = job.K;
-        for (int n = n0; n < n1; n += 4)
-        {
-            float* w0 = job.Weights + (long)n * k;
-            float* w1 = job.Weights + (long)Math.Min(n + 1, n1 - 1) * k;
-            float* w2 = job.Weights + (long)Math.Min(n + 2, n1 - 1) * k;
-            float* w3 = job.Weights + (long)Math.Min(n + 3, n1 - 1) * k;
-            for (int m = 0; m < job.M; m++)
-            {
-                Dot4(w0, w1, w2, w3, job.X + (long)m * k, k, out var s0, out var s1, out var s2, out var s3);
-                Store(job.Y + (long)m * job.YStride, n, n1, s0, s1, s2, s3);
-            }
-        }
     }
 
     static void Q8RowsScratch(in MatmulJob job, int n0, int n1)

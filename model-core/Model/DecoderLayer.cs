@@ -29,7 +29,7 @@ public sealed class DecoderLayer : IDisposable
         PostAttentionNorm = new RmsNorm(w.Get($"{p}.post_attention_layernorm.weight"), c.RmsNormEps);
         if (c.IsMoeLayer(index))
         {
-            Gate = new MoeGate(w.Get($"{p}.mlp.gate.weight"), c);
+            Gate = new MoeGate(w.Get($"{p}.mlp.gate.weight"), c, w.Kernels);
             if (c.NSharedExperts > 0) SharedExperts = SwiGluMlp.Load(w, $"{p}.mlp.shared_experts");
         }
         else

@@ -15,6 +15,11 @@ public sealed record ModelLoadOptions
     /// <summary>How linear weights are stored (<c>--quantization</c>); null keeps the checkpoint's storage (FP8 for an FP8
     /// checkpoint, the compute dtype otherwise).</summary>
     public Kernels.WeightQuantization? Quantization { get; init; }
+    /// <summary>Whether linear layers, experts and lm_head run Grid's C# kernels: the batch-invariant float32 GEMM
+    /// (<see cref="Kernels.InvariantGemm"/>: a row's result is the same bits in any batch, so a cache rebuilt by prefill
+    /// equals the one decode wrote) and the 8-bit small-batch kernels. False runs libtorch's matmul everywhere (for
+    /// comparisons; a row's result may then depend on its batch's size).</summary>
+    public bool UseKernels { get; init; } = true;
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
@@ -50,6 +55,8 @@ public sealed class DeepseekV2Model : IDisposable
     public ScalarType Dtype { get; }
     /// <summary>The weight storage asked for at load (null: the checkpoint's own).</summary>
     public Kernels.WeightQuantization? Quantization { get; }
+    /// <summary>Whether it runs Grid's C# kernels (<see cref="ModelLoadOptions.UseKernels"/>).</summary>
+    public bool UseKernels { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
     /// <summary>The latent-cache budget chosen at load (bytes, before rounding to blocks) and how it was chosen.</summary>
@@ -71,6 +78,7 @@ public sealed class DeepseekV2Model : IDisposable
         Config = config;
         Dtype = options.Dtype;
         Quantization = options.Quantization;
+        UseKernels = options.UseKernels;
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
@@ -115,7 +123,7 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels };
         return new DeepseekV2Model(config, options, loader, ranges);
     }
 
@@ -141,7 +149,7 @@ public sealed class DeepseekV2Model : IDisposable
         if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
             throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
         using var scope = NewDisposeScope();
-        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization };
+        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels };
         var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them
         _expertGroups = _expertGroups.Append(experts).OrderBy(g => g.Range.First).ToArray();
         _loadedTensors = [.. _loadedTensors, .. loader.Loaded];
@@ -242,7 +250,21 @@ public sealed class DeepseekV2Model : IDisposable
     public Tensor Logits(Tensor h)
     {
         if (_norm is null || _lmHead is null) throw new InvalidOperationException("this host did not load lm_head");
-        return linear(_norm.Forward(h), _lmHead).to(ScalarType.Float32);
+        var x = _norm.Forward(h);
+        if (UseKernels && x.dtype == ScalarType.Float32 && _lmHead.dtype == ScalarType.Float32 && x.shape[0] > 0)
+        {
+            // The batch-invariant GEMM: a token's logits are the same bits whatever else is in the step.
+            var input = x.contiguous();
+            var logits = empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
+            unsafe
+            {
+                Grid.ModelCore.Kernels.InvariantGemm.Run(new Grid.ModelCore.Kernels.MatmulJob(Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(_lmHead), null,
+                    Config.VocabSize, Config.HiddenSize, Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(input), (int)x.shape[0],
+                    Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(logits), Config.VocabSize));
+            }
+            return logits;
+        }
+        return linear(x, _lmHead).to(ScalarType.Float32);
     }
 
     /// <summary>

@@ -75,15 +75,16 @@ public sealed class Experts : IDisposable
                 (tokens[local] ??= new()).Add(t);
                 (weights[local] ??= new()).Add(routing.Weight(t, k));
             }
-        // Experts with few tokens (decode) run together through the C# kernels in one parallel call; the rest
-        // (prefill) as one libtorch gather/matmul/scatter each.
-        bool kernels = SmallBatchMatmul.Enabled && x.dtype == ScalarType.Float32;
+        // Every expert the kernels take (float32 weights for any token count, 8-bit ones for decode-sized counts) runs
+        // in one parallel call over all of them; the rest (8-bit prefill, libtorch-only loads, other dtypes) as one
+        // libtorch gather/matmul/scatter each.
+        bool kernels = x.dtype == ScalarType.Float32;
         var small = new List<ExpertWork>();
         for (int local = 0; local < Range.Count; local++)
         {
             if (tokens[local] is not { } rows) continue;
             var expert = experts[local];
-            if (kernels && rows.Count <= SmallBatchMatmul.MaxRows && expert.GateUp.KernelReady && expert.Down.KernelReady)
+            if (kernels && expert.GateUp.KernelsTake(rows.Count) && expert.Down.KernelsTake(rows.Count))
             {
                 small.Add(new ExpertWork(expert.GateUp, expert.Down, rows, weights[local]));
                 continue;

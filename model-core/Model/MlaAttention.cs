@@ -72,7 +72,7 @@ public sealed class MlaAttention : IDisposable
                 var q = w.Get($"{p}.q_proj.weight").view(_heads, _nope + _rope, -1); // [H, nope+rope, d]
                 var qNope = q.narrow(1, 0, _nope).reshape(_heads * _nope, -1);
                 var qRope = HalvesRows(q.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads);
-                _qkvA = LinearWeight.Create(cat([qNope, kvC, qRope, kR], 0).DetachFromDisposeScope(), fusedFormat);
+                _qkvA = LinearWeight.Create(cat([qNope, kvC, qRope, kR], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
             }
             else
             {
@@ -81,8 +81,8 @@ public sealed class MlaAttention : IDisposable
                 _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
                 var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
                 _qBProj = LinearWeight.Create(cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
-                               HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat);
-                _qkvA = LinearWeight.Create(cat([qA, kvC, kR], 0).DetachFromDisposeScope(), fusedFormat);
+                               HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
+                _qkvA = LinearWeight.Create(cat([qA, kvC, kR], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
             }
             if (kvABias is not null || qABias is not null)
             {

@@ -1,4 +1,5 @@
 using Grid.ModelCore.Config;
+using Grid.ModelCore.Kernels;
 using Grid.ModelCore.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -28,20 +29,23 @@ public sealed record DeviceLimit(int Groups, int MaxGroups);
 public sealed class MoeGate : IDisposable
 {
     readonly ModelConfig _c;
-    readonly Tensor _weight;   // [E, d], float32
+    readonly LinearWeight _weight;   // [E, d], float32
     readonly Scalar _routedScaling, _tiny;   // owned for the gate's lifetime (see Scalars)
 
-    public MoeGate(Tensor weight, ModelConfig config)
+    public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true)
     {
         _c = config;
         _routedScaling = config.RoutedScalingFactor.ToScalar();
         _tiny = 1e-20.ToScalar();
-        using (NewDisposeScope()) _weight = weight.to(ScalarType.Float32).DetachFromDisposeScope();
-        if (!ReferenceEquals(_weight, weight)) weight.Dispose();
+        Tensor float32;
+        using (NewDisposeScope()) float32 = weight.to(ScalarType.Float32).DetachFromDisposeScope();
+        if (!ReferenceEquals(float32, weight)) weight.Dispose();
+        // Through the batch-invariant GEMM by default: a token's routing does not depend on the rest of its batch.
+        _weight = LinearWeight.Create(float32, WeightQuantization.None, useKernels);
     }
 
     /// <summary>Affinities s_{i,t} = softmax(u_t^T e_i) in float32: x [N, d] -> [N, E].</summary>
-    public Tensor Scores(Tensor x) => softmax(linear(x.to(ScalarType.Float32), _weight), -1);
+    public Tensor Scores(Tensor x) => softmax(_weight.Forward(x.to(ScalarType.Float32)), -1);
 
     public Routing Route(Tensor x, DeviceLimit? limit = null)
     {

@@ -23,6 +23,8 @@ public sealed class WeightLoader
     /// <summary>How linear weights loaded through <see cref="GetLinear"/> are stored; null keeps the checkpoint's own
     /// storage (FP8 for an FP8 checkpoint, the compute dtype otherwise).</summary>
     public WeightQuantization? Quantization { get; init; }
+    /// <summary>Whether the linear weights it makes run Grid's C# kernels (<see cref="LinearWeight.UseKernels"/>).</summary>
+    public bool Kernels { get; init; } = true;
     public ModelConfig Config { get; }
 
     /// <summary>Names of the tensors loaded so far, in order.</summary>
@@ -68,9 +70,9 @@ public sealed class WeightLoader
             var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");
             var matrix = _checkpoint.LoadFp8(name, spec.Shape);
             Count(name, spec);
-            return LinearWeight.FromQuantized(matrix);
+            return LinearWeight.FromQuantized(matrix, Kernels);
         }
-        return LinearWeight.Create(Get(name), wanted);
+        return LinearWeight.Create(Get(name), wanted, Kernels);
     }
 
     public Tensor? GetOptional(string name, bool wanted) => wanted ? Get(name) : null;

@@ -82,10 +82,8 @@ public static class QuantBench
         var decode = new JsonArray();
         var rows = new List<string[]>();
         var tokPerSecond = new Dictionary<string, double>();
-        void Measure(string name, DeepseekV2Model model, WeightQuantization q, bool kernels)
+        void Measure(string name, DeepseekV2Model model, WeightQuantization q)
         {
-            SmallBatchMatmul.Enabled = kernels;
-            try
             {
                 var b1 = ModelCoreBench.Decode(model, 1, context, steps1);
                 var b32 = ModelCoreBench.Decode(model, 32, context, steps32);
@@ -105,12 +103,12 @@ public static class QuantBench
                 });
                 rows.Add([name, F(b1.TokensPerSecond), F(b32.TokensPerSecond), F(bytes / 1e6), $"{F(gbs)} ({Pct(gbs / read)})"]);
             }
-            finally { SmallBatchMatmul.Enabled = true; }
         }
 
         var reference = c.Model;
-        Measure("float32, libtorch only (before)", reference, WeightQuantization.None, kernels: false);
-        Measure("float32 + kernels", reference, WeightQuantization.None, kernels: true);
+        using (var libtorchOnly = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { UseKernels = false }))
+            Measure("float32, libtorch only (before)", libtorchOnly, WeightQuantization.None);
+        Measure("float32 + kernels", reference, WeightQuantization.None);
 
         var accuracy = new JsonArray();
         var accRows = new List<string[]>();
@@ -137,7 +135,7 @@ public static class QuantBench
             var sw = Stopwatch.StartNew();
             using var model = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q });
             c.Log($"{q.Name()}: loaded and quantized in {sw.Elapsed.TotalSeconds:F1} s");
-            Measure($"{q.Name()} weights", model, q, kernels: true);
+            Measure($"{q.Name()} weights", model, q);
             Accuracy($"{q.Name()} weights", model);
         }
         var latent = new JsonArray();

@@ -20,7 +20,7 @@ public class KernelTests
     [Theory]
     [InlineData(1, 37, 200)]      // rows not a multiple of 4, columns not a multiple of 8
     [InlineData(3, 64, 1024)]
-    [InlineData(16, 130, 352)]    // the largest batch the kernels take
+    [InlineData(16, 130, 352)]    // the largest batch the 8-bit kernels take (float32: any, see InvariantGemmTests)
     public void Float32KernelMatchesLibtorchLinear(int m, int n, int k)
     {
         using var scope = NewDisposeScope();
