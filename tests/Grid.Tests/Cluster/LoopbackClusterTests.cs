@@ -74,8 +74,11 @@ public sealed class LoopbackClusterTests
                 Assert.True(response.StatusCode == HttpStatusCode.OK, text);
                 expected.AssertLegacyLogprobs(JsonNode.Parse(text)!["choices"]![0]!["logprobs"]!, prompt);
             }
-            var cache = JsonNode.Parse(await http.GetStringAsync("/debug/cache"))!;
+            // The engine frees a finished sequence's cache after its last token went out: wait for that state.
+            var cache = await Poll.UntilAsync(async () => JsonNode.Parse(await http.GetStringAsync("/debug/cache"))!,
+                c => c["tokens"]!.GetValue<long>() == 0);
             Assert.Equal(0, cache["tokens"]!.GetValue<long>());
+            Assert.Equal(0, cache["sequences"]!.GetValue<long>());
             if (checkpoint == "full_f32") await PrometheusScrapesTheClusterAsync(state, port, metricsPort);
         }
         finally
