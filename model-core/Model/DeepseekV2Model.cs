@@ -41,7 +41,7 @@ public sealed class DeepseekV2Model : IDisposable
 {
     readonly Tensor? _embedTokens;   // [V, d]
     readonly RmsNorm? _norm;
-    readonly Tensor? _lmHead;        // [V, d]
+    readonly Kernels.LinearWeight? _lmHead;   // [V, d]; 8-bit with a --quantization (null when tied: the embedding is used)
     readonly DecoderLayer[] _layers;
 
     public ModelConfig Config { get; }
@@ -58,6 +58,16 @@ public sealed class DeepseekV2Model : IDisposable
     /// <summary>The expert groups this host holds, in expert order (a snapshot: <see cref="LoadExpertGroup(string, ExpertRange, IProgress{LoadProgress}?)"/> replaces it).</summary>
     public IReadOnlyList<Experts> ExpertGroups => _expertGroups;
     public bool HasAttention => _embedTokens is not null;
+
+    /// <summary>
+    /// Bytes of the attention part's weights this host holds (embedding, every layer's MLA, norms, gates, shared experts and
+    /// dense MLPs, final norm, lm_head), as stored (8-bit where quantized); 0 on a host that did not load it.
+    /// </summary>
+    public long AttentionWeightBytes =>
+        Runtime.WeightBytes.Of(_embedTokens) + (_lmHead?.Bytes ?? 0) + (_norm?.Bytes ?? 0) + _layers.Sum(l => l.Bytes);
+
+    /// <summary>Bytes of every weight this host holds: <see cref="AttentionWeightBytes"/> and its expert groups'.</summary>
+    public long WeightBytesHeld => AttentionWeightBytes + ExpertGroups.Sum(g => g.Bytes);
 
     /// <summary>Names of the tensors this host loaded.</summary>
     public IReadOnlyList<string> LoadedTensors => _loadedTensors;
@@ -78,7 +88,7 @@ public sealed class DeepseekV2Model : IDisposable
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
             _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
-            _lmHead = config.TieWordEmbeddings ? _embedTokens : w.Get("lm_head.weight");
+            _lmHead = config.TieWordEmbeddings ? null : w.GetLinear("lm_head.weight");
         }
         else
         {
@@ -241,8 +251,9 @@ public sealed class DeepseekV2Model : IDisposable
     /// <summary>Final RMSNorm and lm_head: h [N, d] -> logits [N, V] in float32.</summary>
     public Tensor Logits(Tensor h)
     {
-        if (_norm is null || _lmHead is null) throw new InvalidOperationException("this host did not load lm_head");
-        return linear(_norm.Forward(h), _lmHead).to(ScalarType.Float32);
+        if (_norm is null || _embedTokens is null) throw new InvalidOperationException("this host did not load lm_head");
+        var normed = _norm.Forward(h);
+        return (_lmHead is null ? linear(normed, _embedTokens) : _lmHead.Forward(normed)).to(ScalarType.Float32);
     }
 
     /// <summary>
@@ -273,7 +284,7 @@ public sealed class DeepseekV2Model : IDisposable
         foreach (var l in _layers) l.Dispose();
         foreach (var g in ExpertGroups) g.Dispose();
         _embedTokens?.Dispose();
-        if (!ReferenceEquals(_lmHead, _embedTokens)) _lmHead?.Dispose();
+        _lmHead?.Dispose();
         _norm?.Dispose();
         Rope.Dispose();
         Cache?.Dispose();

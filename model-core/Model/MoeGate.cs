@@ -31,6 +31,8 @@ public sealed class MoeGate : IDisposable
     readonly Tensor _weight;   // [E, d], float32
     readonly Scalar _routedScaling, _tiny;   // owned for the gate's lifetime (see Scalars)
 
+    public long Bytes => Runtime.WeightBytes.Of(_weight);
+
     public MoeGate(Tensor weight, ModelConfig config)
     {
         _c = config;
