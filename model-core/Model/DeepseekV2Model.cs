@@ -39,7 +39,7 @@ public sealed record ModelLoadOptions
 /// </summary>
 public sealed class DeepseekV2Model : IDisposable
 {
-    readonly Tensor? _embedTokens;   // [V, d]
+    readonly Tensor? _embedTokens;   // [V, d]; in the compute dtype, or bf16 as stored (see the constructor)
     readonly RmsNorm? _norm;
     readonly Kernels.LinearWeight? _lmHead;   // [V, d]; 8-bit with a --quantization (null when tied: the embedding is used)
     readonly DecoderLayer[] _layers;
@@ -84,7 +84,11 @@ public sealed class DeepseekV2Model : IDisposable
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
-            _embedTokens = w.Get("model.embed_tokens.weight");
+            // With 8-bit weights an untied bf16 embedding stays in bf16 (exact: it is the checkpoint's own value); rows are
+            // widened to the compute dtype as they are looked up.
+            _embedTokens = options.Quantization is Kernels.WeightQuantization.Int8 or Kernels.WeightQuantization.Fp8 && !config.TieWordEmbeddings
+                ? w.GetStored("model.embed_tokens.weight", ScalarType.BFloat16)
+                : w.Get("model.embed_tokens.weight");
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
             _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
@@ -125,8 +129,11 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
+        HeapTrim.MapLargeBlocks(1 << 20);
         var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization };
-        return new DeepseekV2Model(config, options, loader, ranges);
+        var model = new DeepseekV2Model(config, options, loader, ranges);
+        HeapTrim.Return();   // the load's transient buffers
+        return model;
     }
 
     /// <summary>
@@ -170,7 +177,8 @@ public sealed class DeepseekV2Model : IDisposable
         if (_embedTokens is null) throw new InvalidOperationException("this host did not load the embedding");
         foreach (var t in tokens)
             if (t < 0 || t >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary (0..{Config.VocabSize - 1})");
-        return _embedTokens.index_select(0, tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64));
+        var rows = _embedTokens.index_select(0, tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64));
+        return rows.dtype == Dtype ? rows : rows.to(Dtype);
     }
 
     /// <summary>h [N, d] -> h + MLA(RMSNorm(h)) for layer <paramref name="layer"/>, writing the new tokens' latents.</summary>
