@@ -6,6 +6,7 @@ var root = new RootCommand("Grid: DeepSeek-V2 Mixture-of-Experts serving on Orle
     GenerateCommand.Create(),
     ModelPathCommand(),
     ServeCommand.Create(),
+    WriteCheckpointCommand.Create(),
 };
 
 static Command ModelPathCommand()

@@ -1,9 +1,9 @@
 namespace Grid.ModelCore.Kernels;
 
 /// <summary>
-/// How the linear weights of routed and shared experts, dense MLPs and attention projections are stored
-/// (<c>--quantization</c>, named as vLLM names it). Embeddings, norms, the router gate, kv_b_proj's absorbed
-/// factors and lm_head stay in the compute dtype.
+/// How the linear weights of routed and shared experts, dense MLPs, attention projections and lm_head (when not tied to
+/// the embedding) are stored (<c>--quantization</c>, named as vLLM names it). Embeddings, norms, the router gate and
+/// kv_b_proj's absorbed factors stay in the compute dtype.
 /// </summary>
 public enum WeightQuantization
 {

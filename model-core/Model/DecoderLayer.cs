@@ -19,6 +19,9 @@ public sealed class DecoderLayer : IDisposable
 
     public bool IsMoe => Gate is not null;
 
+    /// <summary>Bytes of its weights, as stored.</summary>
+    public long Bytes => InputNorm.Bytes + Attention.Bytes + PostAttentionNorm.Bytes + (DenseMlp?.Bytes ?? 0) + (Gate?.Bytes ?? 0) + (SharedExperts?.Bytes ?? 0);
+
     public DecoderLayer(WeightLoader w, int index, double softmaxScale)
     {
         var c = w.Config;

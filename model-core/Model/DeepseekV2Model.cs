@@ -44,9 +44,9 @@ public sealed record ModelLoadOptions
 /// </summary>
 public sealed class DeepseekV2Model : IDisposable
 {
-    readonly Tensor? _embedTokens;   // [V, d]
+    readonly Tensor? _embedTokens;   // [V, d]; in the compute dtype, or bf16 as stored (see the constructor)
     readonly RmsNorm? _norm;
-    readonly Tensor? _lmHead;        // [V, d]
+    readonly Kernels.LinearWeight? _lmHead;   // [V, d]; 8-bit with a --quantization (null when tied: the embedding is used)
     readonly DecoderLayer[] _layers;
 
     public ModelConfig Config { get; }
@@ -66,6 +66,16 @@ public sealed class DeepseekV2Model : IDisposable
     public IReadOnlyList<Experts> ExpertGroups => _expertGroups;
     public bool HasAttention => _embedTokens is not null;
 
+    /// <summary>
+    /// Bytes of the attention part's weights this host holds (embedding, every layer's MLA, norms, gates, shared experts and
+    /// dense MLPs, final norm, lm_head), as stored (8-bit where quantized); 0 on a host that did not load it.
+    /// </summary>
+    public long AttentionWeightBytes =>
+        Runtime.WeightBytes.Of(_embedTokens) + (_lmHead?.Bytes ?? 0) + (_norm?.Bytes ?? 0) + _layers.Sum(l => l.Bytes);
+
+    /// <summary>Bytes of every weight this host holds: <see cref="AttentionWeightBytes"/> and its expert groups'.</summary>
+    public long WeightBytesHeld => AttentionWeightBytes + ExpertGroups.Sum(g => g.Bytes);
+
     /// <summary>Names of the tensors this host loaded.</summary>
     public IReadOnlyList<string> LoadedTensors => _loadedTensors;
 
@@ -82,11 +92,15 @@ public sealed class DeepseekV2Model : IDisposable
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
-            _embedTokens = w.Get("model.embed_tokens.weight");
+            // With 8-bit weights an untied bf16 embedding stays in bf16 (exact: it is the checkpoint's own value); rows are
+            // widened to the compute dtype as they are looked up.
+            _embedTokens = options.Quantization is Kernels.WeightQuantization.Int8 or Kernels.WeightQuantization.Fp8 && !config.TieWordEmbeddings
+                ? w.GetStored("model.embed_tokens.weight", ScalarType.BFloat16)
+                : w.Get("model.embed_tokens.weight");
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
             _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
-            _lmHead = config.TieWordEmbeddings ? _embedTokens : w.Get("lm_head.weight");
+            _lmHead = config.TieWordEmbeddings ? null : w.GetLinear("lm_head.weight");
         }
         else
         {
@@ -123,8 +137,11 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
+        HeapTrim.MapLargeBlocks(1 << 20);
         var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels };
-        return new DeepseekV2Model(config, options, loader, ranges);
+        var model = new DeepseekV2Model(config, options, loader, ranges);
+        HeapTrim.Return();   // the load's transient buffers
+        return model;
     }
 
     /// <summary>
@@ -168,7 +185,8 @@ public sealed class DeepseekV2Model : IDisposable
         if (_embedTokens is null) throw new InvalidOperationException("this host did not load the embedding");
         foreach (var t in tokens)
             if (t < 0 || t >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary (0..{Config.VocabSize - 1})");
-        return _embedTokens.index_select(0, tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64));
+        var rows = _embedTokens.index_select(0, tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64));
+        return rows.dtype == Dtype ? rows : rows.to(Dtype);
     }
 
     /// <summary>h [N, d] -> h + MLA(RMSNorm(h)) for layer <paramref name="layer"/>, writing the new tokens' latents.</summary>
@@ -249,22 +267,11 @@ public sealed class DeepseekV2Model : IDisposable
     /// <summary>Final RMSNorm and lm_head: h [N, d] -> logits [N, V] in float32.</summary>
     public Tensor Logits(Tensor h)
     {
-        if (_norm is null || _lmHead is null) throw new InvalidOperationException("this host did not load lm_head");
-        var x = _norm.Forward(h);
-        if (UseKernels && x.dtype == ScalarType.Float32 && _lmHead.dtype == ScalarType.Float32 && x.shape[0] > 0)
-        {
-            // The batch-invariant GEMM: a token's logits are the same bits whatever else is in the step.
-            var input = x.contiguous();
-            var logits = empty([x.shape[0], Config.VocabSize], ScalarType.Float32);
-            unsafe
-            {
-                Grid.ModelCore.Kernels.InvariantGemm.Run(new Grid.ModelCore.Kernels.MatmulJob(Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(_lmHead), null,
-                    Config.VocabSize, Config.HiddenSize, Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(input), (int)x.shape[0],
-                    Grid.ModelCore.Kernels.TensorMemory.Pointer<float>(logits), Config.VocabSize));
-            }
-            return logits;
-        }
-        return linear(x, _lmHead).to(ScalarType.Float32);
+        if (_norm is null || _embedTokens is null) throw new InvalidOperationException("this host did not load lm_head");
+        var normed = _norm.Forward(h);
+        // lm_head is a LinearWeight: float32 goes through the batch-invariant GEMM (a token's logits are the same bits
+        // whatever else is in the step), 8-bit through the kernels. Tied embeddings use libtorch.
+        return (_lmHead is null ? linear(normed, _embedTokens) : _lmHead.Forward(normed)).to(ScalarType.Float32);
     }
 
     /// <summary>
@@ -295,7 +302,7 @@ public sealed class DeepseekV2Model : IDisposable
         foreach (var l in _layers) l.Dispose();
         foreach (var g in ExpertGroups) g.Dispose();
         _embedTokens?.Dispose();
-        if (!ReferenceEquals(_lmHead, _embedTokens)) _lmHead?.Dispose();
+        _lmHead?.Dispose();
         _norm?.Dispose();
         Rope.Dispose();
         Cache?.Dispose();

@@ -227,6 +227,10 @@ public sealed class MlaAttention : IDisposable
         return p;
     }
 
+    /// <summary>Bytes of its weights, as stored (kv_b_proj counted with its two absorbed copies).</summary>
+    public long Bytes => _qkvA.Bytes + (_qBProj?.Bytes ?? 0) + _oProj.Bytes + (_qANorm?.Bytes ?? 0) + _kvANorm.Bytes
+        + new[] { _qkvABias, _kvBProj, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of);
+
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
     public Tensor Output(Tensor attention) => _oProj.Forward(attention, _oBias);
 

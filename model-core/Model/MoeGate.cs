@@ -32,6 +32,8 @@ public sealed class MoeGate : IDisposable
     readonly LinearWeight _weight;   // [E, d], float32
     readonly Scalar _routedScaling, _tiny;   // owned for the gate's lifetime (see Scalars)
 
+    public long Bytes => _weight.Bytes;
+
     public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true)
     {
         _c = config;

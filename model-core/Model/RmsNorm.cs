@@ -11,6 +11,8 @@ public sealed class RmsNorm(Tensor weight, double eps) : IDisposable
 
     public Tensor Weight { get; } = weight;
 
+    public long Bytes => WeightBytes.Of(Weight);
+
     public Tensor Forward(Tensor x)
     {
         bool f32 = x.dtype == ScalarType.Float32;

@@ -95,7 +95,7 @@ public sealed class Checkpoint : IDisposable
         };
         using var scope = NewDisposeScope();
         var raw = empty(entry.Shape, source);
-        _files[entry.File].Bytes(entry).CopyTo(raw.bytes);
+        _files[entry.File].ReadInto(entry, raw.bytes);
         var result = source == dtype ? raw : raw.to(dtype);
         return result.DetachFromDisposeScope();
     }

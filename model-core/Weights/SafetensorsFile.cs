@@ -83,12 +83,35 @@ public sealed unsafe class SafetensorsFile : IDisposable
         return entries;
     }
 
+    /// <summary>
+    /// Reads one tensor's raw bytes into <paramref name="destination"/> with positioned reads, not through the mapping: pages
+    /// read this way stay in the page cache and do not count in this process's resident memory (mapped pages touched
+    /// would, for as long as the file stays mapped: all of a checkpoint's bytes during a load).
+    /// </summary>
+    public void ReadInto(TensorEntry entry, Span<byte> destination)
+    {
+        long length = entry.End - entry.Begin;
+        if (destination.Length != length) throw new ArgumentException($"tensor '{entry.Name}' has {length} bytes, the destination {destination.Length}");
+        _handle ??= System.IO.File.OpenHandle(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        long at = _dataStart + entry.Begin;
+        while (!destination.IsEmpty)
+        {
+            int read = RandomAccess.Read(_handle, destination, at);
+            if (read <= 0) throw new CheckpointException($"{Path}: tensor '{entry.Name}' ends past the end of the file");
+            destination = destination[read..];
+            at += read;
+        }
+    }
+
+    Microsoft.Win32.SafeHandles.SafeFileHandle? _handle;
+
     /// <summary>The raw bytes of one tensor, straight from the mapping (valid while this file is open).</summary>
     public ReadOnlySpan<byte> Bytes(TensorEntry entry) =>
         new(_base + _dataStart + entry.Begin, checked((int)(entry.End - entry.Begin)));
 
     public void Dispose()
     {
+        _handle?.Dispose();
         _view.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose();
         _map.Dispose();

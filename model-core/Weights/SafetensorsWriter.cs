@@ -20,13 +20,14 @@ public sealed record TensorData(string Name, long[] Shape, Func<float[]> Produce
 
 public static class SafetensorsWriter
 {
-    public static void Write(string directory, IReadOnlyList<TensorData> tensors, StorageDtype dtype, int shards = 1)
+    /// <param name="progress">Told the byte count of each tensor once it is written, in order, on the writing thread.</param>
+    public static void Write(string directory, IReadOnlyList<TensorData> tensors, StorageDtype dtype, int shards = 1, IProgress<long>? progress = null)
     {
         if (shards < 1 || shards > Math.Max(1, tensors.Count)) throw new ArgumentOutOfRangeException(nameof(shards));
         System.IO.Directory.CreateDirectory(directory);
         if (shards == 1)
         {
-            WriteFile(Path.Combine(directory, "model.safetensors"), tensors, dtype);
+            WriteFile(Path.Combine(directory, "model.safetensors"), tensors, dtype, progress);
             return;
         }
         // Contiguous runs of roughly equal byte size, in tensor order.
@@ -43,7 +44,7 @@ public static class SafetensorsWriter
         {
             var name = $"model-{s + 1:D5}-of-{shards:D5}.safetensors";
             var part = tensors.Where((_, i) => shardOf[i] == s).ToList();
-            WriteFile(Path.Combine(directory, name), part, dtype);
+            WriteFile(Path.Combine(directory, name), part, dtype, progress);
             foreach (var t in part) weightMap[t.Name] = name;
         }
         var index = new JsonObject
@@ -54,7 +55,7 @@ public static class SafetensorsWriter
         File.WriteAllText(Path.Combine(directory, "model.safetensors.index.json"), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    static void WriteFile(string path, IReadOnlyList<TensorData> tensors, StorageDtype dtype)
+    static void WriteFile(string path, IReadOnlyList<TensorData> tensors, StorageDtype dtype, IProgress<long>? progress)
     {
         var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
         long offset = 0;
@@ -77,21 +78,35 @@ public static class SafetensorsWriter
         w.Write((long)(headerBytes.Length + pad));
         w.Write(headerBytes);
         for (int i = 0; i < pad; i++) w.Write((byte)' ');
-        var buffer = new byte[1 << 16];
-        foreach (var t in tensors)
+        // The next tensor is produced and encoded on the thread pool while this one is written (chunks of each
+        // tensor encode in parallel); at most two tensors are in memory at once. The bytes do not depend on the threads.
+        Task<byte[]>? next = tensors.Count > 0 ? Task.Run(() => Encoded(tensors[0], dtype)) : null;
+        for (int i = 0; i < tensors.Count; i++)
         {
-            var data = t.Produce();
-            var tensorDtype = t.Dtype ?? dtype;
-            int size = TensorEntry.ElementSize(tensorDtype);
-            if (data.LongLength != t.Elements) throw new InvalidOperationException($"tensor '{t.Name}' produced {data.LongLength} values for shape [{string.Join(", ", t.Shape)}]");
-            int perChunk = buffer.Length / size;
-            for (int i = 0; i < data.Length; i += perChunk)
-            {
-                int n = Math.Min(perChunk, data.Length - i);
-                for (int j = 0; j < n; j++) Encode(data[i + j], tensorDtype, buffer, j * size);
-                w.Write(buffer, 0, n * size);
-            }
+            var bytes = next!.GetAwaiter().GetResult();
+            int following = i + 1;
+            next = following < tensors.Count ? Task.Run(() => Encoded(tensors[following], dtype)) : null;
+            w.Write(bytes);
+            progress?.Report(bytes.LongLength);
         }
+    }
+
+    const int EncodeChunk = 1 << 20;
+
+    static byte[] Encoded(TensorData t, StorageDtype fileDtype)
+    {
+        var data = t.Produce();
+        var tensorDtype = t.Dtype ?? fileDtype;
+        int size = TensorEntry.ElementSize(tensorDtype);
+        if (data.LongLength != t.Elements) throw new InvalidOperationException($"tensor '{t.Name}' produced {data.LongLength} values for shape [{string.Join(", ", t.Shape)}]");
+        var bytes = new byte[data.LongLength * size];
+        int chunks = (int)((data.LongLength + EncodeChunk - 1) / EncodeChunk);
+        Parallel.For(0, chunks, c =>
+        {
+            int from = c * EncodeChunk, to = (int)Math.Min(data.LongLength, (long)from + EncodeChunk);
+            for (int j = from; j < to; j++) Encode(data[j], tensorDtype, bytes, j * size);
+        });
+        return bytes;
     }
 
     static void Encode(float value, StorageDtype dtype, byte[] buffer, int at)

@@ -17,6 +17,8 @@ public sealed class WeightLoader
     readonly long _totalBytes;
     int _done;
     long _bytesDone;
+    long _bytesSinceTrim;
+    const long TrimEveryBytes = 1L << 30;
 
     public ScalarType Dtype { get; }
 
@@ -50,11 +52,36 @@ public sealed class WeightLoader
         return tensor;
     }
 
+    /// <summary>
+    /// Tensor <paramref name="name"/> in <paramref name="dtype"/> when the checkpoint stores it so (kept as stored: no
+    /// rounding), otherwise in the compute dtype as <see cref="Get"/> loads it.
+    /// </summary>
+    public Tensor GetStored(string name, ScalarType dtype)
+    {
+        var stored = _checkpoint.Entries.TryGetValue(name, out var entry) ? entry.Dtype : (StorageDtype?)null;
+        bool asStored = (stored, dtype) is (StorageDtype.BF16, ScalarType.BFloat16) or (StorageDtype.F16, ScalarType.Float16) or (StorageDtype.F32, ScalarType.Float32);
+        if (!asStored) return Get(name);
+        var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");
+        var tensor = _checkpoint.Load(name, spec.Shape, dtype);
+        Count(name, spec);
+        return tensor;
+    }
+
     void Count(string name, TensorSpec spec)
     {
         Loaded.Add(name);
         _done++;
-        _bytesDone += spec.Shape.Aggregate(1L, (a, b) => a * b) * 4;
+        long bytes = spec.Shape.Aggregate(1L, (a, b) => a * b) * 4;
+        _bytesDone += bytes;
+        // Each tensor passes through transient buffers (its stored bytes, a float copy) on the C heap; glibc keeps freed
+        // ones in its arenas between the long-lived 8-bit matrices. Hand them back now and then so resident memory
+        // follows what the model holds.
+        _bytesSinceTrim += bytes;
+        if (_bytesSinceTrim >= TrimEveryBytes)
+        {
+            _bytesSinceTrim = 0;
+            Runtime.HeapTrim.Return();
+        }
         _progress?.Report(new LoadProgress(_done, _total, _bytesDone, _totalBytes, name));
     }
 
