@@ -111,6 +111,7 @@ public sealed class Report
             ["loadavg_at_end"] = LoadAverage(),
             ["options"] = Options.DeepClone(),
             ["sections"] = sections,
+            ["goals"] = new JsonArray(GoalRows().Select(g => (JsonNode)new JsonObject { ["goal"] = g.Goal, ["measured"] = g.Measured, ["target"] = g.Target, ["met"] = g.Met }).ToArray()),
         };
     }
 
@@ -132,6 +133,15 @@ public sealed class Report
             foreach (var r in s.Summary) md.AppendLine($"| {r.Figure} | {r.Value} | {r.LimitedBy} |");
         }
         md.AppendLine();
+        if (GoalRows() is { Count: > 0 } goals)
+        {
+            md.AppendLine("Goals (issues 12 and 13), each a ratio measured in this run:");
+            md.AppendLine();
+            md.AppendLine("| goal | measured | target | met |");
+            md.AppendLine("| --- | --- | --- | --- |");
+            foreach (var g in goals) md.AppendLine($"| {g.Goal} | {g.Measured} | {g.Target} | {(g.Met is bool m ? (m ? "yes" : "**no**") : "-")} |");
+            md.AppendLine();
+        }
         foreach (var s in _sections)
         {
             md.AppendLine($"## {s.Title} ({F(s.Seconds, 0)} s)");
@@ -143,6 +153,8 @@ public sealed class Report
         }
         return md.ToString();
     }
+
+    List<Goals.Row> GoalRows() => Goals.Evaluate(_sections.Where(s => s.Error is null).ToDictionary(s => s.Name, s => s.Data));
 
     public (string Json, string Markdown) Write(string directory)
     {
