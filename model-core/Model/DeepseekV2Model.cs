@@ -15,6 +15,9 @@ public sealed record ModelLoadOptions
     /// <summary>How linear weights are stored (<c>--quantization</c>); null keeps the checkpoint's storage (FP8 for an FP8
     /// checkpoint, the compute dtype otherwise).</summary>
     public Kernels.WeightQuantization? Quantization { get; init; }
+    /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
+    /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
+    public Func<string, bool>? QuantizeOnly { get; init; }
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
@@ -115,7 +118,7 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Quantize = options.QuantizeOnly };
         return new DeepseekV2Model(config, options, loader, ranges);
     }
 
