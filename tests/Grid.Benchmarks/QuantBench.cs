@@ -223,7 +223,7 @@ public static class QuantBench
         s.Table(["option vs float32", "positions", "top-1 agreement", "mean KL (nats/token)", "max top-5 logprob diff"], accRows);
         s.Markdown.Add("");
         s.Table(["latent cache", "bytes per token (all layers)", "vs float32", "vs MHA bf16"], latentRows);
-        s.Notes.Add("Weight MB per token: every activated matrix once at batch 1 (attention projections, kv_b_proj's absorbed factors in float32, dense MLP or shared + top-k routed experts, gate, lm_head); 8-bit rows carry one float32 scale per 128 columns.");
+        s.Notes.Add("Weight MB per token: every activated matrix once at batch 1 (attention projections, kv_b_proj's absorbed factors in float32, dense MLP or shared + top-k routed experts, gate, lm_head); int8 rows carry one float32 scale per 32 columns, FP8 rows one per 128.");
         s.Notes.Add($"Accuracy: teacher-forced over {sequences.Length} sequences of {sequences[0].Length} tokens (8-token prefill, then one decode step per token for all sequences together), against the float32 model with kernels.");
         double int8Speedup = tokPerSecond["int8 weights"] / tokPerSecond["float32, libtorch only (before)"];
         double fp8Speedup = tokPerSecond["fp8 weights"] / tokPerSecond["float32, libtorch only (before)"];
