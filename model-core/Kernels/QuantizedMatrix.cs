@@ -5,20 +5,33 @@ namespace Grid.ModelCore.Kernels;
 
 /// <summary>
 /// A weight matrix [Rows, Cols] in 8 bits: one code byte per weight and one float32 scale per row and
-/// 128-column block (weight = decode(code) * scale). int8 codes are symmetric (absmax / 127 per 1x128 block);
-/// FP8 E4M3 codes share their scale over 128x128 blocks (absmax / 448), stored per row so that matrices can be
-/// stacked by rows (gate and up) whatever their row count. Native memory, freed on dispose; read by the kernels
-/// from any thread.
+/// <see cref="BlockCols"/>-column block (weight = decode(code) * scale). int8 codes are symmetric (absmax / 127 per
+/// 1x<see cref="Int8BlockColumns"/> block, round half to even); FP8 E4M3 codes share their scale over 128x128 blocks
+/// (absmax / 448), stored per row so that matrices can be stacked by rows (gate and up) whatever their row count.
+/// Native memory, freed on dispose; read by the kernels from any thread.
 /// </summary>
 public sealed unsafe class QuantizedMatrix : IDisposable
 {
-    public const int BlockCols = 128;
+    /// <summary>Columns sharing one FP8 scale (DeepSeek's 128x128 blocks).</summary>
+    public const int Fp8BlockCols = 128;
     /// <summary>Rows sharing one FP8 scale (DeepSeek's 128x128 blocks).</summary>
     public const int Fp8BlockRows = 128;
+    /// <summary>Columns per int8 scale for matrices quantized from now on (a multiple of 8; default
+    /// <see cref="DefaultInt8BlockColumns"/>). Settable for measurements; each matrix keeps the block width it was made with.</summary>
+    public static int Int8BlockColumns
+    {
+        get => s_int8BlockColumns;
+        set => s_int8BlockColumns = value >= 8 && value % 8 == 0 ? value : throw new ArgumentOutOfRangeException(nameof(value), "a positive multiple of 8");
+    }
+    static int s_int8BlockColumns = DefaultInt8BlockColumns;
+    /// <summary>32 columns per int8 scale: see the README's 8-bit section for the measurements behind it.</summary>
+    public const int DefaultInt8BlockColumns = 32;
 
     public WeightQuantization Format { get; }
     public int Rows { get; }
     public int Cols { get; }
+    /// <summary>Columns sharing one scale in a row.</summary>
+    public int BlockCols { get; }
     public int BlocksPerRow { get; }
     internal byte* Codes { get; private set; }
     internal float* Scales { get; private set; }   // [Rows, BlocksPerRow]
@@ -26,12 +39,13 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// <summary>Bytes held: codes plus scales.</summary>
     public long Bytes => (long)Rows * Cols + (long)Rows * BlocksPerRow * sizeof(float);
 
-    QuantizedMatrix(WeightQuantization format, int rows, int cols)
+    QuantizedMatrix(WeightQuantization format, int rows, int cols, int blockCols)
     {
         if (format == WeightQuantization.None) throw new ArgumentException("a quantized matrix needs int8 or fp8");
         Format = format;
         Rows = rows;
         Cols = cols;
+        BlockCols = blockCols;
         BlocksPerRow = (cols + BlockCols - 1) / BlockCols;
         Codes = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * cols), 64);
         Scales = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * BlocksPerRow * sizeof(float)), 64);
@@ -42,7 +56,7 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     {
         if (weight.dim() != 2) throw new ArgumentException("only matrices are quantized", nameof(weight));
         int rows = (int)weight.shape[0], cols = (int)weight.shape[1];
-        var q = new QuantizedMatrix(format, rows, cols);
+        var q = new QuantizedMatrix(format, rows, cols, format == WeightQuantization.Int8 ? Int8BlockColumns : Fp8BlockCols);
         using (NewDisposeScope())
         {
             var f = weight.dtype == ScalarType.Float32 && weight.is_contiguous() ? weight : weight.to(ScalarType.Float32).contiguous();
@@ -96,11 +110,11 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// </summary>
     public static QuantizedMatrix FromFp8Blocks(ReadOnlySpan<byte> codes, int rows, int cols, ReadOnlySpan<float> blockScales)
     {
-        int blockRows = (rows + Fp8BlockRows - 1) / Fp8BlockRows, blockCols = (cols + BlockCols - 1) / BlockCols;
+        int blockRows = (rows + Fp8BlockRows - 1) / Fp8BlockRows, blockCols = (cols + Fp8BlockCols - 1) / Fp8BlockCols;
         if (codes.Length != (long)rows * cols) throw new ArgumentException($"expected {(long)rows * cols} FP8 codes, got {codes.Length}");
         if (blockScales.Length != blockRows * blockCols)
             throw new ArgumentException($"expected [{blockRows}, {blockCols}] block scales for a [{rows}, {cols}] FP8 matrix, got {blockScales.Length} values");
-        var q = new QuantizedMatrix(WeightQuantization.Fp8, rows, cols);
+        var q = new QuantizedMatrix(WeightQuantization.Fp8, rows, cols, Fp8BlockCols);
         codes.CopyTo(new Span<byte>(q.Codes, codes.Length));
         for (int r = 0; r < rows; r++)
             for (int b = 0; b < blockCols; b++)
@@ -111,8 +125,9 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// <summary>The rows of <paramref name="top"/> followed by those of <paramref name="bottom"/> (same format and columns).</summary>
     public static QuantizedMatrix StackRows(QuantizedMatrix top, QuantizedMatrix bottom)
     {
-        if (top.Format != bottom.Format || top.Cols != bottom.Cols) throw new ArgumentException("stacked matrices need the same format and columns");
-        var q = new QuantizedMatrix(top.Format, top.Rows + bottom.Rows, top.Cols);
+        if (top.Format != bottom.Format || top.Cols != bottom.Cols || top.BlockCols != bottom.BlockCols)
+            throw new ArgumentException("stacked matrices need the same format, columns and blocks");
+        var q = new QuantizedMatrix(top.Format, top.Rows + bottom.Rows, top.Cols, top.BlockCols);
         long topCodes = (long)top.Rows * top.Cols, topScales = (long)top.Rows * top.BlocksPerRow;
         Buffer.MemoryCopy(top.Codes, q.Codes, topCodes, topCodes);
         Buffer.MemoryCopy(bottom.Codes, q.Codes + topCodes, (long)bottom.Rows * bottom.Cols, (long)bottom.Rows * bottom.Cols);

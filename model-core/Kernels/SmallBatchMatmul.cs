@@ -164,11 +164,11 @@ public static unsafe class SmallBatchMatmul
         public static float Decode1(byte code) => Fp8E4M3.Decode(code);
     }
 
-    /// <summary>One input row: codes decoded in registers, block sums scaled as each 128-column block ends.</summary>
+    /// <summary>One input row: codes decoded in registers, block sums scaled as each block of <see cref="QuantizedMatrix.BlockCols"/> columns ends.</summary>
     static void Q8RowsOneInput<TDecoder>(in MatmulJob job, int n0, int n1) where TDecoder : struct, IDecoder
     {
         var q = job.Quantized!;
-        int k = job.K, blocks = q.BlocksPerRow;
+        int k = job.K, blocks = q.BlocksPerRow, blockCols = q.BlockCols;
         float* x = job.X;
         for (int n = n0; n < n1; n += 4)
         {
@@ -179,7 +179,7 @@ public static unsafe class SmallBatchMatmul
             float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
             for (int b = 0; b < blocks; b++)
             {
-                int i = b * QuantizedMatrix.BlockCols, end = Math.Min(k, i + QuantizedMatrix.BlockCols);
+                int i = b * blockCols, end = Math.Min(k, i + blockCols);
                 var b0 = Vector256<float>.Zero; var b1 = b0; var b2 = b0; var b3 = b0;
                 for (; i <= end - 8; i += 8)
                 {
@@ -225,7 +225,7 @@ public static unsafe class SmallBatchMatmul
         float* scales = q.Scales + (long)row * q.BlocksPerRow;
         for (int b = 0; b < q.BlocksPerRow; b++)
         {
-            int i = b * QuantizedMatrix.BlockCols, end = Math.Min(k, i + QuantizedMatrix.BlockCols);
+            int i = b * q.BlockCols, end = Math.Min(k, i + q.BlockCols);
             var scale = Vector256.Create(scales[b]);
             for (; i <= end - 8; i += 8) Avx.Store(dst + i, Avx.Multiply(TDecoder.Decode8(codes + i), scale));
             for (; i < end; i++) dst[i] = TDecoder.Decode1(codes[i]) * scales[b];

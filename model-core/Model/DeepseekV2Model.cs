@@ -20,6 +20,9 @@ public sealed record ModelLoadOptions
     /// equals the one decode wrote) and the 8-bit small-batch kernels. False runs libtorch's matmul everywhere (for
     /// comparisons; a row's result may then depend on its batch's size).</summary>
     public bool UseKernels { get; init; } = true;
+    /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
+    /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
+    public Func<string, bool>? QuantizeOnly { get; init; }
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
@@ -138,7 +141,7 @@ public sealed class DeepseekV2Model : IDisposable
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
         HeapTrim.MapLargeBlocks(1 << 20);
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, Quantize = options.QuantizeOnly };
         var model = new DeepseekV2Model(config, options, loader, ranges);
         HeapTrim.Return();   // the load's transient buffers
         return model;

@@ -61,7 +61,7 @@ public sealed class MlaAttention : IDisposable
         {
             // The fused rows regroup an FP8 checkpoint's 128x128 blocks, so without an explicit --quantization they stay
             // in the compute dtype; with one they are quantized after fusing.
-            var fusedFormat = w.Quantization ?? WeightQuantization.None;
+            var fusedFormat = w.QuantizationOf($"{p}.kv_a_proj_with_mqa.weight") ?? WeightQuantization.None;
             var kvA = w.Get($"{p}.kv_a_proj_with_mqa.weight");                 // [kv_lora_rank + rope, d]
             var kvABias = w.GetOptional($"{p}.kv_a_proj_with_mqa.bias", c.AttentionBias);
             var kvC = kvA.narrow(0, 0, _kvLoraRank);

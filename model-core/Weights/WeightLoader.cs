@@ -27,7 +27,13 @@ public sealed class WeightLoader
     public WeightQuantization? Quantization { get; init; }
     /// <summary>Whether the linear weights it makes run Grid's C# kernels (<see cref="LinearWeight.UseKernels"/>).</summary>
     public bool Kernels { get; init; } = true;
+    /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all of them); the
+    /// others stay in the compute dtype. For measuring where 8-bit error comes from (per-tensor ablation).</summary>
+    public Func<string, bool>? Quantize { get; init; }
     public ModelConfig Config { get; }
+
+    /// <summary>The storage <see cref="Quantization"/> asks for the linear weight <paramref name="name"/> (fused ones by one of their parts' names).</summary>
+    public WeightQuantization? QuantizationOf(string name) => Quantize is null || Quantize(name) ? Quantization : WeightQuantization.None;
 
     /// <summary>Names of the tensors loaded so far, in order.</summary>
     public List<string> Loaded { get; } = new();
@@ -91,7 +97,7 @@ public sealed class WeightLoader
     /// </summary>
     public LinearWeight GetLinear(string name)
     {
-        var wanted = Quantization ?? (_checkpoint.IsFp8(name) ? WeightQuantization.Fp8 : WeightQuantization.None);
+        var wanted = QuantizationOf(name) ?? (_checkpoint.IsFp8(name) ? WeightQuantization.Fp8 : WeightQuantization.None);
         if (wanted == WeightQuantization.Fp8 && _checkpoint.IsFp8(name))
         {
             var spec = _specs.TryGetValue(name, out var s) ? s : throw new CheckpointException($"tensor '{name}' is not part of a DeepSeek-V2 model with this config");

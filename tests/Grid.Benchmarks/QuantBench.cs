@@ -52,7 +52,7 @@ public static class QuantBench
     /// <summary>Weight bytes one token reads in a batch-1 decode step: every activated matrix once (top-k routed experts).</summary>
     public static double ActivatedWeightBytes(ModelConfig c, WeightQuantization q)
     {
-        double quantized = q == WeightQuantization.None ? 4 : 1 + 4.0 / QuantizedMatrix.BlockCols;
+        double quantized = q == WeightQuantization.None ? 4 : 1 + 4.0 / (q == WeightQuantization.Int8 ? QuantizedMatrix.Int8BlockColumns : QuantizedMatrix.Fp8BlockCols);
         long d = c.HiddenSize, h = c.NumAttentionHeads;
         double total = 0;
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
@@ -70,6 +70,44 @@ public static class QuantBench
         return total + (double)c.VocabSize * d * 4 + d * 4;   // lm_head + the embedding row
     }
 
+    /// <summary>
+    /// Batch-1 int8 matrix-vector speed (GB/s of codes and scales read) per int8 block width, on one matrix larger than
+    /// the caches; the widths take turns in every repetition, so a busy moment of the machine hits them all alike.
+    /// </summary>
+    public static List<(int BlockCols, double GBs, double RelativeError)> Int8BlockSpeed(int rows, int cols, int reps, int[] widths)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var weight = TorchSharp.torch.randn(rows, cols) * 0.05f;
+        var matrices = new List<QuantizedMatrix>();
+        var errors = new List<double>();
+        int before = QuantizedMatrix.Int8BlockColumns;
+        try
+        {
+            foreach (var w in widths)
+            {
+                QuantizedMatrix.Int8BlockColumns = w;
+                var q = QuantizedMatrix.Quantize(weight, WeightQuantization.Int8);
+                matrices.Add(q);
+                using var back = q.Dequantize();
+                errors.Add((back - weight).square().mean().sqrt().item<float>() / weight.square().mean().sqrt().item<float>());
+            }
+        }
+        finally { QuantizedMatrix.Int8BlockColumns = before; }
+        var x = TorchSharp.torch.randn(1, cols);
+        var linears = matrices.Select(LinearWeight.FromQuantized).ToArray();
+        var times = widths.Select(_ => new List<double>()).ToArray();
+        for (int r = -1; r < reps; r++)
+            for (int i = 0; i < linears.Length; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                for (int t = 0; t < 4; t++) linears[i].Forward(x).Dispose();
+                if (r >= 0) times[i].Add(4 * matrices[i].Bytes / sw.Elapsed.TotalSeconds / 1e9);
+            }
+        var result = widths.Select((w, i) => (w, ModelCoreBench.Median(times[i]), errors[i])).ToList();
+        foreach (var l in linears) l.Dispose();
+        return result;
+    }
+
     public static Section Run(BenchContext c)
     {
         var s = new Section("quant", "8-bit weights and latent cache (model-core, in process)");
@@ -77,6 +115,19 @@ public static class QuantBench
         c.Log($"memory bandwidth: read {read:F1} GB/s, copy {copy:F1} GB/s (read+write)");
         s.Data["memory_read_gbs"] = Num(read, 2);
         s.Data["memory_copy_gbs"] = Num(copy, 2);
+
+        var blockSpeed = Int8BlockSpeed(8192, 2048, c.Quick ? 9 : 25, [128, 64, 32]);
+        var blockRows = new List<string[]>();
+        var blockJson = new JsonArray();
+        foreach (var (w, gbs, err) in blockSpeed)
+        {
+            double vs128 = gbs / blockSpeed[0].GBs;
+            double weightsPerSecond = gbs * 1e9 / (1 + 4.0 / w);
+            c.Log($"int8 matvec, {w} columns per scale: {gbs:F1} GB/s read, {weightsPerSecond / 1e9:F2} G weights/s ({weightsPerSecond / (blockSpeed[0].GBs * 1e9 / (1 + 4.0 / 128)):P0} of 128's), relative RMS weight error {err:E2}");
+            blockRows.Add([w.ToString(), F(1 + 4.0 / w, 3), F(gbs), F(weightsPerSecond / 1e9, 2), Pct(weightsPerSecond / (blockSpeed[0].GBs * 1e9 / (1 + 4.0 / 128))), err.ToString("E2")]);
+            blockJson.Add(new JsonObject { ["block_cols"] = w, ["bytes_per_weight"] = Num(1 + 4.0 / w, 4), ["gbs"] = Num(gbs, 2), ["weights_per_second"] = Num(weightsPerSecond, 0), ["relative_rms_error"] = Num(err, 6) });
+        }
+        s.Data["int8_block_speed"] = blockJson;
 
         int context = c.Quick ? 64 : 128, steps1 = c.Quick ? 8 : 24, steps32 = c.Quick ? 3 : 8;
         var decode = new JsonArray();
@@ -106,9 +157,6 @@ public static class QuantBench
         }
 
         var reference = c.Model;
-        using (var libtorchOnly = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { UseKernels = false }))
-            Measure("float32, libtorch only (before)", libtorchOnly, WeightQuantization.None);
-        Measure("float32 + kernels", reference, WeightQuantization.None);
 
         var accuracy = new JsonArray();
         var accRows = new List<string[]>();
@@ -129,13 +177,10 @@ public static class QuantBench
             accRows.Add([name, r.Positions.ToString(), Pct(r.Top1Agreement) + $" ({r.Top1Agreement:F4})", r.MeanKl.ToString("E2"), r.MaxTop5LogprobDiff.ToString("F4")]);
         }
 
+        // Accuracy first (deterministic, and short next to the decode timings), then speed.
         foreach (var q in new[] { WeightQuantization.Int8, WeightQuantization.Fp8 })
         {
-            c.Log($"loading {q.Name()} weights");
-            var sw = Stopwatch.StartNew();
             using var model = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q });
-            c.Log($"{q.Name()}: loaded and quantized in {sw.Elapsed.TotalSeconds:F1} s");
-            Measure($"{q.Name()} weights", model, q);
             Accuracy($"{q.Name()} weights", model);
         }
         var latent = new JsonArray();
@@ -155,6 +200,17 @@ public static class QuantBench
             latentRows.Add([kv.Name(), bytes.ToString("N0"), F((double)bytes / f32Bytes, 3), F((double)mhaBf16 / bytes, 1) + "x less"]);
             Accuracy($"{kv.Name()} latent cache", model);
         }
+        using (var libtorchOnly = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { UseKernels = false }))
+            Measure("float32, libtorch only (before)", libtorchOnly, WeightQuantization.None);
+        Measure("float32 + kernels", reference, WeightQuantization.None);
+        foreach (var q in new[] { WeightQuantization.Int8, WeightQuantization.Fp8 })
+        {
+            c.Log($"loading {q.Name()} weights");
+            var sw = Stopwatch.StartNew();
+            using var model = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q });
+            c.Log($"{q.Name()}: loaded and quantized in {sw.Elapsed.TotalSeconds:F1} s");
+            Measure($"{q.Name()} weights", model, q);
+        }
         latent.Add(new JsonObject { ["kv_cache_dtype"] = "MHA equivalent, bfloat16", ["bytes_per_token"] = mhaBf16 });
         latentRows.Add(["MHA equivalent (bf16 K and V per head)", mhaBf16.ToString("N0"), F((double)mhaBf16 / f32Bytes, 2), "-"]);
 
@@ -165,10 +221,12 @@ public static class QuantBench
         s.Markdown.Add("");
         s.Table(["weights", "batch 1 tok/s", "batch 32 tok/s", "weight MB read per token", "batch-1 weight GB/s (of read bandwidth)"], rows);
         s.Markdown.Add("");
+        s.Table(["int8 columns per scale", "bytes per weight", "matvec GB/s read", "G weights/s", "vs 128", "relative RMS weight error"], blockRows);
+        s.Markdown.Add("");
         s.Table(["option vs float32", "positions", "top-1 agreement", "mean KL (nats/token)", "max top-5 logprob diff"], accRows);
         s.Markdown.Add("");
         s.Table(["latent cache", "bytes per token (all layers)", "vs float32", "vs MHA bf16"], latentRows);
-        s.Notes.Add("Weight MB per token: every activated matrix once at batch 1 (attention projections, kv_b_proj's absorbed factors in float32, dense MLP or shared + top-k routed experts, gate, lm_head); 8-bit rows carry one float32 scale per 128 columns.");
+        s.Notes.Add("Weight MB per token: every activated matrix once at batch 1 (attention projections, kv_b_proj's absorbed factors in float32, dense MLP or shared + top-k routed experts, gate, lm_head); int8 rows carry one float32 scale per 32 columns, FP8 rows one per 128.");
         s.Notes.Add($"Accuracy: teacher-forced over {sequences.Length} sequences of {sequences[0].Length} tokens (8-token prefill, then one decode step per token for all sequences together), against the float32 model with kernels.");
         double int8Speedup = tokPerSecond["int8 weights"] / tokPerSecond["float32, libtorch only (before)"];
         double fp8Speedup = tokPerSecond["fp8 weights"] / tokPerSecond["float32, libtorch only (before)"];

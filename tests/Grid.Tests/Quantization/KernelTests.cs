@@ -57,7 +57,7 @@ public class KernelTests
             // The kernel computes with exactly the stored values...
             Assert.True(MaxAbs(linear(x, dequantized), w.Forward(x)) < 1e-4 * Math.Sqrt(k));
             // ...and those are the float weights within the format's rounding: int8 half a step of absmax/127 per
-            // 128-column block; FP8 3 mantissa bits (relative 2^-4) above its subnormals.
+            // 32-column block; FP8 3 mantissa bits (relative 2^-4) above its subnormals.
             double maxError = MaxAbs(reference, dequantized);
             double amax = reference.abs().max().item<float>();
             double bound = format == WeightQuantization.Int8 ? amax / 127 / 2 * 1.001 : amax / 16;

@@ -12,8 +12,8 @@ namespace Grid.Tests.Quantization;
 
 /// <summary>
 /// 8-bit weights and the 8-bit latent cache on the golden checkpoints, measured teacher-forced against float32 with the
-/// issue's goals (weights: mean KL ≤ 2e-3 nats/token and top-1 agreement ≥ 98%; latent cache: mean KL ≤ 1e-3), and
-/// FP8 checkpoints in DeepSeek-V3's layout.
+/// issue's goals where they are met (weights: mean KL ≤ 2e-3 nats/token and top-1 agreement ≥ 98%; latent cache: mean
+/// KL ≤ 1e-3) and the measured level where they are not (see <c>NotMetBound</c>), and FP8 checkpoints in DeepSeek-V3's layout.
 /// </summary>
 public class QuantizedModelTests
 {
@@ -30,21 +30,44 @@ public class QuantizedModelTests
         return TeacherForcedComparison.Compare(reference, candidate, sequences, prefill: sequences.Min(s => s.Length) / 2);
     }
 
+    /// <summary>Issue 13's goals: 8-bit weights mean KL ≤ 2e-3 nats/token and top-1 agreement ≥ 98%; 8-bit latent cache mean KL ≤ 1e-3.</summary>
+    const double WeightKlGoal = 2e-3, WeightTop1Goal = 0.98, CacheKlGoal = 1e-3;
+
     /// <summary>
-    /// The issue's goals (8-bit weights: mean KL ≤ 2e-3 nats/token and top-1 ≥ 98%; 8-bit cache: mean KL ≤ 1e-3) are
-    /// NOT met on these tiny random golden checkpoints (hidden 128 and 192, logits with a standard deviation of ~3,
-    /// and random layers that amplify any perturbation): measured here int8 weights 3.5e-3 / 3.1e-2 nats/token and FP8
-    /// weights 2.3e-2 / 1.4e-1 (lite / full); int8 cache ≤ 1e-3 (the goal met) / 1.0e-2, FP8 cache 3.1e-3 / 4.5e-2. The README reports
-    /// these next to the benchmark model's. The bounds below are those measured levels with a margin of about 3x, so a
-    /// regression (a wrong scale, a decode bug) fails, and int8 weights must stay closer to float32 than FP8 ones.
+    /// Where a goal is NOT met on these tiny random checkpoints: the level measured in this round (int8 with 32-column
+    /// blocks) with a margin of about 2x, so a regression (a wrong scale, a decode bug) still fails. Every other case
+    /// asserts the goal itself. Why they are not met (measured by per-tensor ablation and routing comparison, README
+    /// "8-bit weights and latent cache"): on full_f32 (16 experts, top-4 of 2 of 4 groups, routed_scaling_factor 3,
+    /// random gate scores that are often near-tied) most of the KL comes from tokens whose top-k experts change under
+    /// any perturbation upstream of the float32 gate: 5% of (token, MoE layer) pairs flip with int8 weights, those
+    /// positions average ~0.2 nats against ~4e-3 elsewhere, and a flip's effect is 3x larger than in lite (routed_scaling_factor).
+    /// The attention projections alone give most of it (2.3e-2 of 3.1e-2 at 128 columns; routed experts alone 8e-3).
+    /// FP8 E4M3 keeps 3 mantissa bits (a relative error of ~2.5% per weight, against ~0.5% for int8 with 32-column
+    /// blocks), which only trained weights tolerate; its error does not shrink with smaller blocks, so the bound
+    /// stays at its measured level on both checkpoints. The 8-bit cache shares full_f32's routing flips.
     /// </summary>
-    static readonly Dictionary<(string, string), double> MeasuredKlBound = new()
+    static readonly Dictionary<(string Checkpoint, string Option), double> NotMetBound = new()
     {
-        [("lite_f32", "Int8")] = 1e-2, [("full_f32", "Int8")] = 1e-1,
-        [("lite_f32", "Fp8")] = 7e-2, [("full_f32", "Fp8")] = 4e-1,
-        [("lite_f32", "kv Int8")] = 2e-3, [("full_f32", "kv Int8")] = 3e-2,
-        [("lite_f32", "kv Fp8")] = 1e-2, [("full_f32", "kv Fp8")] = 1.5e-1,
+        [("full_f32", "Int8")] = 5e-2,   // measured 2.5e-2, top-1 96.1%
+        [("lite_f32", "Fp8")] = 5e-2, [("full_f32", "Fp8")] = 3e-1,
+        [("full_f32", "kv Int8")] = 2e-2,
+        [("lite_f32", "kv Fp8")] = 7e-3, [("full_f32", "kv Fp8")] = 9e-2,
     };
+
+    /// <summary>
+    /// Top-1 agreement where the 98% goal is not met: lite_f32's int8 weights meet the KL goal (1.5e-3) but agree on
+    /// 97.7% of the ~290 positions (a handful of positions where float32's two best tokens are nearly tied); full_f32
+    /// and FP8 as above. Measured level minus a margin.
+    /// </summary>
+    static readonly Dictionary<(string Checkpoint, string Option), double> NotMetTop1 = new()
+    {
+        [("lite_f32", "Int8")] = 0.96, [("full_f32", "Int8")] = 0.93,
+        [("lite_f32", "Fp8")] = 0.85, [("full_f32", "Fp8")] = 0.75,
+    };
+
+    readonly Xunit.Abstractions.ITestOutputHelper _output;
+
+    public QuantizedModelTests(Xunit.Abstractions.ITestOutputHelper output) => _output = output;
 
     [Theory]
     [InlineData("lite_f32")]
@@ -55,10 +78,13 @@ public class QuantizedModelTests
         var fp8 = Compare(checkpoint, new ModelLoadOptions { Quantization = WeightQuantization.Fp8 });
         foreach (var (name, r) in new[] { ("Int8", int8), ("Fp8", fp8) })
         {
+            _output.WriteLine($"{checkpoint} {name} weights: mean KL {r.MeanKl:E3} nats/token, top-1 {r.Top1Agreement:P2}, max top-5 logprob diff {r.MaxTop5LogprobDiff:F4} over {r.Positions} positions");
             Assert.True(r.Positions > 40, $"only {r.Positions} positions compared");
             Assert.True(r.MeanKl > 0, $"{name}: exactly the float32 numbers: the weights were not quantized");
-            Assert.True(r.MeanKl <= MeasuredKlBound[(checkpoint, name)], $"{checkpoint} {name}: mean KL {r.MeanKl:E3} nats/token (top-1 {r.Top1Agreement:P1}) above the measured level {MeasuredKlBound[(checkpoint, name)]:E1}");
-            Assert.True(r.Top1Agreement >= 0.75, $"{checkpoint} {name}: top-1 agreement {r.Top1Agreement:P1}");
+            double klBound = NotMetBound.TryGetValue((checkpoint, name), out var measuredKl) ? measuredKl : WeightKlGoal;
+            double top1Bound = NotMetTop1.TryGetValue((checkpoint, name), out var measuredTop1) ? measuredTop1 : WeightTop1Goal;
+            Assert.True(r.MeanKl <= klBound, $"{checkpoint} {name}: mean KL {r.MeanKl:E3} nats/token (top-1 {r.Top1Agreement:P1}) above {(klBound == WeightKlGoal ? "the goal" : "the measured level")} {klBound:E1}");
+            Assert.True(r.Top1Agreement >= top1Bound, $"{checkpoint} {name}: top-1 agreement {r.Top1Agreement:P2} below {(top1Bound == WeightTop1Goal ? "the goal" : "the measured level")} {top1Bound:P0}");
         }
         Assert.True(int8.MeanKl < fp8.MeanKl, $"int8 ({int8.MeanKl:E3}) should be closer to float32 than FP8 ({fp8.MeanKl:E3})");
     }
@@ -71,11 +97,10 @@ public class QuantizedModelTests
     public void EightBitLatentCacheStaysNearFloat32(string checkpoint, KvCacheDtype kv)
     {
         var r = Compare(checkpoint, new ModelLoadOptions { KvCacheDtype = kv });
-        var bound = MeasuredKlBound[(checkpoint, "kv " + kv)];
-        Assert.True(r.MeanKl <= bound, $"{checkpoint} {kv}: mean KL {r.MeanKl:E3} nats/token (top-1 {r.Top1Agreement:P1}) above the measured level {bound:E1}");
+        _output.WriteLine($"{checkpoint} {kv} latent cache: mean KL {r.MeanKl:E3} nats/token, top-1 {r.Top1Agreement:P2}, max top-5 logprob diff {r.MaxTop5LogprobDiff:F4} over {r.Positions} positions");
+        var bound = NotMetBound.TryGetValue((checkpoint, "kv " + kv), out var measured) ? measured : CacheKlGoal;
+        Assert.True(r.MeanKl <= bound, $"{checkpoint} {kv}: mean KL {r.MeanKl:E3} nats/token (top-1 {r.Top1Agreement:P1}) above {(bound == CacheKlGoal ? "the goal" : "the measured level")} {bound:E1}");
         Assert.True(r.MeanKl > 0, "the 8-bit cache gave exactly the float32 numbers: rows were not stored in 8 bits");
-        if (checkpoint == "lite_f32" && kv == KvCacheDtype.Int8)
-            Assert.True(r.MeanKl <= 1e-3, $"int8 cache on lite_f32 met the 1e-3 goal before: {r.MeanKl:E3}");
     }
 
     [Theory]
@@ -124,10 +149,12 @@ public class QuantizedModelTests
         var mlp = experts.ExpertGroups[0].Expert(layer, range.First);
         Assert.Equal(WeightQuantization.Int8, mlp.GateUp.Quantization);
         Assert.Equal(WeightQuantization.Int8, mlp.Down.Quantization);
+        Assert.Equal(QuantizedMatrix.DefaultInt8BlockColumns, mlp.Down.Quantized!.BlockCols);
+        Assert.Equal((long)mlp.Down.Rows * mlp.Down.Cols + (long)mlp.Down.Rows * ((mlp.Down.Cols + 31) / 32) * 4, mlp.Down.Bytes);
         Assert.Null(experts.Cache);
-        // 1 byte per weight plus a float scale per 128 columns, against 4 bytes.
+        // 1 byte per weight plus a float scale per 32 columns, against 4 bytes.
         long weights = f32.ExpertGroups[0].Bytes / 4;
-        long blocksPerRow(int cols) => (cols + 127) / 128;
+        long blocksPerRow(int cols) => (cols + 31) / 32;
         Assert.True(experts.ExpertGroups[0].Bytes < weights * 1.2, $"{experts.ExpertGroups[0].Bytes} bytes for {weights} weights");
         Assert.True(blocksPerRow(mlp.Down.Cols) >= 1);
     }
@@ -196,10 +223,10 @@ public class QuantizedModelTests
             var same = TeacherForcedComparison.Compare(dequantized, fp8, sequences, prefill: 4);
             Assert.True(same.MeanKl < 1e-6, $"FP8 kernels vs the dequantized checkpoint: mean KL {same.MeanKl:E3}");
             Assert.Equal(1.0, same.Top1Agreement);
-            // And the checkpoint is the float32 model within FP8's measured level (see MeasuredKlBound).
+            // And the checkpoint is the float32 model within FP8's measured level (see NotMetBound).
             using var reference = DeepseekV2Model.Load(Golden.Dir("full_f32"));
             var vsFloat = TeacherForcedComparison.Compare(reference, fp8, sequences, prefill: 4);
-            Assert.True(vsFloat.MeanKl <= MeasuredKlBound[("full_f32", "Fp8")], $"FP8 checkpoint vs float32: mean KL {vsFloat.MeanKl:E3}");
+            Assert.True(vsFloat.MeanKl <= NotMetBound[("full_f32", "Fp8")], $"FP8 checkpoint vs float32: mean KL {vsFloat.MeanKl:E3}");
             Assert.True(vsFloat.MeanKl > 0);
         }
         finally { Directory.Delete(dir, true); }
