@@ -94,7 +94,7 @@ public static class QuantBench
         }
         finally { QuantizedMatrix.Int8BlockColumns = before; }
         var x = TorchSharp.torch.randn(1, cols);
-        var linears = matrices.Select(LinearWeight.FromQuantized).ToArray();
+        var linears = matrices.Select(m => LinearWeight.FromQuantized(m)).ToArray();
         var times = widths.Select(_ => new List<double>()).ToArray();
         for (int r = -1; r < reps; r++)
             for (int i = 0; i < linears.Length; i++)
