@@ -65,8 +65,10 @@ public static class GenerateCommand
             }
             catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             await using var executor = await EngineFactory.CreateExecutorAsync(options.Model.Engine, dir, options.Model.Dtype,
                 options.Cluster, CliLogging.FromEnvironment(), Progress.Loading, m => Console.Error.WriteLine(m), ct, options.Silo, options.Model.Quantization);
+            var loadSeconds = clock.Elapsed.TotalSeconds;
             var vocab = executor.Config.VocabSize;
             int badAt = Array.FindIndex(promptTokens, t => t < 0 || t >= vocab);
             if (badAt >= 0)
@@ -82,8 +84,24 @@ public static class GenerateCommand
                 StopTokenIds = !parse.GetValue(ignoreEos) && tokenizer.EosId is int eos ? [eos] : [],
             };
             var completion = new CompletionBuilder(tokenizer, parse.GetValue(logprobs) is not null, parse.GetValue(tokensAsIds), []);
+            clock.Restart();
+            double? firstToken = null;
+            int generated = 0;
             await foreach (var ev in scheduler.Submit(request, ct).ReadAllAsync(ct))
+            {
+                if (ev is TokenEvent)
+                {
+                    firstToken ??= clock.Elapsed.TotalSeconds;
+                    generated++;
+                }
                 completion.Add(ev);
+            }
+            // llama.cpp-style timings on stderr: what a user compares engines by (the decode rate excludes the first token).
+            var total = clock.Elapsed.TotalSeconds;
+            var decodeRate = generated > 1 && firstToken is double f && total > f
+                ? FormattableString.Invariant($", decode {(generated - 1) / (total - f):F2} tok/s after the first") : "";
+            Console.Error.WriteLine(FormattableString.Invariant(
+                $"timings: load {loadSeconds:F1} s; prompt {promptTokens.Length} tokens, first token after {firstToken ?? total:F2} s; {generated} tokens in {total:F2} s{decodeRate}"));
             if (parse.GetValue(json))
             {
                 var obj = OpenAiJson.TextCompletion("cmpl-" + Guid.NewGuid().ToString("N")[..24], options.Model.ServedNames() is { Count: > 0 } names ? names[0] : EngineFactory.ModelName(modelArg, dir),

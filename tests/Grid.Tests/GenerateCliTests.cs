@@ -52,6 +52,8 @@ public class GenerateCliTests
         Assert.DoesNotContain(tokens, t => t.StartsWith("token_id:"));
         Assert.Equal(string.Concat(tokens), choice["text"]!.GetValue<string>());
         Assert.Contains("loading weights", stderr);
+        // The timings line counts what ran (the times themselves depend on the machine and are not asserted).
+        Assert.Matches($@"timings: load [0-9.]+ s; prompt {expected.PromptIds.Length} tokens, first token after [0-9.]+ s; 4 tokens in [0-9.]+ s, decode [0-9.]+ tok/s after the first", stderr);
     }
 
     [Fact]
