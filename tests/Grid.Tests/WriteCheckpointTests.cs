@@ -172,9 +172,10 @@ public sealed class WriteCheckpointTests : IDisposable
         var groups = ExpertRange.Partition(c.NRoutedExperts, 4);
         int moeLayers = c.MoeLayers.Count();
         long d = c.HiddenSize, inter = c.MoeIntermediateSize;
-        // int8: one byte per weight and a float32 scale per row and 128 columns, for gate+up [2*inter, d] and down [d, inter].
+        // int8: one byte per weight and a float32 scale per row and block of columns, for gate+up [2*inter, d] and down [d, inter].
+        const int block = QuantizedMatrix.DefaultInt8BlockColumns;
         long ExpertBytes(int experts) => experts * moeLayers *
-            (2 * inter * d + 2 * inter * ((d + 127) / 128) * 4 + d * inter + d * ((inter + 127) / 128) * 4);
+            (2 * inter * d + 2 * inter * ((d + block - 1) / block) * 4 + d * inter + d * ((inter + block - 1) / block) * 4);
 
         ModelLoadOptions Options(bool attention, params ExpertRange[] ranges) => new()
         {
