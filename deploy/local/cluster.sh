@@ -12,7 +12,8 @@
 # expert group whose silos are all gone, loading it on demand),
 # --no-build (use existing builds; GRID_BUILD_CONFIG picks Debug or Release), --timeout S (180),
 # --base-port P (21000: silo i listens on P+i, its client gateway on P+100+i),
-# --metrics-port P (9464: silo i serves Prometheus metrics on P+i; 0 = off). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
+# --metrics-port P (9464: silo i serves Prometheus metrics on P+i; 0 = off), --quantization none|int8|fp8 (linear weights in
+# 8 bits on every silo and the gateway; Grid:Model:Quantization), --kv-cache-dtype auto|int8|fp8 (the latent cache; Grid:Silo:KvCacheDtype). State and logs: $GRID_CLUSTER_DIR (.grid/cluster).
 # The gateway starts with its debug endpoints on (/debug/cache, /debug/steps: Grid__Http__DebugEndpoints=true unless set).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -51,7 +52,7 @@ case "$cmd" in
   *) die "usage: cluster.sh up [--silos N] [--elastic N] [--model DIR] [--port P] | down | status" ;;
 esac
 
-silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000; metrics_port=9464; elastic=0
+silos=3; model=""; port=8080; redis_port=6390; attention_silos=1; max_groups=0; build=1; timeout=180; base_port=21000; metrics_port=9464; elastic=0; quantization=""; kv_cache_dtype=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --silos) silos="$2"; shift 2 ;;
@@ -65,6 +66,8 @@ while [ $# -gt 0 ]; do
     --base-port) base_port="$2"; shift 2 ;;
     --metrics-port) metrics_port="$2"; shift 2 ;;
     --elastic) elastic="$2"; shift 2 ;;
+    --quantization) quantization="$2"; shift 2 ;;
+    --kv-cache-dtype) kv_cache_dtype="$2"; shift 2 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -72,6 +75,11 @@ done
 [[ "$attention_silos" =~ ^[1-9][0-9]*$ ]] && [ "$attention_silos" -le "$silos" ] || die "--attention-silos must be in 1..$silos"
 [[ "$elastic" =~ ^[0-9]+$ ]] || die "--elastic must be a non-negative integer"
 [ $((silos + elastic)) -le 100 ] || die "--silos plus --elastic must be at most 100 (client gateway ports are base+100+i)"
+case "$quantization" in ""|none|int8|fp8) ;; *) die "--quantization must be none, int8 or fp8 (got '$quantization')" ;; esac
+case "$kv_cache_dtype" in ""|auto|int8|fp8) ;; *) die "--kv-cache-dtype must be auto, int8 or fp8 (got '$kv_cache_dtype')" ;; esac
+# Every process (silos and gateway) reads the same settings from the environment.
+[ -n "$quantization" ] && export Grid__Model__Quantization="$quantization"
+[ -n "$kv_cache_dtype" ] && export Grid__Silo__KvCacheDtype="$kv_cache_dtype"
 
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server (apt)"

@@ -5,6 +5,7 @@ using Grid.Gateway.Api;
 using Grid.Gateway.Hosting;
 using Grid.Gateway.Scheduling;
 using Grid.ModelCore.Sampling;
+using Grid.ModelCore.Tokenization;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Grid.Gateway.Cli;
@@ -55,7 +56,10 @@ public static class GenerateCommand
             string dir;
             try { dir = EngineFactory.ResolveModel(modelArg, m => Console.Error.WriteLine(m)); }
             catch (Exception e) { return Fail(e.Message); }
-            using var tokenizer = EngineFactory.LoadTokenizer(dir);
+            GridTokenizer tokenizer;
+            try { tokenizer = EngineFactory.LoadTokenizer(dir); }
+            catch (Exception e) when (e is TokenizerLoadException or IOException or ArgumentException) { return Fail(e.Message); }
+            using var ownedTokenizer = tokenizer;
             int[] promptTokens;
             try
             {

@@ -87,6 +87,20 @@ public class GenerateCliTests
         Assert.Contains(message, lines[0]);
     }
 
+    /// <summary>A folder with a config and weights but no tokenizer (the benchmark model's folder is one): one line, no stack trace.</summary>
+    [Fact]
+    public void ModelFolderWithoutATokenizerGivesAOneLineError()
+    {
+        var dir = ModelTestKit.TempDir("no-tokenizer");
+        foreach (var f in Directory.GetFiles(Golden.Dir("lite_f32")))
+            if (!Path.GetFileName(f).StartsWith("tokenizer")) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var (code, _, stderr) = RunGrid("generate", "--model", dir, "--prompt", "x");
+        Assert.NotEqual(0, code);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, stderr);
+        Assert.Equal($"error: tokenizer.json not found in {dir}", lines[0].TrimEnd('.'));
+    }
+
     [Theory]
     [InlineData("1,99999", 99999)]
     [InlineData("1,-1", -1)]

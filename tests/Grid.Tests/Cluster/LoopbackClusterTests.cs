@@ -34,6 +34,19 @@ public sealed class LoopbackClusterTests
     }
 
     [Theory]
+    [InlineData("--quantization", "int4", "--quantization must be none, int8 or fp8 (got 'int4')")]
+    [InlineData("--kv-cache-dtype", "fp16", "--kv-cache-dtype must be auto, int8 or fp8 (got 'fp16')")]
+    [InlineData("--silos", "0", "--silos must be a positive integer")]
+    public void BadOptionsFailBeforeStartingAnything(string option, string value, string message)
+    {
+        var state = ModelTestKit.TempDir("cluster-bad");
+        var (code, output) = Script(state, "up", option, value, "--no-build");
+        Assert.Equal(2, code);
+        Assert.Contains("cluster.sh: " + message, output);
+        Assert.Empty(Directory.GetFiles(state, "*.pid"));
+    }
+
+    [Theory]
     [InlineData("full_f32")]
     [InlineData("lite_f32")]
     public async Task GoldenThroughThreeSiloProcessesWithRedisMembership(string checkpoint)

@@ -89,6 +89,54 @@ public class QuantizedModelTests
         Assert.True(int8.MeanKl < fp8.MeanKl, $"int8 ({int8.MeanKl:E3}) should be closer to float32 than FP8 ({fp8.MeanKl:E3})");
     }
 
+    /// <summary>The checkpoint with every float32 tensor rounded to bfloat16 (nearest even), in a temporary folder.</summary>
+    static string Bf16Copy(string checkpoint)
+    {
+        var src = Golden.Dir(checkpoint);
+        var dst = ModelTestKit.TempDir(checkpoint + "-bf16");
+        foreach (var f in Directory.GetFiles(src))
+            if (!f.EndsWith(".safetensors") && !f.EndsWith(".index.json")) File.Copy(f, Path.Combine(dst, Path.GetFileName(f)));
+        var tensors = new List<TensorData>();
+        foreach (var file in Directory.GetFiles(src, "*.safetensors"))
+        {
+            using var st = new SafetensorsFile(file);
+            foreach (var e in st.Entries.Values.OrderBy(e => e.Begin))
+            {
+                Assert.Equal(StorageDtype.F32, e.Dtype);
+                var floats = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(st.Bytes(e)).ToArray();
+                tensors.Add(new TensorData(e.Name, e.Shape, () => floats));
+            }
+        }
+        SafetensorsWriter.Write(dst, tensors, StorageDtype.BF16);
+        return dst;
+    }
+
+    /// <summary>
+    /// What the goals mean on these random checkpoints: the same float32 model with its weights rounded to bfloat16, the
+    /// precision real DeepSeek-V2 checkpoints ship in (8 mantissa bits; a smaller error per weight than int8 with
+    /// 32-column scales). On lite_f32 bf16 rounding meets both weight goals; on full_f32 it alone is ~9x over the KL
+    /// goal with top-1 under 98% (its near-tied random router scores flip expert choices under any rounding), so no
+    /// 8-bit format can meet the goal there, and int8 stays within 2x of bf16's own divergence.
+    /// </summary>
+    [Theory]
+    [InlineData("lite_f32")]
+    [InlineData("full_f32")]
+    public void Bf16RoundingOfTheWeightsIsTheFloor(string checkpoint)
+    {
+        var bf16 = Compare(checkpoint, new ModelLoadOptions(), Bf16Copy(checkpoint));
+        _output.WriteLine($"{checkpoint} bf16-rounded weights: mean KL {bf16.MeanKl:E3} nats/token, top-1 {bf16.Top1Agreement:P2}, max top-5 logprob diff {bf16.MaxTop5LogprobDiff:F4} over {bf16.Positions} positions");
+        Assert.True(bf16.MeanKl > 0, "bf16 rounding changed nothing: the copy was not rounded");
+        if (checkpoint == "lite_f32")
+        {
+            Assert.True(bf16.MeanKl <= WeightKlGoal && bf16.Top1Agreement >= WeightTop1Goal, $"lite_f32 bf16: KL {bf16.MeanKl:E3}, top-1 {bf16.Top1Agreement:P2}");
+            return;
+        }
+        Assert.True(bf16.MeanKl > 4 * WeightKlGoal, $"full_f32 bf16 rounding: KL {bf16.MeanKl:E3} (measured 1.8e-2): the checkpoint's sensitivity changed; revisit NotMetBound");
+        var int8 = Compare(checkpoint, new ModelLoadOptions { Quantization = WeightQuantization.Int8 });
+        _output.WriteLine($"{checkpoint} int8 weights: mean KL {int8.MeanKl:E3}, {int8.MeanKl / bf16.MeanKl:F2}x bf16 rounding's");
+        Assert.True(int8.MeanKl <= 2 * bf16.MeanKl, $"int8 KL {int8.MeanKl:E3} is more than 2x bf16 rounding's {bf16.MeanKl:E3}");
+    }
+
     [Theory]
     [InlineData("lite_f32", KvCacheDtype.Int8)]
     [InlineData("full_f32", KvCacheDtype.Int8)]
