@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grid.Gateway.Api;
@@ -33,7 +34,30 @@ public static class GenerateCommand
         // --model, --dtype, --engine, scheduler and cluster flags: the Grid:* keys, read like `grid serve` reads them.
         var flags = new GridFlagOptions(GridExecutable.Generate);
         flags.AddTo(cmd);
+        // SIGTERM / SIGINT stop the command at any point, weight loading included (System.CommandLine's own handling is
+        // off: `grid serve` drains through the host's lifetime instead): one line and 143 / 130, as a shell expects.
         cmd.SetAction(async (parse, ct) =>
+        {
+            using var interrupt = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            PosixSignal? received = null;
+            void OnSignal(PosixSignalContext context)
+            {
+                context.Cancel = true;
+                received ??= context.Signal;
+                interrupt.Cancel();
+            }
+            using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+            try { return await GenerateAsync(parse, interrupt.Token); }
+            catch (Exception e) when (received is PosixSignal signal && e is OperationCanceledException or TaskCanceledException)
+            {
+                Console.Error.WriteLine($"error: interrupted by {signal}");
+                return signal == PosixSignal.SIGINT ? 130 : 143;
+            }
+        });
+        return cmd;
+
+        async Task<int> GenerateAsync(ParseResult parse, CancellationToken ct)
         {
             var p = parse.GetValue(prompt);
             var ids = parse.GetValue(promptIds);
@@ -117,8 +141,7 @@ public static class GenerateCommand
                 Console.WriteLine(completion.Text);
             }
             return 0;
-        });
-        return cmd;
+        }
     }
 
     static int Fail(string message)

@@ -24,7 +24,7 @@ public static class GridSiloExtensions
         silo.AddActivityPropagation();
         // Grid:Cluster:Dashboard: the dashboard's grains and call profiler here, its pages on the gateway.
         if (options.Cluster.Dashboard) Orleans.Dashboard.ServiceCollectionExtensions.AddDashboard(silo);
-        silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>()));
+        silo.Services.AddSingleton(sp => new ModelHost(options, sp.GetRequiredService<ILogger<ModelHost>>(), sp.GetService<Microsoft.Extensions.Hosting.IHostApplicationLifetime>()));
         silo.Services.AddSingleton<SiloTelemetry>();
         silo.Services.AddSingleton(new ShardLease(TimeSpan.FromSeconds(options.Cluster.LeaseSeconds)));
         silo.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());

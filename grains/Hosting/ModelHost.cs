@@ -28,6 +28,7 @@ public sealed class ModelHost : IHostedService, IDisposable
     readonly Lock _elasticLock = new();
     readonly Lock _detailLock = new();
     volatile bool _declaredLoaded;                         // the start-up load (declared groups) is done
+    readonly CancellationTokenSource _stopping = new();     // cancelled when the host begins to stop: a load in progress ends
 
     public InferenceThread Thread { get; }
     public ModelConfig Config { get; }
@@ -39,8 +40,11 @@ public sealed class ModelHost : IHostedService, IDisposable
     string ModelPath => _grid.Model.Path ?? "";
 
     /// <param name="options">The silo's <c>Grid:*</c> tree (<c>grid-silo</c> validates it before the host starts).</param>
-    public ModelHost(GridOptions options, ILogger<ModelHost> logger)
+    /// <param name="lifetime">When given, a load still running when the host begins to stop is abandoned at the next
+    /// tensor (SIGTERM during a long load ends the process at once instead of after the load).</param>
+    public ModelHost(GridOptions options, ILogger<ModelHost> logger, IHostApplicationLifetime? lifetime = null)
     {
+        lifetime?.ApplicationStopping.Register(_stopping.Cancel);
         _grid = options;
         _options = options.Silo;
         _logger = logger;
@@ -98,6 +102,7 @@ public sealed class ModelHost : IHostedService, IDisposable
                     CacheMaxBytes = _options.CacheMaxBytes,
                     MemoryUtilization = _options.MemoryUtilization,
                     PrefixCaching = _options.PrefixCaching,
+                    Cancellation = _stopping.Token,
                 }, new DecileProgress(p =>
                     _logger.LogInformation("loading weights {Done}/{Total} tensors ({Mib} MiB)", p.TensorsDone, p.TensorsTotal, p.BytesDone >> 20))),
                     CancellationToken.None);
@@ -106,6 +111,12 @@ public sealed class ModelHost : IHostedService, IDisposable
                 _logger.LogInformation("model part loaded in {Seconds:F1} s: {Detail}", sw.Elapsed.TotalSeconds, Detail);
                 if (model.Cache is not null) _logger.LogInformation("latent-cache budget {Budget}", model.CacheBudgetReason);
                 _loaded.TrySetResult(model);
+            }
+            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+            {
+                Detail = "load abandoned: the host is stopping";
+                _logger.LogInformation("loading the model part abandoned after {Seconds:F1} s: the host is stopping", sw.Elapsed.TotalSeconds);
+                _loaded.TrySetCanceled(_stopping.Token);
             }
             catch (Exception e)
             {
@@ -117,7 +128,11 @@ public sealed class ModelHost : IHostedService, IDisposable
         return Task.CompletedTask;
     }
 
-    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        _stopping.Cancel();
+        return Task.CompletedTask;
+    }
 
     /// <summary>The expert groups this silo holds now: its declared groups once loaded, and the groups an elastic silo loaded on demand.</summary>
     public int[] HeldGroups()
@@ -199,5 +214,6 @@ public sealed class ModelHost : IHostedService, IDisposable
             Thread.RunAsync(() => model.Dispose()).Wait();
         }
         Thread.Dispose();
+        _stopping.Dispose();
     }
 }

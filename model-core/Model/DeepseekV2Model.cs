@@ -23,6 +23,8 @@ public sealed record ModelLoadOptions
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
     /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
     public Func<string, bool>? QuantizeOnly { get; init; }
+    /// <summary>Ends a load in progress at the next tensor (<see cref="OperationCanceledException"/>): a host stopping mid-load.</summary>
+    public CancellationToken Cancellation { get; init; }
     public bool LoadAttention { get; init; } = true;
     /// <summary>Expert groups to load; null loads every routed expert as one group.</summary>
     public IReadOnlyList<ExpertRange>? ExpertRanges { get; init; }
@@ -141,7 +143,7 @@ public sealed class DeepseekV2Model : IDisposable
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
         HeapTrim.MapLargeBlocks(1 << 20);
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, Quantize = options.QuantizeOnly };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
         var model = new DeepseekV2Model(config, options, loader, ranges);
         HeapTrim.Return();   // the load's transient buffers
         return model;

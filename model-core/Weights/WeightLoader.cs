@@ -30,6 +30,8 @@ public sealed class WeightLoader
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all of them); the
     /// others stay in the compute dtype. For measuring where 8-bit error comes from (per-tensor ablation).</summary>
     public Func<string, bool>? Quantize { get; init; }
+    /// <summary>Checked after every tensor: a cancelled load throws <see cref="OperationCanceledException"/>.</summary>
+    public CancellationToken Cancellation { get; init; }
     public ModelConfig Config { get; }
 
     /// <summary>The storage <see cref="Quantization"/> asks for the linear weight <paramref name="name"/> (fused ones by one of their parts' names).</summary>
@@ -89,6 +91,7 @@ public sealed class WeightLoader
             Runtime.HeapTrim.Return();
         }
         _progress?.Report(new LoadProgress(_done, _total, _bytesDone, _totalBytes, name));
+        Cancellation.ThrowIfCancellationRequested();
     }
 
     /// <summary>

@@ -87,6 +87,39 @@ public class GenerateCliTests
         Assert.Contains(message, lines[0]);
     }
 
+    /// <summary>
+    /// SIGTERM stops `grid generate` at once wherever it is (loading weights or generating): the last stderr line says so
+    /// and the exit code is 143. The signal goes once the process has started loading (a state, read from stderr); the
+    /// request asks for 100,000 tokens, so the process cannot have finished on its own when the signal arrives.
+    /// </summary>
+    [Fact]
+    public async Task SigtermStopsGenerateWithExitCode143()
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "grid.dll"));
+        foreach (var a in new[] { "generate", "--model", Golden.Dir("lite_f32"), "--prompt-ids", "1,2,3", "--max-tokens", "100000", "--ignore-eos" })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var lines = new List<string>();
+        string? line;
+        while ((line = await p.StandardError.ReadLineAsync()) is not null)
+        {
+            lines.Add(line);
+            if (line.Contains("loading weights")) break;
+        }
+        Assert.True(line is not null, "grid exited before loading: " + string.Join("\n", lines));
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString()])!) await kill.WaitForExitAsync();
+        var rest = p.StandardError.ReadToEndAsync();
+        using var deadline = new CancellationTokenSource(Poll.Deadline);
+        try { await p.WaitForExitAsync(deadline.Token); }
+        catch (OperationCanceledException) { p.Kill(true); throw new TimeoutException("grid did not exit after SIGTERM"); }
+        var all = lines.Concat((await rest).Split('\n', StringSplitOptions.RemoveEmptyEntries)).ToList();
+        Assert.Equal(143, p.ExitCode);
+        Assert.Equal("error: interrupted by SIGTERM", all[^1]);
+        await stdout;
+    }
+
     /// <summary>A folder with a config and weights but no tokenizer (the benchmark model's folder is one): one line, no stack trace.</summary>
     [Fact]
     public void ModelFolderWithoutATokenizerGivesAOneLineError()

@@ -11,6 +11,24 @@ public class LoaderErrorTests
 {
     static string Lite => Golden.Dir("lite_f32");
 
+    /// <summary>A cancelled load (a host stopping mid-load) ends at the next tensor, before the model is built.</summary>
+    [Fact]
+    public void CancelledLoadStopsAtTheNextTensor()
+    {
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        int tensorsSeen = 0;
+        var progress = new SynchronousProgress<Grid.ModelCore.Weights.LoadProgress>(_ => tensorsSeen++);
+        Assert.ThrowsAny<OperationCanceledException>(() =>
+            Grid.ModelCore.Model.DeepseekV2Model.Load(Golden.Dir("lite_f32"), new Grid.ModelCore.Model.ModelLoadOptions { Cancellation = cancelled.Token }, progress));
+        Assert.Equal(1, tensorsSeen);
+    }
+
+    sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
+
     [Fact]
     public void MissingTensorIsNamed()
     {
