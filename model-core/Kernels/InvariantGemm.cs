@@ -27,7 +27,7 @@ public static unsafe class InvariantGemm
     /// <summary>Columns of x (rows of a panel) per K block: a 256 x 32 panel slice is 32 KiB.</summary>
     public const int BlockK = 256;
     const int MaxBlockRows = 192;    // input rows per work item (a block of x: 192 x 256 floats, in L2)
-    const long ItemWork = 1L << 21;  // K x 32 x (rows + 8) per work item: enough that the thread pool's overhead is small
+    const long ItemWork = 1L << 24;  // K x 32 x (rows + 8) per work item: the thread pool's overhead is small, x reused over panels
 
     /// <summary>The fastest path this CPU runs.</summary>
     public static GemmPath BestPath { get; } =
@@ -76,7 +76,8 @@ public static unsafe class InvariantGemm
             var job = jobs[j];
             var split = splits[j];
             int local = item - firstItem[j];
-            int m0 = local % split.RowBlocks * split.BlockRows, n0 = local / split.RowBlocks * split.GroupPanels * Panel;
+            // Consecutive items share a block of input rows, which then stays in this core's L2.
+            int m0 = local / split.Groups * split.BlockRows, n0 = local % split.Groups * split.GroupPanels * Panel;
             Rows(job, m0, Math.Min(job.M, m0 + split.BlockRows), n0, Math.Min(job.N, n0 + split.GroupPanels * Panel));
         });
     }
