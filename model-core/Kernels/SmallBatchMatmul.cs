@@ -6,8 +6,8 @@ namespace Grid.ModelCore.Kernels;
 
 /// <summary>
 /// One small-batch matmul for the kernels: y[m, n] = sum_k x[m, k] * W[n, k] for m &lt; M, n &lt; N, with x [M, K]
-/// row-major, y rows <see cref="YStride"/> floats apart, and W either float32 [N, K] at <see cref="Weights"/> or
-/// the 8-bit <see cref="Quantized"/>.
+/// row-major, y rows <see cref="YStride"/> floats apart, and W either float32 at <see cref="Weights"/>, packed in
+/// column panels (<see cref="PackedWeight"/>: [N/32][K][32]), or the 8-bit <see cref="Quantized"/>.
 /// </summary>
 public readonly unsafe struct MatmulJob
 {

@@ -58,7 +58,7 @@ public static class KernelBench
             ["fraction_of_matmul"] = Num(efficiency),
         };
 
-        GemmShapes(c, s, gflops);
+        GemmShapes(c, s, gflops, model.Config);
         KernelsVsLibtorch(c, s, prefillTokens, prefill);
 
         int[] batches = c.Quick ? [1, 8, 32] : [1, 8, 32, 64];
@@ -114,14 +114,70 @@ public static class KernelBench
         return s;
     }
 
-    /// <summary>The batch-invariant GEMM against libtorch's matmul on the model's prefill shapes (a 512-token prompt), one
-    /// shape at a time, as GFLOP/s and as a fraction of the run's matmul ceiling.</summary>
-    static void GemmShapes(BenchContext c, Section s, double ceiling)
+    /// <summary>The float32 GEMM alone on the model's shapes (its config only; no weights loaded): prefill shapes on both
+    /// cores and on one, decode shapes, weight bandwidth at one row.</summary>
+    public static Section RunGemm(BenchContext c)
     {
-        var cfg = c.Model.Config;
-        int d = cfg.HiddenSize, tokens = 512, h = cfg.NumAttentionHeads;
+        var s = new Section("gemm", "Batch-invariant float32 GEMM on the model's shapes");
+        var cfg = ModelCore.Config.ModelConfig.Load(Path.Combine(c.ModelDir, "config.json"));
+        double gflops = ModelCoreBench.MatmulGflops(reps: c.Quick ? 10 : 30);
+        c.Log($"matmul: {gflops:F1} GFLOP/s");
+        s.Data["matmul_gflops"] = Num(gflops, 2);
+        GemmShapes(c, s, gflops, cfg);
+        // One core each (KernelParallel and libtorch's intra-op threads): the kernels' own efficiency, less exposed to
+        // how each runtime's threads cope with a busy machine.
+        int threads = KernelParallel.Threads, torchThreads = get_num_threads();
+        try
+        {
+            KernelParallel.Threads = 1;
+            set_num_threads(1);
+            var rows = new List<string[]>();
+            double kernelSeconds = 0, libtorchSeconds = 0;
+            foreach (var (name, m, n, k) in Shapes(cfg, 512))
+            {
+                var (tKernel, tLib, tLanes) = TimeShape(m, n, k, c.Quick ? 9 : 21);
+                kernelSeconds += tKernel; libtorchSeconds += tLib;
+                double flops = 2.0 * m * n * k;
+                c.Log($"one core: gemm {name}: packed {flops / tKernel / 1e9:F1} GFLOP/s, libtorch {flops / tLib / 1e9:F1}, previous {flops / tLanes / 1e9:F1}");
+                rows.Add([name, $"{m} x {k} x {n}", F(flops / tKernel / 1e9), F(flops / tLib / 1e9), F(flops / tLanes / 1e9), Pct(tLib / tKernel), Pct(tLib / tLanes)]);
+            }
+            s.Data["gemm_one_core_invariant_over_libtorch"] = Num(libtorchSeconds / kernelSeconds, 3);
+            s.Markdown.Add("The prefill shapes on one core (KernelParallel.Threads = 1, libtorch set_num_threads(1)):");
+            s.Markdown.Add("");
+            s.Table(["shape", "M x K x N", "invariant GFLOP/s", "libtorch GFLOP/s", "previous GFLOP/s", "invariant / libtorch", "previous / libtorch"], rows);
+            s.Summary.Add(("batch-invariant GEMM / libtorch matmul, prefill shapes, one core (time-weighted)", Pct(libtorchSeconds / kernelSeconds), "as above, without thread-pool effects"));
+        }
+        finally
+        {
+            KernelParallel.Threads = threads;
+            set_num_threads(torchThreads);
+        }
+        return s;
+    }
+
+    /// <summary>Medians of interleaved timings: each round runs every candidate once, in turn, so a slow moment of the
+    /// shared VM hits all of them alike. Returns seconds per call, one per candidate.</summary>
+    static double[] Interleaved(int rounds, params Action[] candidates)
+    {
+        var warm = Stopwatch.StartNew();
+        while (warm.Elapsed.TotalSeconds < 0.3) foreach (var f in candidates) f();
+        var times = candidates.Select(_ => new List<double>()).ToArray();
+        for (int r = 0; r < rounds; r++)
+            for (int i = 0; i < candidates.Length; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                candidates[i]();
+                times[i].Add(sw.Elapsed.TotalSeconds);
+            }
+        return times.Select(ModelCoreBench.Median).ToArray();
+    }
+
+    /// <summary>The model's matmul shapes for a <paramref name="tokens"/>-row call (routed experts: their share of 512 prompt tokens).</summary>
+    static List<(string Name, int M, int N, int K)> Shapes(ModelCore.Config.ModelConfig cfg, int tokens)
+    {
+        int d = cfg.HiddenSize, h = cfg.NumAttentionHeads;
         int qkvA = (cfg.QLoraRank ?? h * cfg.QkNopeHeadDim) + cfg.KvLoraRank + (cfg.QLoraRank is null ? (h + 1) : 1) * cfg.QkRopeHeadDim;
-        int perExpert = Math.Max(1, tokens * cfg.NumExpertsPerTok / Math.Max(1, cfg.NRoutedExperts));
+        int perExpert = Math.Max(1, 512 * cfg.NumExpertsPerTok / Math.Max(1, cfg.NRoutedExperts));
         var shapes = new List<(string Name, int M, int N, int K)>
         {
             ("q + kv_a (fused)", tokens, qkvA, d),
@@ -129,59 +185,147 @@ public static class KernelBench
             ("dense MLP gate+up", tokens, 2 * cfg.IntermediateSize, d),
             ("dense MLP down", tokens, d, cfg.IntermediateSize),
             ("shared experts gate+up", tokens, 2 * cfg.MoeIntermediateSize * cfg.NSharedExperts, d),
-            ($"routed expert gate+up ({perExpert} tokens)", perExpert, 2 * cfg.MoeIntermediateSize, d),
-            ($"routed expert down ({perExpert} tokens)", perExpert, d, cfg.MoeIntermediateSize),
             ("lm_head", tokens, cfg.VocabSize, d),
         };
+        if (tokens == 512)
+        {
+            shapes.Insert(5, ($"routed expert gate+up ({perExpert} tokens)", perExpert, 2 * cfg.MoeIntermediateSize, d));
+            shapes.Insert(6, ($"routed expert down ({perExpert} tokens)", perExpert, d, cfg.MoeIntermediateSize));
+        }
+        return shapes;
+    }
+
+    /// <summary>One shape: the packed-panel GEMM, libtorch's matmul and the previous lane-order GEMM (<see cref="LaneGemm"/>),
+    /// interleaved; seconds per call of each.</summary>
+    static unsafe (double Packed, double Libtorch, double Lanes) TimeShape(int m, int n, int k, int rounds)
+    {
+        using var scope = NewDisposeScope();
+        var x = randn(m, k);
+        var dense = randn(n, k);
+        using var packed = LinearWeight.Create(dense.clone(), WeightQuantization.None);
+        var y = empty(m, n);
+        var packedJob = packed.Job(TensorMemory.Pointer<float>(x), m, TensorMemory.Pointer<float>(y), n);
+        var lanesJob = new MatmulJob(TensorMemory.Pointer<float>(dense), null, n, k, TensorMemory.Pointer<float>(x), m, TensorMemory.Pointer<float>(y), n);
+        var t = Interleaved(rounds,
+            () => InvariantGemm.Run(packedJob),
+            () => { using var _ = NewDisposeScope(); linear(x, dense); },
+            () => LaneGemm.Run(lanesJob));
+        return (t[0], t[1], t[2]);
+    }
+
+    /// <summary>The batch-invariant GEMM against libtorch's matmul and the previous GEMM on the model's prefill shapes (a
+    /// 512-token prompt) and decode shapes (1, 8, 32 rows), as GFLOP/s and as a fraction of the run's matmul ceiling;
+    /// and the weight bytes read per second at one row against a memcpy probe.</summary>
+    static void GemmShapes(BenchContext c, Section s, double ceiling, ModelCore.Config.ModelConfig cfg)
+    {
         var rows = new List<string[]>();
         var data = new JsonArray();
-        double flopsAll = 0, kernelSeconds = 0, libtorchSeconds = 0;
-        foreach (var (name, m, n, k) in shapes)
+        double flopsAll = 0, kernelSeconds = 0, libtorchSeconds = 0, lanesSeconds = 0;
+        foreach (var (name, m, n, k) in Shapes(cfg, 512))
         {
-            using var scope = NewDisposeScope();
-            var x = randn(m, k);
-            using var weight = LinearWeight.Create(randn(n, k), WeightQuantization.None);
-            var dense = weight.Dense!;
             double flops = 2.0 * m * n * k;
-            int reps = (int)Math.Clamp(2e10 / flops, 5, c.Quick ? 40 : 120);
-            double Time(Func<Tensor> f)
-            {
-                var warm = Stopwatch.StartNew();
-                while (warm.Elapsed.TotalSeconds < 0.2) f().Dispose();
-                var times = new List<double>();
-                for (int i = 0; i < reps; i++)
-                {
-                    var sw = Stopwatch.StartNew();
-                    f().Dispose();
-                    times.Add(sw.Elapsed.TotalSeconds);
-                }
-                return ModelCoreBench.Median(times);
-            }
-            double tLib = Time(() => linear(x, dense)), tKernel = Time(() => weight.KernelForward(x));
-            // Interleave a second measurement of each so a slow moment of the shared VM does not decide the ratio.
-            tLib = Math.Min(tLib, Time(() => linear(x, dense)));
-            tKernel = Math.Min(tKernel, Time(() => weight.KernelForward(x)));
-            flopsAll += flops; kernelSeconds += tKernel; libtorchSeconds += tLib;
-            double gKernel = flops / tKernel / 1e9, gLib = flops / tLib / 1e9;
-            c.Log($"gemm {name} [{m}x{k}]x[{k}x{n}]: invariant {gKernel:F1} GFLOP/s, libtorch {gLib:F1} GFLOP/s ({gKernel / gLib:P0})");
-            rows.Add([name, $"{m} x {k} x {n}", F(gKernel), F(gLib), Pct(gKernel / gLib), Pct(gKernel / ceiling)]);
+            int rounds = (int)Math.Clamp(2e10 / flops, 7, c.Quick ? 41 : 121);
+            var (tKernel, tLib, tLanes) = TimeShape(m, n, k, rounds);
+            flopsAll += flops; kernelSeconds += tKernel; libtorchSeconds += tLib; lanesSeconds += tLanes;
+            double gKernel = flops / tKernel / 1e9, gLib = flops / tLib / 1e9, gLanes = flops / tLanes / 1e9;
+            c.Log($"gemm {name} [{m}x{k}]x[{k}x{n}]: packed {gKernel:F1} GFLOP/s, libtorch {gLib:F1}, previous {gLanes:F1} ({gKernel / gLib:P0} of libtorch)");
+            rows.Add([name, $"{m} x {k} x {n}", F(gKernel), F(gLib), F(gLanes), Pct(gKernel / gLib), Pct(gLanes / gLib), Pct(gKernel / ceiling)]);
             data.Add(new JsonObject
             {
                 ["shape"] = name, ["m"] = m, ["n"] = n, ["k"] = k,
-                ["invariant_gflops"] = Num(gKernel, 2), ["libtorch_gflops"] = Num(gLib, 2),
+                ["invariant_gflops"] = Num(gKernel, 2), ["libtorch_gflops"] = Num(gLib, 2), ["previous_gflops"] = Num(gLanes, 2),
                 ["invariant_over_libtorch"] = Num(gKernel / gLib, 3), ["invariant_of_ceiling"] = Num(gKernel / ceiling, 3),
             });
         }
         double all = libtorchSeconds / kernelSeconds;
         s.Data["gemm_shapes"] = data;
         s.Data["gemm_invariant_over_libtorch"] = Num(all, 3);
+        s.Data["gemm_previous_over_libtorch"] = Num(libtorchSeconds / lanesSeconds, 3);
         s.Data["gemm_invariant_of_ceiling"] = Num(flopsAll / kernelSeconds / 1e9 / ceiling, 3);
         s.Markdown.Add("");
-        s.Markdown.Add($"Batch-invariant float32 GEMM (`InvariantGemm`) against libtorch's matmul on this model's prefill shapes (512-token prompt), one call each, both cores:");
+        s.Markdown.Add("Batch-invariant float32 GEMM (`InvariantGemm`, packed panels) against libtorch's matmul and the previous lane-order GEMM on this model's prefill shapes (512-token prompt), one call each, both cores, interleaved medians:");
         s.Markdown.Add("");
-        s.Table(["shape", "M x K x N", "invariant GFLOP/s", "libtorch GFLOP/s", "invariant / libtorch", "invariant / ceiling"], rows);
-        s.Summary.Add(("batch-invariant GEMM / libtorch matmul, prefill shapes (time-weighted)", $"{Pct(all)} ({Pct(flopsAll / kernelSeconds / 1e9 / ceiling)} of the matmul ceiling)",
-            "register-tiled AVX-512 dot products (up to 6 input rows x 4 weight rows), fixed 16-lane reduction order per element; operands read unpacked (no packed panels), so they stream from L2"));
+        s.Table(["shape", "M x K x N", "invariant GFLOP/s", "libtorch GFLOP/s", "previous GFLOP/s", "invariant / libtorch", "previous / libtorch", "invariant / ceiling"], rows);
+        s.Summary.Add(("batch-invariant GEMM / libtorch matmul, prefill shapes (time-weighted)",
+            $"{Pct(all)} ({Pct(flopsAll / kernelSeconds / 1e9 / ceiling)} of the matmul ceiling; previous GEMM {Pct(libtorchSeconds / lanesSeconds)})",
+            "packed 32-wide weight panels, 6 x 32 AVX-512 register tile (one fma chain per element in increasing k), K blocks of 256"));
+
+        // Decode-sized calls: every projection at 1, 8 and 32 rows.
+        var decodeRows = new List<string[]>();
+        var decodeData = new JsonArray();
+        foreach (int m in new[] { 1, 8, 32 })
+        {
+            double tKernelAll = 0, tLibAll = 0, tLanesAll = 0;
+            foreach (var (name, _, n, k) in Shapes(cfg, m))
+            {
+                var (tKernel, tLib, tLanes) = TimeShape(m, n, k, c.Quick ? 41 : 121);
+                tKernelAll += tKernel; tLibAll += tLib; tLanesAll += tLanes;
+                decodeRows.Add([name, $"{m} x {k} x {n}", F(tKernel * 1e6, 0), F(tLib * 1e6, 0), F(tLanes * 1e6, 0), Pct(tLib / tKernel), Pct(tLib / tLanes)]);
+                decodeData.Add(new JsonObject
+                {
+                    ["shape"] = name, ["m"] = m, ["n"] = n, ["k"] = k,
+                    ["invariant_us"] = Num(tKernel * 1e6, 1), ["libtorch_us"] = Num(tLib * 1e6, 1), ["previous_us"] = Num(tLanes * 1e6, 1),
+                });
+            }
+            c.Log($"gemm decode {m} rows, all shapes: packed {tKernelAll * 1e6:F0} us, libtorch {tLibAll * 1e6:F0} us, previous {tLanesAll * 1e6:F0} us");
+            s.Data[$"gemm_decode_{m}_invariant_over_libtorch"] = Num(tLibAll / tKernelAll, 3);
+        }
+        s.Data["gemm_decode_shapes"] = decodeData;
+        s.Markdown.Add("Decode-sized calls (same shapes at 1, 8 and 32 rows), microseconds per call (interleaved medians):");
+        s.Markdown.Add("");
+        s.Table(["shape", "M x K x N", "invariant us", "libtorch us", "previous us", "invariant speed / libtorch", "previous speed / libtorch"], decodeRows);
+
+        WeightBandwidth(c, s, cfg);
+    }
+
+    /// <summary>Weight bytes read per second by one-row calls over the dense MLP's gate+up weight, cycling through enough
+    /// copies (~256 MB) that none stays in cache, against a memcpy of as many bytes split over the cores.</summary>
+    static unsafe void WeightBandwidth(BenchContext c, Section s, ModelCore.Config.ModelConfig cfg)
+    {
+        using var scope = NewDisposeScope();
+        int n = 2 * cfg.IntermediateSize, k = cfg.HiddenSize;
+        long bytes = (long)n * k * sizeof(float);
+        int copies = (int)Math.Clamp((256L << 20) / bytes, 2, 64);
+        var x = randn(1, k);
+        var y = empty(1, n);
+        var weights = Enumerable.Range(0, copies).Select(_ => LinearWeight.Create(randn(n, k), WeightQuantization.None)).ToArray();
+        var denses = Enumerable.Range(0, copies).Select(_ => randn(n, k)).ToArray();
+        var jobs = weights.Select(w => w.Job(TensorMemory.Pointer<float>(x), 1, TensorMemory.Pointer<float>(y), n)).ToArray();
+        var lanes = denses.Select(d => new MatmulJob(TensorMemory.Pointer<float>(d), null, n, k, TensorMemory.Pointer<float>(x), 1, TensorMemory.Pointer<float>(y), n)).ToArray();
+        long total = bytes * copies;
+        var from = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)total, 64);
+        var to = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)total, 64);
+        try
+        {
+            new Span<byte>(from, (int)Math.Min(total, int.MaxValue)).Fill(1);
+            new Span<byte>(to, (int)Math.Min(total, int.MaxValue)).Fill(2);
+            var t = Interleaved(c.Quick ? 9 : 25,
+                () => { foreach (var job in jobs) InvariantGemm.Run(job); },
+                () => { using var _ = NewDisposeScope(); foreach (var d in denses) linear(x, d); },
+                () => { foreach (var job in lanes) LaneGemm.Run(job); },
+                () => KernelParallel.For(KernelParallel.Threads, i =>
+                {
+                    long slice = total / KernelParallel.Threads, start = i * slice, length = i == KernelParallel.Threads - 1 ? total - start : slice;
+                    Buffer.MemoryCopy(from + start, to + start, length, length);
+                }));
+            double gbKernel = total / t[0] / 1e9, gbLib = total / t[1] / 1e9, gbLanes = total / t[2] / 1e9, gbCopy = total / t[3] / 1e9;
+            c.Log($"one row over {copies} x {bytes >> 20} MiB weights: packed {gbKernel:F1} GB/s, libtorch {gbLib:F1}, previous {gbLanes:F1}; memcpy {gbCopy:F1} GB/s copied");
+            s.Data["gemm_decode_weight_gbps"] = new JsonObject
+            {
+                ["invariant"] = Num(gbKernel, 2), ["libtorch"] = Num(gbLib, 2), ["previous"] = Num(gbLanes, 2), ["memcpy"] = Num(gbCopy, 2),
+            };
+            s.Markdown.Add($"One-row calls over {copies} copies of the dense MLP gate+up weight ({bytes >> 20} MiB each, cycled so none stays in cache): " +
+                           $"weights read at {F(gbKernel)} GB/s (libtorch {F(gbLib)}, previous GEMM {F(gbLanes)}); a memcpy of as many bytes on every core copies {F(gbCopy)} GB/s.");
+            s.Markdown.Add("");
+            s.Summary.Add(("batch-invariant GEMM, one row: weight GB/s / memcpy GB/s", $"{Pct(gbKernel / gbCopy)} ({F(gbKernel)} / {F(gbCopy)} GB/s; libtorch {F(gbLib)})",
+                "memory bandwidth: every weight byte read once per call"));
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(from);
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(to);
+            foreach (var w in weights) w.Dispose();
+        }
     }
 
     /// <summary>Prefill and batch-1 decode of the same checkpoint loaded without the kernels (libtorch everywhere), in the same run.</summary>

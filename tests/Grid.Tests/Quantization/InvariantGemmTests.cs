@@ -16,28 +16,47 @@ public class InvariantGemmTests
 
     static float[] Row(Tensor t, long row) => t[row].data<float>().ToArray();
 
+    /// <summary>The documented order, element by element: c = fma(x[m, k], W[n, k], c) for k = 0..K-1 from c = 0.</summary>
+    static float[] FmaChain(Tensor x, Tensor w)
+    {
+        var xv = x.contiguous().data<float>().ToArray();
+        var wv = w.contiguous().data<float>().ToArray();
+        int m = (int)x.shape[0], k = (int)x.shape[1], n = (int)w.shape[0];
+        var y = new float[m * n];
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < n; c++)
+            {
+                float sum = 0f;
+                for (int i = 0; i < k; i++) sum = MathF.FusedMultiplyAdd(xv[r * k + i], wv[c * k + i], sum);
+                y[r * n + c] = sum;
+            }
+        return y;
+    }
+
     [Theory]
     [InlineData(37, 200)]     // N odd, K a multiple of 8 but not of 32
-    [InlineData(129, 203)]    // K not a multiple of 8
-    [InlineData(513, 1024)]   // the benchmark model's hidden size, N past a work-item block
-    [InlineData(1024, 352)]   // an expert's down projection
-    [InlineData(5, 7)]        // K below one vector
+    [InlineData(129, 203)]    // K not a multiple of 8, one column past four panels
+    [InlineData(513, 1024)]   // the benchmark model's hidden size: four K blocks, N past a panel
+    [InlineData(1024, 352)]   // an expert's down projection (K past one block, not a multiple of it)
+    [InlineData(5, 7)]        // N and K below one vector
     [InlineData(64, 1)]
+    [InlineData(20, 600)]     // N below one panel, K past two blocks
     public void ARowIsTheSameBitsAloneInSevenAndInThreeHundredRows(int n, int k)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var x = Random(300, k, 11);
         using var w = LinearWeight.Create(Random(n, k, 12), WeightQuantization.None);
+        using var dense = w.Unpack();
         var all = w.KernelForward(x);
         Assert.Equal(new long[] { 300, n }, all.shape);
-        var reference = linear(x, w.Dense!);
+        var reference = linear(x, dense);
         double maxDiff = (reference - all).abs().max().item<float>();
         Assert.True(maxDiff < 1e-5 * Math.Sqrt(k) * 4, $"against libtorch: max diff {maxDiff}");
 
-        // Every residue of the 3-row tiles and both block edges (48 input rows per work item) are among these rows.
+        // Every residue of the 6-row tiles and the edges of the row blocks of a work item are among these rows.
         int checkedRows = 0;
-        foreach (int r in new[] { 0, 1, 2, 3, 46, 47, 48, 49, 100, 151, 298, 299 })
+        foreach (int r in new[] { 0, 1, 2, 3, 5, 6, 46, 47, 48, 49, 100, 149, 150, 151, 298, 299 })
         {
             var alone = w.KernelForward(x.narrow(0, r, 1));
             Assert.Equal(Row(all, r), Row(alone, 0));
@@ -47,10 +66,28 @@ public class InvariantGemmTests
             Assert.Equal(Row(all, r), Row(seven, r - start));
             checkedRows++;
         }
-        Assert.Equal(12, checkedRows);
+        Assert.Equal(16, checkedRows);
         // Every row of a batch of 7 against the same rows alone.
         var batch = w.KernelForward(x.narrow(0, 40, 7));
         for (int i = 0; i < 7; i++) Assert.Equal(Row(all, 40 + i), Row(batch, i));
+    }
+
+    [Theory]
+    [InlineData(37, 203)]     // N above one panel and odd, K odd
+    [InlineData(20, 300)]     // N below one panel, K past one block
+    public void EveryBatchSizeFromOneToThreeHundredGivesTheSameBits(int n, int k)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = Random(300, k, 71);
+        using var w = LinearWeight.Create(Random(n, k, 72), WeightQuantization.None);
+        var all = w.KernelForward(x).data<float>().ToArray();
+        for (int batch = 1; batch <= 300; batch++)
+        {
+            int start = batch * 37 % (300 - batch + 1);
+            var part = w.KernelForward(x.narrow(0, start, batch)).data<float>().ToArray();
+            Assert.Equal(all.AsSpan(start * n, batch * n).ToArray(), part);
+        }
     }
 
     [Theory]
@@ -58,29 +95,60 @@ public class InvariantGemmTests
     [InlineData(9, 1024)]
     [InlineData(6, 7)]
     [InlineData(7, 17)]
-    public unsafe void EveryPathGivesTheSameBits(int n, int k)
+    [InlineData(33, 513)]     // one output past a panel, K one past two blocks
+    [InlineData(70, 256)]     // K exactly one block
+    public unsafe void EveryPathGivesTheSameBitsAsTheFmaChain(int n, int k)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         const int m = 13;
         var x = Random(m, k, 61).contiguous();
         using var w = LinearWeight.Create(Random(n, k, 62), WeightQuantization.None);
+        using var dense = w.Unpack();
         var paths = new List<GemmPath> { GemmPath.Scalar };
         if (System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported) paths.Add(GemmPath.Avx2);
         if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported) paths.Add(GemmPath.Avx512);
         Assert.Contains(InvariantGemm.BestPath, paths);
-        var results = new List<float[]>();
+        var chain = FmaChain(x, dense);
         foreach (var path in paths)
         {
             var y = empty(m, n);
             var job = w.Job(TensorMemory.Pointer<float>(x), m, TensorMemory.Pointer<float>(y), n);
             InvariantGemm.Rows(job, 0, m, 0, n, path);
-            results.Add(y.data<float>().ToArray());
+            Assert.Equal(chain, y.data<float>().ToArray());
+            // Column ranges that cut panels (a work item's columns) give the same bits too.
+            var cut = full(m, n, float.NaN);
+            var cutJob = w.Job(TensorMemory.Pointer<float>(x), m, TensorMemory.Pointer<float>(cut), n);
+            int mid = Math.Min(n, 5);
+            InvariantGemm.Rows(cutJob, 0, m, 0, mid, path);
+            InvariantGemm.Rows(cutJob, 0, m, mid, n, path);
+            Assert.Equal(chain, cut.data<float>().ToArray());
         }
-        for (int i = 1; i < results.Count; i++) Assert.Equal(results[0], results[i]);
         // And those bits are the dot products (libtorch, within rounding).
-        double maxDiff = (linear(x, w.Dense!) - tensor(results[0], [m, n])).abs().max().item<float>();
+        double maxDiff = (linear(x, dense) - tensor(chain, [m, n])).abs().max().item<float>();
         Assert.True(maxDiff < 1e-5 * Math.Sqrt(k) * 4, $"max diff {maxDiff}");
+    }
+
+    [Fact]
+    public unsafe void PackedPanelsReplaceTheDenseWeightAndUnpackExactly()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var source = Random(45, 70, 81);
+        using var w = LinearWeight.Create(source.clone(), WeightQuantization.None);
+        Assert.True(w.IsFloat32);
+        // Two 32-wide panels of 70 columns (the second padded with zeros); no [45, 70] tensor kept besides.
+        Assert.Equal(2L * 32 * 70 * sizeof(float), w.Bytes);
+        using var unpacked = w.Unpack();
+        Assert.Equal(source.data<float>().ToArray(), unpacked.data<float>().ToArray());
+        // Zero input rows: an empty result, nothing computed.
+        Assert.Equal(new long[] { 0, 45 }, w.Forward(empty(0, 70)).shape);
+        InvariantGemm.Run(w.Job(null, 0, null, 45));
+        // Without the kernels the weight stays a dense tensor, and the kernels still take it on request (same bits).
+        using var plain = LinearWeight.Create(source.clone(), WeightQuantization.None, useKernels: false);
+        Assert.False(plain.IsFloat32);
+        var x = Random(3, 70, 82);
+        Assert.Equal(w.KernelForward(x).data<float>().ToArray(), plain.KernelForward(x).data<float>().ToArray());
     }
 
     [Fact]
@@ -90,7 +158,7 @@ public class InvariantGemmTests
         using var noGrad = no_grad();
         var x = Random(40, 96, 21);
         using var kernels = LinearWeight.Create(Random(50, 96, 22), WeightQuantization.None);
-        using var libtorch = LinearWeight.Create(kernels.Dense!.clone(), WeightQuantization.None, useKernels: false);
+        using var libtorch = LinearWeight.Create(kernels.Unpack(), WeightQuantization.None, useKernels: false);
         Assert.True(kernels.KernelsTake(1) && kernels.KernelsTake(512));
         Assert.False(libtorch.KernelsTake(1));
         var big = kernels.Forward(x);
@@ -144,8 +212,8 @@ public class InvariantGemmTests
                 var xt = x.narrow(0, t, 1);
                 foreach (var (e, weight) in new[] { (t % 3, 0.25f), ((t + 1) % 3, 0.75f) })
                 {
-                    var gateUp = linear(xt, experts[e].GateUp.Dense!).chunk(2, -1);
-                    expected[t].add_(linear(silu(gateUp[0]) * gateUp[1], experts[e].Down.Dense!)[0] * weight);
+                    var gateUp = linear(xt, experts[e].GateUp.Unpack()).chunk(2, -1);
+                    expected[t].add_(linear(silu(gateUp[0]) * gateUp[1], experts[e].Down.Unpack())[0] * weight);
                 }
             }
             double maxDiff = (expected - prefill).abs().max().item<float>();

@@ -29,7 +29,8 @@ public class KernelTests
         var w = LinearWeight.Create(Random(n, k, 2), WeightQuantization.None);
         try
         {
-            var expected = linear(x, w.Dense!);
+            using var dense = w.Unpack();
+            var expected = linear(x, dense);
             var actual = w.KernelForward(x);
             Assert.Equal(new long[] { m, n }, actual.shape);
             Assert.True(MaxAbs(expected, actual) < 1e-4 * Math.Sqrt(k), $"max diff {MaxAbs(expected, actual)}");
@@ -121,8 +122,8 @@ public class KernelTests
             var expected = zeros(tokens, d);
             for (int e = 0; e < experts.Length; e++)
             {
-                using var gu = experts[e].GateUp.Quantized?.Dequantize() ?? experts[e].GateUp.Dense!.clone();
-                using var dn = experts[e].Down.Quantized?.Dequantize() ?? experts[e].Down.Dense!.clone();
+                using var gu = experts[e].GateUp.Unpack();
+                using var dn = experts[e].Down.Unpack();
                 var index = tensor(rows[e]);
                 var h = linear(x.index_select(0, index), gu).chunk(2, -1);
                 var y = linear(silu(h[0]) * h[1], dn) * tensor(weights[e], [rows[e].Length, 1]);
