@@ -8,9 +8,10 @@ namespace Grid.ModelCore.Kernels;
 /// The weight of one linear projection, y = x Wᵀ (+ bias), stored in the compute dtype or in 8 bits
 /// (<see cref="QuantizedMatrix"/>). With <see cref="UseKernels"/> (the default; <see cref="Model.ModelLoadOptions.UseKernels"/>)
 /// float32 weights run the batch-invariant GEMM (<see cref="InvariantGemm"/>) for every row count, so a row's result
-/// is the same bits in decode and in a prefill chunk, and 8-bit weights run the small-batch kernels for batches of at
-/// most <see cref="SmallBatchMatmul.MaxRows"/> rows; everything else runs libtorch's matmul, over a transient float32
-/// copy of the matrix when it is quantized. Runs on the inference thread.
+/// is the same bits in decode and in a prefill chunk, and 8-bit weights run the batch-invariant 8-bit GEMM
+/// (<see cref="QuantizedGemm"/>, codes decoded in registers) for every row count too; without the kernels (or in
+/// another dtype) libtorch's matmul runs, over a transient float32 copy of the matrix when it is quantized. Runs on the
+/// inference thread.
 /// </summary>
 public sealed unsafe class LinearWeight : IDisposable
 {
@@ -86,9 +87,9 @@ public sealed unsafe class LinearWeight : IDisposable
     /// <summary>Whether the weight is float32 (the batch-invariant GEMM can take it, any number of rows).</summary>
     public bool IsFloat32 => _densePointer != null;
 
-    /// <summary>Whether the kernels run an <paramref name="rows"/>-row batch over this weight: float32 any batch, 8-bit up
-    /// to <see cref="SmallBatchMatmul.MaxRows"/> rows, and only with <see cref="UseKernels"/>.</summary>
-    public bool KernelsTake(long rows) => UseKernels && rows > 0 && (IsFloat32 || (_quantized is not null && rows <= SmallBatchMatmul.MaxRows));
+    /// <summary>Whether the kernels run an <paramref name="rows"/>-row batch over this weight: float32 or 8-bit, any
+    /// batch, and only with <see cref="UseKernels"/>.</summary>
+    public bool KernelsTake(long rows) => UseKernels && rows > 0 && (IsFloat32 || _quantized is not null);
 
     /// <summary>x [M, Cols] -> [M, Rows] in x's dtype.</summary>
     public Tensor Forward(Tensor x, Tensor? bias = null)
@@ -101,17 +102,17 @@ public sealed unsafe class LinearWeight : IDisposable
     }
 
     /// <summary>x [M, Cols] -> [M, Rows] through the kernels, whatever <see cref="UseKernels"/> says: any M over float32
-    /// weights (the batch-invariant GEMM), 1..<see cref="SmallBatchMatmul.MaxRows"/> rows over 8-bit ones.</summary>
+    /// weights (the batch-invariant GEMM) and over 8-bit ones (the batch-invariant 8-bit GEMM).</summary>
     public Tensor KernelForward(Tensor x, Tensor? bias = null)
     {
         long m = x.shape[0];
-        if (m < 1 || (_quantized is null && !IsFloat32) || (_quantized is not null && m > SmallBatchMatmul.MaxRows))
-            throw new ArgumentException($"the kernels take any number of rows over float32 weights, 1..{SmallBatchMatmul.MaxRows} over 8-bit ones");
+        if (m < 1 || (_quantized is null && !IsFloat32))
+            throw new ArgumentException("the kernels take float32 or 8-bit weights and at least one row");
         var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
         var y = empty([m, Rows], ScalarType.Float32);
         var job = Job(TensorMemory.Pointer<float>(input), (int)m, TensorMemory.Pointer<float>(y), Rows);
         if (IsFloat32) InvariantGemm.Run(job);
-        else SmallBatchMatmul.Run(job);
+        else QuantizedGemm.Run(job);
         if (bias is not null) y = y.add_(bias.to(ScalarType.Float32), Scalars.One);
         return x.dtype == ScalarType.Float32 ? y : y.to(x.dtype);
     }

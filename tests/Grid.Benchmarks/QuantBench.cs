@@ -49,6 +49,21 @@ public static class QuantBench
         return (ModelCoreBench.Median(reads), ModelCoreBench.Median(copies));
     }
 
+    /// <summary>Sums <paramref name="a"/> on every core (a read-bandwidth probe).</summary>
+    public static float SumRead(float[] a)
+    {
+        int threads = Environment.ProcessorCount;
+        var sums = new float[threads];
+        Parallel.For(0, threads, t =>
+        {
+            var span = a.AsSpan((int)((long)a.Length * t / threads), a.Length / threads);
+            var acc = Vector256<float>.Zero;
+            foreach (var x in System.Runtime.InteropServices.MemoryMarshal.Cast<float, Vector256<float>>(span)) acc += x;
+            sums[t] = Vector256.Sum(acc);
+        });
+        return sums.Sum();
+    }
+
     /// <summary>Weight bytes one token reads in a batch-1 decode step: every activated matrix once (top-k routed experts).</summary>
     public static double ActivatedWeightBytes(ModelConfig c, WeightQuantization q)
     {
