@@ -64,15 +64,18 @@ public static class Fp8E4M3
         return (byte)(sign | Math.Min(code, 0x7E));
     }
 
-    /// <summary>16 codes at <paramref name="codes"/> -> their values (AVX-512), the same as <see cref="Decode"/> for every code
-    /// but the two NaN codes (0x7F, 0xFF), which come out as ±480.</summary>
+    /// <summary>16 codes at <paramref name="codes"/> -> their values times 2^-120 (AVX-512; see the class remarks), exact for
+    /// every code but the two NaN codes (0x7F, 0xFF), which come out as ±480 · 2^-120.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static unsafe Vector512<float> Decode16(byte* codes)
+    internal static unsafe Vector512<float> DecodeScaled16(byte* codes)
     {
         var v = Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)codes));
-        var scaled = Avx512F.And(Avx512F.ShiftLeftLogical(v, 20), Vector512.Create(unchecked((int)0x87F00000))).AsSingle();
-        return scaled * Vector512.Create(DecodeFactor);
+        return Avx512F.And(Avx512F.ShiftLeftLogical(v, 20), Vector512.Create(unchecked((int)0x87F00000))).AsSingle();
     }
+
+    /// <summary>16 codes -> their values (<see cref="DecodeScaled16"/> times 2^120): <see cref="Decode"/>'s for all but the NaN codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe Vector512<float> Decode16(byte* codes) => DecodeScaled16(codes) * Vector512.Create(DecodeFactor);
 
     /// <summary>8 codes at <paramref name="codes"/> -> their values times 2^-120 (see the class remarks).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -20,7 +20,7 @@ namespace Grid.ModelCore.Kernels;
 /// per-thread scratch (L1/L2-resident) and reused by every input row of the work item (up to
 /// <see cref="BlockInputs"/>), tiles of four input rows by four weight rows in AVX-512 registers. Work items (blocks
 /// of weight rows x blocks of input rows over all the jobs of a call) run on every core (<see cref="KernelParallel"/>).
-/// Without AVX-512 (or with NaN FP8 codes, or int8 blocks that are not a multiple of 16 columns in the register path) the
+/// Without AVX-512 (or, in the register path, when <see cref="QuantizedMatrix.RegisterDecodable"/> is false) the
 /// same operations run lane by lane in scalar code or over the scratch: the same bits.</para>
 /// </summary>
 public static unsafe class QuantizedGemm
@@ -76,7 +76,7 @@ public static unsafe class QuantizedGemm
     {
         var q = job.Quantized ?? throw new ArgumentException("an 8-bit job");
         bool vector = Vectorized && !ForceScalar;
-        if (vector && m1 - m0 <= RegisterRows && q.BlockCols % Lanes == 0 && !q.HasNaNCodes)
+        if (vector && m1 - m0 <= RegisterRows && q.RegisterDecodable)
         {
             for (int m = m0; m < m1;)
             {
@@ -145,8 +145,10 @@ public static unsafe class QuantizedGemm
 
     interface ICodes
     {
-        /// <summary>16 codes -> their values (before the block scale).</summary>
+        /// <summary>16 codes -> their values (before the block scale) divided by <see cref="Factor"/>.</summary>
         static abstract Vector512<float> Decode16(byte* codes);
+        /// <summary>What the block scale is multiplied by before it multiplies <see cref="Decode16"/>'s values (a power of two: exact).</summary>
+        static abstract float Factor { get; }
     }
 
     readonly struct Int8Codes : ICodes
@@ -154,12 +156,16 @@ public static unsafe class QuantizedGemm
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Decode16(byte* codes) =>
             Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)codes)));
+        public static float Factor => 1f;
     }
 
+    /// <summary>FP8 E4M3: the bit decode (value · 2^-120, exact) times the scale · 2^120 (exact for |scale| &lt; 2^7, see
+    /// <see cref="QuantizedMatrix.RegisterDecodable"/>): the same float32 product as decode(code) · scale, one multiply less.</summary>
     readonly struct Fp8Codes : ICodes
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Decode16(byte* codes) => Fp8E4M3.Decode16(codes);
+        public static Vector512<float> Decode16(byte* codes) => Fp8E4M3.DecodeScaled16(codes);
+        public static float Factor => 1.329228e36f;   // 2^120
     }
 
     /// <summary>The fixed horizontal sum of sixteen lanes (see the class remarks).</summary>
@@ -224,7 +230,8 @@ public static unsafe class QuantizedGemm
         var a30 = a00; var a31 = a00; var a32 = a00; var a33 = a00;
         for (int b = 0, i = 0; b < blocks; b++)
         {
-            var s0 = Vector512.Create(sc0[b]); var s1 = Vector512.Create(sc1[b]); var s2 = Vector512.Create(sc2[b]); var s3 = Vector512.Create(sc3[b]);
+            var s0 = Vector512.Create(sc0[b] * TCodes.Factor); var s1 = Vector512.Create(sc1[b] * TCodes.Factor);
+            var s2 = Vector512.Create(sc2[b] * TCodes.Factor); var s3 = Vector512.Create(sc3[b] * TCodes.Factor);
             for (int end = Math.Min(k, i + q.BlockCols); i < end; i += Lanes)
             {
                 if (i == full)

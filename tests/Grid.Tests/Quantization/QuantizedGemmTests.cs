@@ -109,6 +109,14 @@ public class QuantizedGemmTests
                 for (int r = 0; r < rows; r++)
                     Assert.Equal(Fp8E4M3.Decode(finite[r * cols + c]), y[r]);
             }
+        // Scales too large for the 2^120 to fold into them exactly: the kernels decode through the table, same values.
+        using var large = QuantizedMatrix.FromFp8Blocks(finite, rows, cols, [1000f, 0.5f, 2f, 1f]);
+        var wl = LinearWeight.FromQuantized(large);
+        var one = zeros(1, cols);
+        one[0, 200] = tensor(1f);
+        var yl = wl.KernelForward(one)[0].data<float>().ToArray();
+        for (int r = 0; r < rows; r++)
+            Assert.Equal(Fp8E4M3.Decode(finite[r * cols + 200]) * (r < 128 ? 0.5f : 1f), yl[r]);   // column 200: the second block column
     }
 
     [Theory]
