@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Grid.ModelCore.Kernels;
+using Grid.ModelCore.Model;
 using static Grid.Benchmarks.Report;
 using static TorchSharp.torch;
 
@@ -99,6 +100,46 @@ public static class QuantKernelBench
             s.Data["gemm_m512"] = new JsonObject { ["float32_gflops"] = Num(gf(0), 2), ["int8_gflops"] = Num(gf(1), 2), ["fp8_gflops"] = Num(gf(2), 2) };
             s.Markdown.Add($"GEMM M = {m}, [{n} x {k}]: float32 {F(gf(0))} GFLOP/s, int8 {F(gf(1))} ({F(med[0] / med[1], 2)}x), fp8 {F(gf(2))} ({F(med[0] / med[2], 2)}x).");
             foreach (var l in all) l.Dispose();
+        }
+        // The model: float32 (kernels), int8 and FP8 loaded side by side and measured in turns (batch-1 and batch-32
+        // decode, 128-token prefill), so a busy moment of the shared machine hits all three alike; medians of the turns.
+        {
+            var names = new[] { "float32", "int8", "fp8" };
+            var models = new[] { WeightQuantization.None, WeightQuantization.Int8, WeightQuantization.Fp8 }
+                .Select(q => DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q })).ToArray();
+            var b1 = names.Select(_ => new List<double>()).ToArray();
+            var b32 = names.Select(_ => new List<double>()).ToArray();
+            var pre = names.Select(_ => new List<double>()).ToArray();
+            var ratios = new List<double>[6];
+            for (int i = 0; i < 6; i++) ratios[i] = new List<double>();
+            int turns = c.Quick ? 5 : 9;
+            for (int t = 0; t < turns; t++)
+            {
+                for (int i = 0; i < 3; i++) b1[i].Add(ModelCoreBench.Decode(models[i], 1, 32, 6).TokensPerSecond);
+                for (int i = 0; i < 3; i++) b32[i].Add(ModelCoreBench.Decode(models[i], 32, 16, 2).TokensPerSecond);
+                for (int i = 0; i < 3; i++) pre[i].Add(ModelCoreBench.Prefill(models[i], 128, 1).TokensPerSecond);
+                for (int i = 1; i < 3; i++)
+                {
+                    ratios[i - 1].Add(b1[i][t] / b1[0][t]);
+                    ratios[i + 1].Add(b32[i][t] / b32[0][t]);
+                    ratios[i + 3].Add(pre[i][t] / pre[0][t]);
+                }
+                c.Log($"turn {t}: batch 1 {string.Join(" / ", b1.Select(l => l[t].ToString("F1")))}, batch 32 {string.Join(" / ", b32.Select(l => l[t].ToString("F1")))}, prefill {string.Join(" / ", pre.Select(l => l[t].ToString("F1")))} tok/s (float32 / int8 / fp8); load {File.ReadAllText("/proc/loadavg").Trim()}");
+            }
+            foreach (var m in models) m.Dispose();
+            var r = ratios.Select(ModelCoreBench.Median).ToArray();
+            c.Log($"model, medians of per-turn ratios to float32: batch 1 int8 {r[0]:F2}x fp8 {r[1]:F2}x; batch 32 int8 {r[2]:F2}x fp8 {r[3]:F2}x; prefill int8 {r[4]:F2}x fp8 {r[5]:F2}x");
+            var modelRows = new List<string[]>();
+            for (int i = 0; i < 3; i++)
+                modelRows.Add([names[i], F(ModelCoreBench.Median(b1[i])), i == 0 ? "1" : F(r[i - 1], 2), F(ModelCoreBench.Median(b32[i])), i == 0 ? "1" : F(r[i + 1], 2), F(ModelCoreBench.Median(pre[i])), i == 0 ? "1" : F(r[i + 3], 2)]);
+            s.Markdown.Add("");
+            s.Table(["model weights", "batch 1 tok/s", "vs float32", "batch 32 tok/s", "vs float32", "prefill 128 tok/s", "vs float32"], modelRows);
+            s.Data["model_ratios"] = new JsonObject
+            {
+                ["batch1_int8"] = Num(r[0], 3), ["batch1_fp8"] = Num(r[1], 3), ["batch32_int8"] = Num(r[2], 3), ["batch32_fp8"] = Num(r[3], 3),
+                ["prefill_int8"] = Num(r[4], 3), ["prefill_fp8"] = Num(r[5], 3),
+            };
+            s.Summary.Add(("batch-1 decode int8 / fp8 vs float32 (kernels), in turns", $"{F(r[0], 2)}x / {F(r[1], 2)}x", "memory bandwidth"));
         }
         s.Data["shapes"] = json;
         s.Data["load_average"] = File.ReadAllText("/proc/loadavg").Trim();
