@@ -9,7 +9,8 @@ namespace Grid.ModelCore.Kernels;
 /// 0x7F/0xFF NaN, largest finite 448), as DeepSeek-V3's checkpoints store weights.
 /// <para>In registers a code b decodes exactly with two integer operations: the float32 whose bits are
 /// <c>(sign-extended b &lt;&lt; 20) &amp; 0x87F00000</c> is the E4M3 value times 2^-120 (subnormal codes become float32
-/// subnormals of the same scaled value); one multiply by 2^120 gives the value.</para>
+/// subnormals of the same scaled value); one multiply by 2^120 gives the value. The NaN codes are not special-cased there
+/// (they come out as ±480): a matrix holding them (<see cref="QuantizedMatrix.HasNaNCodes"/>) is decoded through the table.</para>
 /// </summary>
 public static class Fp8E4M3
 {
@@ -62,6 +63,19 @@ public static class Fp8E4M3
         }
         return (byte)(sign | Math.Min(code, 0x7E));
     }
+
+    /// <summary>16 codes at <paramref name="codes"/> -> their values times 2^-120 (AVX-512; see the class remarks), exact for
+    /// every code but the two NaN codes (0x7F, 0xFF), which come out as ±480 · 2^-120.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe Vector512<float> DecodeScaled16(byte* codes)
+    {
+        var v = Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)codes));
+        return Avx512F.And(Avx512F.ShiftLeftLogical(v, 20), Vector512.Create(unchecked((int)0x87F00000))).AsSingle();
+    }
+
+    /// <summary>16 codes -> their values (<see cref="DecodeScaled16"/> times 2^120): <see cref="Decode"/>'s for all but the NaN codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe Vector512<float> Decode16(byte* codes) => DecodeScaled16(codes) * Vector512.Create(DecodeFactor);
 
     /// <summary>8 codes at <paramref name="codes"/> -> their values times 2^-120 (see the class remarks).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -8,21 +8,20 @@ public sealed record ExpertWork(LinearWeight GateUp, LinearWeight Down, List<lon
 /// <summary>
 /// All active experts of a group in two kernel calls: every expert's gate+up projection of its tokens at once (one
 /// <see cref="InvariantGemm.Run(MatmulJob[], int)"/> over float32 weights, any batch, or
-/// <see cref="SmallBatchMatmul.Run(MatmulJob[], int)"/> over 8-bit ones, at most <see cref="SmallBatchMatmul.MaxRows"/>
-/// tokens per expert; split over the cores), SiLU(gate) * up, then every expert's down projection at once, and the routing-weighted sum into
+/// <see cref="QuantizedGemm.Run(MatmulJob[], int)"/> over 8-bit ones, any batch too; split over the cores), SiLU(gate) * up, then every expert's down projection at once, and the routing-weighted sum into
 /// the output rows. Plain memory only; the caller (inference thread) owns the tensors behind the pointers.
 /// </summary>
 public static unsafe class GroupedExperts
 {
     [ThreadStatic] static float[]? t_arena;
 
-    /// <summary>Float32 jobs through the batch-invariant GEMM (blocked over input rows too), any 8-bit one through the small-batch kernels.</summary>
+    /// <summary>Float32 jobs through the batch-invariant GEMM, a call with 8-bit ones through the 8-bit GEMM (both blocked over input rows too).</summary>
     static void RunJobs(MatmulJob[] jobs, int count)
     {
         bool float32 = true;
         for (int j = 0; j < count; j++) float32 &= jobs[j].Quantized is null;
         if (float32) InvariantGemm.Run(jobs, count);
-        else SmallBatchMatmul.Run(jobs, count);
+        else QuantizedGemm.Run(jobs, count);
     }
 
     /// <summary>
@@ -32,9 +31,6 @@ public static unsafe class GroupedExperts
     public static void Run(IReadOnlyList<ExpertWork> work, float* x, int d, float* output)
     {
         if (work.Count == 0) return;
-        foreach (var w in work)
-            if (!w.GateUp.IsFloat32 && w.Tokens.Count > SmallBatchMatmul.MaxRows || !w.Down.IsFloat32 && w.Tokens.Count > SmallBatchMatmul.MaxRows)
-                throw new ArgumentException($"8-bit experts take at most {SmallBatchMatmul.MaxRows} tokens here");
         long inputs = 0, hidden = 0, acts = 0;
         foreach (var w in work)
         {

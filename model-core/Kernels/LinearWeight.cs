@@ -9,9 +9,10 @@ namespace Grid.ModelCore.Kernels;
 /// (<see cref="QuantizedMatrix"/>). With <see cref="UseKernels"/> (the default; <see cref="Model.ModelLoadOptions.UseKernels"/>)
 /// float32 weights are packed into column panels at load (<see cref="PackedWeight"/>, replacing the [Rows, Cols] tensor)
 /// and run the batch-invariant GEMM (<see cref="InvariantGemm"/>) for every row count, so a row's result is the same
-/// bits in decode and in a prefill chunk, and 8-bit weights run the small-batch kernels for batches of at most
-/// <see cref="SmallBatchMatmul.MaxRows"/> rows; everything else runs libtorch's matmul, over a transient float32 copy
-/// of the matrix when it is quantized or packed. Runs on the inference thread.
+/// bits in decode and in a prefill chunk, and 8-bit weights run the batch-invariant 8-bit GEMM
+/// (<see cref="QuantizedGemm"/>, codes decoded in registers) for every row count too; without the kernels (or in
+/// another dtype) libtorch's matmul runs, over a transient float32 copy of the matrix when it is quantized or packed.
+/// Runs on the inference thread.
 /// </summary>
 public sealed unsafe class LinearWeight : IDisposable
 {
@@ -111,9 +112,9 @@ public sealed unsafe class LinearWeight : IDisposable
     /// <summary>Whether the weight is float32 packed for the batch-invariant GEMM (it can take any number of rows).</summary>
     public bool IsFloat32 => _packed is not null;
 
-    /// <summary>Whether the kernels run an <paramref name="rows"/>-row batch over this weight: float32 any batch, 8-bit up
-    /// to <see cref="SmallBatchMatmul.MaxRows"/> rows, and only with <see cref="UseKernels"/>.</summary>
-    public bool KernelsTake(long rows) => UseKernels && rows > 0 && (IsFloat32 || (_quantized is not null && rows <= SmallBatchMatmul.MaxRows));
+    /// <summary>Whether the kernels run an <paramref name="rows"/>-row batch over this weight: float32 or 8-bit, any
+    /// batch, and only with <see cref="UseKernels"/>.</summary>
+    public bool KernelsTake(long rows) => UseKernels && rows > 0 && (IsFloat32 || _quantized is not null);
 
     /// <summary>x [M, Cols] -> [M, Rows] in x's dtype.</summary>
     public Tensor Forward(Tensor x, Tensor? bias = null)
@@ -131,18 +132,18 @@ public sealed unsafe class LinearWeight : IDisposable
     }
 
     /// <summary>x [M, Cols] -> [M, Rows] through the kernels, whatever <see cref="UseKernels"/> says: any M over float32
-    /// weights (the batch-invariant GEMM; a weight kept unpacked is packed for the call), 1..<see cref="SmallBatchMatmul.MaxRows"/>
-    /// rows over 8-bit ones.</summary>
+    /// weights (the batch-invariant GEMM; a weight kept unpacked is packed for the call) and over 8-bit ones (the
+    /// batch-invariant 8-bit GEMM).</summary>
     public Tensor KernelForward(Tensor x, Tensor? bias = null)
     {
         long m = x.shape[0];
         bool float32 = IsFloat32 || _dense is { dtype: ScalarType.Float32 };
-        if (m < 1 || (_quantized is null && !float32) || (_quantized is not null && m > SmallBatchMatmul.MaxRows))
-            throw new ArgumentException($"the kernels take any number of rows over float32 weights, 1..{SmallBatchMatmul.MaxRows} over 8-bit ones");
+        if (m < 1 || (_quantized is null && !float32))
+            throw new ArgumentException("the kernels take float32 or 8-bit weights and at least one row");
         var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
         var y = empty([m, Rows], ScalarType.Float32);
         float* xp = TensorMemory.Pointer<float>(input), yp = TensorMemory.Pointer<float>(y);
-        if (_quantized is not null) SmallBatchMatmul.Run(Job(xp, (int)m, yp, Rows));
+        if (_quantized is not null) QuantizedGemm.Run(Job(xp, (int)m, yp, Rows));
         else if (_packed is not null) InvariantGemm.Run(Job(xp, (int)m, yp, Rows));
         else
         {

@@ -33,6 +33,13 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// <summary>Columns sharing one scale in a row.</summary>
     public int BlockCols { get; }
     public int BlocksPerRow { get; }
+    /// <summary>Whether an FP8 matrix holds NaN codes (0x7F, 0xFF): the kernels then decode it through the table
+    /// (the in-register bit decode has no NaN; see <see cref="Fp8E4M3"/>). Never for int8.</summary>
+    public bool HasNaNCodes { get; private set; }
+    /// <summary>Whether the kernels may decode the codes in registers: block widths a multiple of 16 columns and, for FP8,
+    /// no NaN codes and every |scale| below 2^7 (so that the decode's 2^120 folds exactly into the scale: (code's bits ·
+    /// 2^-120) · (scale · 2^120) is the same float32 product as decode(code) · scale).</summary>
+    internal bool RegisterDecodable { get; private set; }
     internal byte* Codes { get; private set; }
     internal float* Scales { get; private set; }   // [Rows, BlocksPerRow]
 
@@ -66,6 +73,7 @@ public sealed unsafe class QuantizedMatrix : IDisposable
             else
                 KernelParallel.For((rows + Fp8BlockRows - 1) / Fp8BlockRows, band => q.QuantizeFp8Band(src, band * Fp8BlockRows, Math.Min(rows, band * Fp8BlockRows + Fp8BlockRows)));
         }
+        q.FindSpecialValues();
         return q;
     }
 
@@ -119,6 +127,7 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         for (int r = 0; r < rows; r++)
             for (int b = 0; b < blockCols; b++)
                 q.Scales[(long)r * blockCols + b] = blockScales[(r / Fp8BlockRows) * blockCols + b];
+        q.FindSpecialValues();
         return q;
     }
 
@@ -133,7 +142,23 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         Buffer.MemoryCopy(bottom.Codes, q.Codes + topCodes, (long)bottom.Rows * bottom.Cols, (long)bottom.Rows * bottom.Cols);
         Buffer.MemoryCopy(top.Scales, q.Scales, topScales * 4, topScales * 4);
         Buffer.MemoryCopy(bottom.Scales, q.Scales + topScales, (long)bottom.Rows * bottom.BlocksPerRow * 4, (long)bottom.Rows * bottom.BlocksPerRow * 4);
+        q.FindSpecialValues();
         return q;
+    }
+
+    void FindSpecialValues()
+    {
+        RegisterDecodable = BlockCols % 16 == 0;
+        if (Format != WeightQuantization.Fp8) return;
+        long n = (long)Rows * Cols;
+        for (long i = 0; i < n && !HasNaNCodes; i += int.MaxValue)
+        {
+            var span = new ReadOnlySpan<byte>(Codes + i, (int)Math.Min(int.MaxValue, n - i));
+            HasNaNCodes = span.IndexOfAny((byte)0x7F, (byte)0xFF) >= 0;
+        }
+        float maxScale = 0;
+        for (long i = 0, count = (long)Rows * BlocksPerRow; i < count; i++) maxScale = MathF.Max(maxScale, MathF.Abs(Scales[i]));
+        RegisterDecodable &= !HasNaNCodes && maxScale < 128f;   // NaN scales: MathF.Max gives NaN, and the test fails
     }
 
     /// <summary>The weight value at [row, col].</summary>
@@ -144,7 +169,8 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         return v * Scales[(long)row * BlocksPerRow + col / BlockCols];
     }
 
-    /// <summary>A float32 copy [Rows, Cols] (for large-batch matmuls through libtorch and for tests); the caller disposes it.</summary>
+    /// <summary>A float32 copy [Rows, Cols] (decode(code) * scale: the values the kernels compute with; for libtorch-only
+    /// loads and tests); the caller disposes it.</summary>
     public Tensor Dequantize()
     {
         var t = empty([Rows, Cols], ScalarType.Float32);

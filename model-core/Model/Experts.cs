@@ -75,8 +75,8 @@ public sealed class Experts : IDisposable
                 (tokens[local] ??= new()).Add(t);
                 (weights[local] ??= new()).Add(routing.Weight(t, k));
             }
-        // Every expert the kernels take (float32 weights for any token count, 8-bit ones for decode-sized counts) runs
-        // in one parallel call over all of them; the rest (8-bit prefill, libtorch-only loads, other dtypes) as one
+        // Every expert the kernels take (float32 or 8-bit weights, any token count) runs in one parallel call over all
+        // of them; the rest (libtorch-only loads, other dtypes) as one
         // libtorch gather/matmul/scatter each.
         bool kernels = x.dtype == ScalarType.Float32;
         var small = new List<ExpertWork>();

@@ -72,7 +72,7 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "gemm", "quant", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
+        public static readonly string[] Names = ["kernel", "gemm", "quant", "quantkernel", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
@@ -80,6 +80,7 @@ namespace Grid.Benchmarks
             "gemm" => OnOwnThread(() => KernelBench.RunGemm(c)),
             "llamacpp" => OnOwnThread(() => LlamaCppBench.Run(c)),
             "quant" => OnOwnThread(() => QuantBench.Run(c)),
+            "quantkernel" => OnOwnThread(() => QuantKernelBench.Run(c)),
             "mla" => OnOwnThread(() => MlaBench.Run(c)),
             "routing" => OnOwnThread(() => RoutingBench.Run(c)),
             "structured" => Task.Run(() => StructuredBench.Run(c)),

@@ -49,6 +49,21 @@ public static class QuantBench
         return (ModelCoreBench.Median(reads), ModelCoreBench.Median(copies));
     }
 
+    /// <summary>Sums <paramref name="a"/> on every core (a read-bandwidth probe).</summary>
+    public static float SumRead(float[] a)
+    {
+        int threads = Environment.ProcessorCount;
+        var sums = new float[threads];
+        Parallel.For(0, threads, t =>
+        {
+            var span = a.AsSpan((int)((long)a.Length * t / threads), a.Length / threads);
+            var acc = Vector256<float>.Zero;
+            foreach (var x in System.Runtime.InteropServices.MemoryMarshal.Cast<float, Vector256<float>>(span)) acc += x;
+            sums[t] = Vector256.Sum(acc);
+        });
+        return sums.Sum();
+    }
+
     /// <summary>Weight bytes one token reads in a batch-1 decode step: every activated matrix once (top-k routed experts).</summary>
     public static double ActivatedWeightBytes(ModelConfig c, WeightQuantization q)
     {
@@ -138,21 +153,24 @@ public static class QuantBench
             {
                 var b1 = ModelCoreBench.Decode(model, 1, context, steps1);
                 var b32 = ModelCoreBench.Decode(model, 32, context, steps32);
+                var prefill = ModelCoreBench.Prefill(model, c.Quick ? 128 : 256, c.Quick ? 2 : 4);
                 double bytes = ActivatedWeightBytes(model.Config, q);
                 double gbs = b1.TokensPerSecond * bytes / 1e9;
                 tokPerSecond[name] = b1.TokensPerSecond;
-                c.Log($"{name}: batch 1 {b1.TokensPerSecond:F1} tok/s ({gbs:F1} GB/s of weights = {gbs / read:P0} of read bandwidth), batch 32 {b32.TokensPerSecond:F1} tok/s");
+                c.Log($"{name}: batch 1 {b1.TokensPerSecond:F1} tok/s ({gbs:F1} GB/s of weights = {gbs / read:P0} of read bandwidth), batch 32 {b32.TokensPerSecond:F1} tok/s, prefill {prefill.TokensPerSecond:F1} tok/s ({prefill.Tokens} tokens); load average {File.ReadAllText("/proc/loadavg").Trim()}");
                 decode.Add(new JsonObject
                 {
                     ["weights"] = name,
                     ["context"] = context,
                     ["batch1_tokens_per_second"] = Num(b1.TokensPerSecond, 2),
                     ["batch32_tokens_per_second"] = Num(b32.TokensPerSecond, 2),
+                    ["prefill_tokens"] = prefill.Tokens,
+                    ["prefill_tokens_per_second"] = Num(prefill.TokensPerSecond, 2),
                     ["weight_bytes_per_token"] = Num(bytes, 0),
                     ["batch1_weight_gbs"] = Num(gbs, 2),
                     ["batch1_fraction_of_read_bandwidth"] = Num(gbs / read, 3),
                 });
-                rows.Add([name, F(b1.TokensPerSecond), F(b32.TokensPerSecond), F(bytes / 1e6), $"{F(gbs)} ({Pct(gbs / read)})"]);
+                rows.Add([name, F(b1.TokensPerSecond), F(b32.TokensPerSecond), F(prefill.TokensPerSecond), F(bytes / 1e6), $"{F(gbs)} ({Pct(gbs / read)})"]);
             }
         }
 
@@ -219,7 +237,7 @@ public static class QuantBench
         s.Data["latent_bytes_per_token"] = latent;
         s.Markdown.Add($"Memory bandwidth of this run: **read {F(read)} GB/s**, copy {F(copy)} GB/s (read+write). Decode after a {context}-token prompt, greedy.");
         s.Markdown.Add("");
-        s.Table(["weights", "batch 1 tok/s", "batch 32 tok/s", "weight MB read per token", "batch-1 weight GB/s (of read bandwidth)"], rows);
+        s.Table(["weights", "batch 1 tok/s", "batch 32 tok/s", "prefill tok/s", "weight MB read per token", "batch-1 weight GB/s (of read bandwidth)"], rows);
         s.Markdown.Add("");
         s.Table(["int8 columns per scale", "bytes per weight", "matvec GB/s read", "G weights/s", "vs 128", "relative RMS weight error"], blockRows);
         s.Markdown.Add("");
@@ -230,6 +248,8 @@ public static class QuantBench
         s.Notes.Add($"Accuracy: teacher-forced over {sequences.Length} sequences of {sequences[0].Length} tokens (8-token prefill, then one decode step per token for all sequences together), against the float32 model with kernels.");
         double int8Speedup = tokPerSecond["int8 weights"] / tokPerSecond["float32, libtorch only (before)"];
         double fp8Speedup = tokPerSecond["fp8 weights"] / tokPerSecond["float32, libtorch only (before)"];
+        double f32k = tokPerSecond["float32 + kernels"];
+        s.Summary.Add(("batch-1 decode int8 / fp8 vs float32 with kernels", $"{F(tokPerSecond["int8 weights"] / f32k, 2)}x / {F(tokPerSecond["fp8 weights"] / f32k, 2)}x", "memory bandwidth: bytes of weights read per token"));
         s.Summary.Add(("batch-1 decode int8 / fp8 / float32+kernels vs float32 libtorch", $"{F(int8Speedup, 2)}x / {F(fp8Speedup, 2)}x / {F(tokPerSecond["float32 + kernels"] / tokPerSecond["float32, libtorch only (before)"], 2)}x",
             "memory bandwidth: bytes of weights read per token"));
         return s;

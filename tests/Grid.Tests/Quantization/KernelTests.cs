@@ -20,7 +20,7 @@ public class KernelTests
     [Theory]
     [InlineData(1, 37, 200)]      // rows not a multiple of 4, columns not a multiple of 8
     [InlineData(3, 64, 1024)]
-    [InlineData(16, 130, 352)]    // the largest batch the 8-bit kernels take (float32: any, see InvariantGemmTests)
+    [InlineData(16, 130, 352)]    // a decode-sized batch (any batch: see InvariantGemmTests)
     public void Float32KernelMatchesLibtorchLinear(int m, int n, int k)
     {
         using var scope = NewDisposeScope();
@@ -63,7 +63,7 @@ public class KernelTests
             double amax = reference.abs().max().item<float>();
             double bound = format == WeightQuantization.Int8 ? amax / 127 / 2 * 1.001 : amax / 16;
             Assert.True(maxError <= bound, $"{format}: max weight error {maxError} above {bound}");
-            // Large batches go through libtorch over the dequantized matrix: the same numbers.
+            // Large batches go through the 8-bit GEMM: the same numbers.
             var big = Random(40, k, 5);
             Assert.True(MaxAbs(linear(big, dequantized), w.Forward(big)) < 1e-4 * Math.Sqrt(k));
         }

@@ -1,0 +1,159 @@
+using Grid.ModelCore.Kernels;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn.functional;
+
+namespace Grid.Tests.Quantization;
+
+/// <summary>The 8-bit GEMM: the dequantized values' matmul for any batch, the same bits for a row in any batch and on
+/// every path, FP8 codes decoded exactly, and 8-bit experts for prefill-sized token counts.</summary>
+public class QuantizedGemmTests
+{
+    static Tensor Random(long rows, long cols, int seed) => randn([rows, cols], generator: new Generator((ulong)seed));
+
+    static double MaxAbs(Tensor a, Tensor b) => (a - b).abs().max().item<float>();
+
+    static bool SameBits(Tensor a, Tensor b) =>
+        a.shape.SequenceEqual(b.shape) && a.contiguous().data<float>().ToArray().Select(BitConverter.SingleToInt32Bits)
+            .SequenceEqual(b.contiguous().data<float>().ToArray().Select(BitConverter.SingleToInt32Bits));
+
+    [Theory]
+    [InlineData(WeightQuantization.Int8, 37, 200)]   // rows not a multiple of 4, columns not a multiple of 16
+    [InlineData(WeightQuantization.Int8, 130, 1024)]
+    [InlineData(WeightQuantization.Fp8, 130, 352)]   // a partial 128-column block
+    [InlineData(WeightQuantization.Fp8, 5, 203)]
+    public void GemmEqualsDequantizedMatmulForAnyBatch(WeightQuantization format, int n, int k)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var w = LinearWeight.Create(Random(n, k, 4), format);
+        try
+        {
+            using var dequantized = w.Quantized!.Dequantize();
+            foreach (int m in new[] { 1, 5, 16, 17, 64, 300 })
+            {
+                var x = Random(m, k, 100 + m);
+                var actual = w.KernelForward(x);
+                Assert.Equal(new long[] { m, n }, actual.shape);
+                double diff = MaxAbs(linear(x, dequantized), actual);
+                Assert.True(diff < 1e-4 * Math.Sqrt(k), $"{format} M={m}: max diff {diff}");
+                Assert.True(w.KernelsTake(m));
+            }
+        }
+        finally { w.Dispose(); }
+    }
+
+    [Theory]
+    [InlineData(WeightQuantization.Int8, 70, 203)]
+    [InlineData(WeightQuantization.Int8, 64, 1024)]
+    [InlineData(WeightQuantization.Fp8, 70, 203)]
+    [InlineData(WeightQuantization.Fp8, 33, 352)]
+    public void RowResultsAreTheSameBitsInEveryBatchAndOnEveryPath(WeightQuantization format, int n, int k)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var w = LinearWeight.Create(Random(n, k, 7), format);
+        try
+        {
+            var x = Random(300, k, 8);
+            var all = w.KernelForward(x);                                   // prefill-sized: the dequantized panels
+            foreach (int m in new[] { 1, 2, 3, 4, 5, 16, 17, 64 })
+            {
+                var part = w.KernelForward(x.narrow(0, 0, m).contiguous());   // decode-sized: codes decoded in registers
+                Assert.True(SameBits(all.narrow(0, 0, m), part), $"{format}: the first {m} rows differ between M={m} and M=300");
+            }
+            foreach (int row in new[] { 1, 150, 299 })
+                Assert.True(SameBits(all.narrow(0, row, 1), w.KernelForward(x.narrow(0, row, 1).contiguous())), $"{format}: row {row} alone differs");
+            QuantizedGemm.ForceScalar = true;
+            try
+            {
+                Assert.True(SameBits(all.narrow(0, 0, 1), w.KernelForward(x.narrow(0, 0, 1).contiguous())), "scalar path, one row");
+                Assert.True(SameBits(all.narrow(0, 0, 7), w.KernelForward(x.narrow(0, 0, 7).contiguous())), "scalar path, seven rows");
+            }
+            finally { QuantizedGemm.ForceScalar = false; }
+        }
+        finally { w.Dispose(); }
+    }
+
+    [Fact]
+    public void Fp8KernelsDecodeEveryCodeAsTheReference()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        // Row r holds code (r + c) mod 256 in column c: every code in every column position; scale 1.
+        const int rows = 256, cols = 256;
+        var codes = new byte[rows * cols];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) codes[r * cols + c] = (byte)((r + c) % 256);
+        using var withNaN = QuantizedMatrix.FromFp8Blocks(codes, rows, cols, [1f, 1f, 1f, 1f]);
+        Assert.True(withNaN.HasNaNCodes);
+        using (var d = withNaN.Dequantize())
+        {
+            var values = d.data<float>().ToArray();
+            for (int i = 0; i < values.Length; i++)
+                Assert.Equal(BitConverter.SingleToInt32Bits(Fp8E4M3.Decode(codes[i])), BitConverter.SingleToInt32Bits(values[i]));
+        }
+        // Without the NaN codes (0x7F, 0xFF -> 0x00) the in-register decode runs: a one-hot input picks out one
+        // column exactly (w · 1 plus zeros), for each of the register path (M = 1) and the panel path (M = 5).
+        var finite = codes.Select(b => Fp8E4M3.IsNaN(b) ? (byte)0 : b).ToArray();
+        using var q = QuantizedMatrix.FromFp8Blocks(finite, rows, cols, [1f, 1f, 1f, 1f]);
+        Assert.False(q.HasNaNCodes);
+        var w = LinearWeight.FromQuantized(q);
+        foreach (int m in new[] { 1, 5 })
+            for (int c = 0; c < cols; c += 37)
+            {
+                var x = zeros(m, cols);
+                x[m - 1, c] = tensor(1f);
+                var y = w.KernelForward(x)[m - 1].data<float>().ToArray();
+                for (int r = 0; r < rows; r++)
+                    Assert.Equal(Fp8E4M3.Decode(finite[r * cols + c]), y[r]);
+            }
+        // Scales too large for the 2^120 to fold into them exactly: the kernels decode through the table, same values.
+        using var large = QuantizedMatrix.FromFp8Blocks(finite, rows, cols, [1000f, 0.5f, 2f, 1f]);
+        var wl = LinearWeight.FromQuantized(large);
+        var one = zeros(1, cols);
+        one[0, 200] = tensor(1f);
+        var yl = wl.KernelForward(one)[0].data<float>().ToArray();
+        for (int r = 0; r < rows; r++)
+            Assert.Equal(Fp8E4M3.Decode(finite[r * cols + 200]) * (r < 128 ? 0.5f : 1f), yl[r]);   // column 200: the second block column
+    }
+
+    [Theory]
+    [InlineData(WeightQuantization.Int8)]
+    [InlineData(WeightQuantization.Fp8)]
+    public unsafe void EightBitExpertsTakePrefillSizedTokenCounts(WeightQuantization format)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        const int d = 96, inter = 40, tokens = 40;
+        var x = Random(tokens, d, 6);
+        var experts = Enumerable.Range(0, 2).Select(e => (
+            GateUp: LinearWeight.Create(Random(2 * inter, d, 10 + e), format),
+            Down: LinearWeight.Create(Random(d, inter, 20 + e), format))).ToArray();
+        try
+        {
+            long[][] rows = [Enumerable.Range(0, tokens).Select(t => (long)t).ToArray(), Enumerable.Range(0, tokens / 2).Select(t => (long)(2 * t)).ToArray()];
+            float[][] weights = [rows[0].Select(t => 0.5f + t / 100f).ToArray(), rows[1].Select(t => 1f - t / 100f).ToArray()];
+            var expected = zeros(tokens, d);
+            for (int e = 0; e < experts.Length; e++)
+            {
+                using var gu = experts[e].GateUp.Quantized!.Dequantize();
+                using var dn = experts[e].Down.Quantized!.Dequantize();
+                var index = tensor(rows[e]);
+                var h = linear(x.index_select(0, index), gu).chunk(2, -1);
+                var y = linear(silu(h[0]) * h[1], dn) * tensor(weights[e], [rows[e].Length, 1]);
+                expected.index_add_(0, index, y, 1.0);
+            }
+            var actual = zeros(tokens, d);
+            var work = experts.Select((ex, e) => new ExpertWork(ex.GateUp, ex.Down, rows[e].ToList(), weights[e].ToList())).ToList();
+            GroupedExperts.Run(work, TensorMemory.Pointer<float>(x), d, TensorMemory.Pointer<float>(actual));
+            Assert.True(MaxAbs(expected, actual) < 1e-3, $"max diff {MaxAbs(expected, actual)}");
+            Assert.True(actual.abs().sum().item<float>() > 1);
+        }
+        finally
+        {
+            foreach (var (g, dn) in experts) { g.Dispose(); dn.Dispose(); }
+        }
+    }
+}
