@@ -27,9 +27,9 @@ public sealed class DecoderLayer : IDisposable
         var c = w.Config;
         var p = TensorNames.Layer(index);
         Index = index;
-        InputNorm = new RmsNorm(w.Get($"{p}.input_layernorm.weight"), c.RmsNormEps);
+        InputNorm = new RmsNorm(w.Get($"{p}.input_layernorm.weight"), c.RmsNormEps, w.Kernels);
         Attention = new MlaAttention(w, index, softmaxScale);
-        PostAttentionNorm = new RmsNorm(w.Get($"{p}.post_attention_layernorm.weight"), c.RmsNormEps);
+        PostAttentionNorm = new RmsNorm(w.Get($"{p}.post_attention_layernorm.weight"), c.RmsNormEps, w.Kernels);
         if (c.IsMoeLayer(index))
         {
             Gate = new MoeGate(w.Get($"{p}.mlp.gate.weight"), c, w.Kernels);

@@ -102,7 +102,7 @@ public sealed class DeepseekV2Model : IDisposable
                 : w.Get("model.embed_tokens.weight");
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
-            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
+            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps, w.Kernels);
             _lmHead = config.TieWordEmbeddings ? null : w.GetLinear("lm_head.weight");
         }
         else
@@ -193,22 +193,28 @@ public sealed class DeepseekV2Model : IDisposable
     }
 
     /// <summary>h [N, d] -> h + MLA(RMSNorm(h)) for layer <paramref name="layer"/>, writing the new tokens' latents.</summary>
-    public Tensor Attention(int layer, Tensor h, StepBatch batch, AttentionMode mode = AttentionMode.Auto)
+    public Tensor Attention(int layer, Tensor h, StepBatch batch, AttentionMode mode = AttentionMode.Auto, StepProfile? profile = null)
     {
         var l = LayerAt(layer);
         var cache = Cache!;
-        var x = l.InputNorm.Forward(h);
+        var x = Measure(profile, StepProfile.AttentionNorm, () => l.InputNorm.Forward(h));
         var (cos, sin) = batch.Rotary(Rope);
-        var (qNope, qRope, latent) = l.Attention.Project(x, cos, sin, Rope);
-        cache.Write(layer, batch.WriteRows, latent);
+        var (qNope, qRope, latent) = Measure(profile, StepProfile.AttentionProject, () => l.Attention.Project(x, cos, sin, Rope));
         Tensor output;
         if (batch.AllDecode)
         {
             // A decode-only step: the hidden rows are the decode rows, in order; no scatter into a zeroed buffer.
-            var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-            output = l.Attention.AttendAbsorbedBatch(qNope, qRope, caches, batch.DecodeMaskedOut);
+            var caches = Measure(profile, StepProfile.AttentionCache, () =>
+            {
+                cache.Write(layer, batch.WriteRows, latent);
+                return cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
+            });
+            output = Measure(profile, StepProfile.AttentionScores, () => l.Attention.AttendDecode(qNope, qRope, caches, batch.DecodeLengths, batch.DecodeMaskedOut));
+            var projected = Measure(profile, StepProfile.AttentionOutput, () => l.Attention.Output(output));
+            return Measure(profile, StepProfile.Residual, () => h.Add(projected));
         }
-        else if (batch.Chunks.Count == 1)
+        cache.Write(layer, batch.WriteRows, latent);
+        if (batch.Chunks.Count == 1)
         {
             var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
             output = mode == AttentionMode.Absorbed
@@ -221,8 +227,8 @@ public sealed class DeepseekV2Model : IDisposable
             if (batch.DecodeRows is { } decodeRows)
             {
                 var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-                var decoded = l.Attention.AttendAbsorbedBatch(
-                    qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeMaskedOut);
+                var decoded = l.Attention.AttendDecode(
+                    qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeLengths, batch.DecodeMaskedOut);
                 output.index_copy_(0, decodeRows, decoded);
             }
             for (int i = 0; i < batch.Chunks.Count; i++)
@@ -240,6 +246,8 @@ public sealed class DeepseekV2Model : IDisposable
         }
         return h.Add(l.Attention.Output(output));
     }
+
+    static T Measure<T>(StepProfile? profile, string phase, Func<T> work) => profile is null ? work() : profile.Measure(phase, work);
 
     /// <summary>The post-attention RMSNorm: the input of the layer's feed-forward block.</summary>
     public Tensor FfnInput(int layer, Tensor h) => LayerAt(layer).PostAttentionNorm.Forward(h);

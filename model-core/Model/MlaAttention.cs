@@ -45,6 +45,9 @@ public sealed class MlaAttention : IDisposable
     readonly Tensor _wUVt;                   // [H, kv_lora_rank, v]      absorbed into the output
     readonly LinearWeight _oProj;                  // [d, H*v]
     readonly Tensor? _oBias;
+    readonly float _softmaxScaleFloat;
+    // Decode attention runs the C# kernel (AbsorbedDecodeAttention) over float32 weights when the kernels are on.
+    readonly bool _decodeKernel;
 
     public MlaAttention(WeightLoader w, int layer, double softmaxScale)
     {
@@ -57,6 +60,7 @@ public sealed class MlaAttention : IDisposable
         _kvLoraRank = c.KvLoraRank;
         _qLoraRank = c.QLoraRank ?? 0;
         _softmaxScale = softmaxScale.ToScalar();
+        _softmaxScaleFloat = (float)softmaxScale;
         using (NewDisposeScope())
         {
             // The fused rows regroup an FP8 checkpoint's 128x128 blocks, so without an explicit --quantization they stay
@@ -78,7 +82,7 @@ public sealed class MlaAttention : IDisposable
             {
                 var qA = w.Get($"{p}.q_a_proj.weight");
                 qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
-                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
+                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps, w.Kernels);
                 var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
                 _qBProj = LinearWeight.Create(cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
                                HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
@@ -97,7 +101,7 @@ public sealed class MlaAttention : IDisposable
                     : cat([qPart, kvBiasC, kvBiasR], 0)).DetachFromDisposeScope();
             }
         }
-        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps);
+        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps, w.Kernels);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
         _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
@@ -107,6 +111,7 @@ public sealed class MlaAttention : IDisposable
             _wUK = kvB.narrow(1, 0, _nope).contiguous().DetachFromDisposeScope();
             _wUVt = kvB.narrow(1, _nope, _v).transpose(1, 2).contiguous().DetachFromDisposeScope();
         }
+        _decodeKernel = w.Kernels && _wUK.dtype == ScalarType.Float32;
     }
 
     /// <summary>
@@ -206,6 +211,30 @@ public sealed class MlaAttention : IDisposable
         var outLatent = probs.bmm(cKV);                                  // [B, H, kvr]
         var output = outLatent.transpose(0, 1).bmm(_wUVt);               // [H, B, v]
         return output.transpose(0, 1).reshape(b, _heads * _v);
+    }
+
+    /// <summary>
+    /// Decode attention for one query per sequence (as <see cref="AttendAbsorbedBatch"/>), <paramref name="lengths"/> [B]
+    /// each sequence's cached positions in <paramref name="caches"/> [B, Tmax, latent]. Float32 with the kernels on: one
+    /// C# call (<see cref="AbsorbedDecodeAttention"/>) instead of about a dozen libtorch ops, each sequence computed over
+    /// its own positions only (the same bits alone or in any batch); otherwise <see cref="AttendAbsorbedBatch"/>.
+    /// </summary>
+    public Tensor AttendDecode(Tensor qNope, Tensor qRope, Tensor caches, int[] lengths, Tensor? maskedOut)
+    {
+        if (!_decodeKernel || qNope.dtype != ScalarType.Float32 || caches.dtype != ScalarType.Float32)
+            return AttendAbsorbedBatch(qNope, qRope, caches, maskedOut);
+        long b = qNope.shape[0];
+        var qn = qNope.contiguous();
+        var qr = qRope.contiguous();
+        var rows = caches.contiguous();
+        var output = empty(b, (long)_heads * _v, ScalarType.Float32);
+        unsafe
+        {
+            AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(rows),
+                lengths, (int)caches.shape[1], TensorMemory.Pointer<float>(_wUK), TensorMemory.Pointer<float>(_wUVt),
+                _heads, _nope, _rope, _kvLoraRank, _v, _softmaxScaleFloat, TensorMemory.Pointer<float>(output));
+        }
+        return output;
     }
 
     Tensor CausalSoftmax(Tensor scores, int start, long n, long t)

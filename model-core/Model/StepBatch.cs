@@ -35,6 +35,8 @@ public sealed class StepBatch : IDisposable
     public Tensor? DecodeGather { get; } // [B * Tmax] cache rows, padded
     public Tensor? DecodeMaskedOut { get; } // [B, 1, Tmax] true at padding positions; null when every sequence fills Tmax
     public long DecodeTmax { get; }
+    /// <summary>[B] cached positions of each decode sequence once this step's token is written (its position + 1).</summary>
+    public int[] DecodeLengths { get; } = [];
     /// <summary>Every chunk is a single-token decode chunk: hidden rows and decode rows coincide (0..B-1), so attention needs no scatter.</summary>
     public bool AllDecode { get; }
 
@@ -80,6 +82,7 @@ public sealed class StepBatch : IDisposable
                 for (long t = length; t < tmax; t++) { maskedOut[b * tmax + t] = true; padded = true; }
             }
             DecodeTmax = tmax;
+            DecodeLengths = decode.Select(i => Starts[i] + 1).ToArray();
             DecodeRows = Keep(tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64));
             DecodeGather = Keep(tensor(gather, ScalarType.Int64));
             if (padded) DecodeMaskedOut = Keep(tensor(maskedOut, [decode.Count, 1, tmax]));

@@ -26,9 +26,18 @@ public sealed class SwiGluMlp : IDisposable
     /// <summary>Bytes of its weights.</summary>
     public long Bytes => GateUp.Bytes + Down.Bytes;
 
-    /// <summary>x [N, d] -> [N, d].</summary>
+    /// <summary>x [N, d] -> [N, d]. Where the kernels take both projections, silu(gate) * up runs as one C# pass
+    /// (<see cref="RowKernels.SiluTimesUp"/>, the activation the grouped routed experts use) instead of three libtorch ops.</summary>
     public Tensor Forward(Tensor x)
     {
+        long n = x.shape[0];
+        if (x.dtype == ScalarType.Float32 && GateUp.KernelsTake(n) && Down.KernelsTake(n))
+        {
+            var stacked = GateUp.Forward(x);                         // [N, 2*inter], contiguous
+            var act = empty(n, Down.Cols, ScalarType.Float32);      // [N, inter]
+            unsafe { RowKernels.SiluTimesUp(TensorMemory.Pointer<float>(stacked), Down.Cols, TensorMemory.Pointer<float>(act), (int)n); }
+            return Down.Forward(act);
+        }
         var gateUp = GateUp.Forward(x).chunk(2, -1);   // 2 x [N, inter]
         return Down.Forward(silu(gateUp[0]) * gateUp[1]);
     }

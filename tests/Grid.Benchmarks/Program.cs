@@ -72,11 +72,12 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "quant", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
+        public static readonly string[] Names = ["kernel", "decode", "quant", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
             "kernel" => OnOwnThread(() => KernelBench.Run(c)),
+            "decode" => OnOwnThread(() => DecodeStepBench.Run(c)),
             "llamacpp" => OnOwnThread(() => LlamaCppBench.Run(c)),
             "quant" => OnOwnThread(() => QuantBench.Run(c)),
             "mla" => OnOwnThread(() => MlaBench.Run(c)),
