@@ -5,6 +5,7 @@ namespace Grid.ModelCore.Kernels;
 /// memory, one query per sequence: for every sequence b and head h,
 /// q_latent = q_nope W_UK[h]; s_t = scale · [q_latent | q_R] · [c_KV,t | k_R,t] for t &lt; length_b;
 /// p = softmax(s) (float32, max subtracted); o_latent = Σ_t p_t c_KV,t; out = o_latent W_UV[h].
+/// The cached rows are read where they lie (a latent-cache pool and each position's row number), nothing gathered.
 /// Each (sequence, head) is computed alone in one fixed order over its own positions only, so a sequence's result is
 /// the same bits alone or in any batch, padded or not. Work items are heads (each head's W_UK and W_UV slices stay in
 /// cache across the batch), spread over the cores.
@@ -15,15 +16,17 @@ public static unsafe class AbsorbedDecodeAttention
 
     /// <param name="qNope">[B, H, nope]</param>
     /// <param name="qRope">[B, H, rope], rotated</param>
-    /// <param name="caches">[B, tmax, kvr + rope]: each sequence's cached [c_KV | k_R] rows, valid up to its length</param>
+    /// <param name="pool">cached [c_KV | k_R] rows of kvr + rope floats each</param>
+    /// <param name="rows">[B * tmax] row numbers in <paramref name="pool"/>: sequence b's position t at b * tmax + t</param>
     /// <param name="lengths">[B] cached positions per sequence (1..tmax)</param>
     /// <param name="wUK">[H, nope, kvr]</param>
     /// <param name="wUVt">[H, kvr, v]</param>
     /// <param name="output">[B, H*v]</param>
-    public static void Run(float* qNope, float* qRope, float* caches, int[] lengths, int tmax, float* wUK, float* wUVt,
+    public static void Run(float* qNope, float* qRope, float* pool, long[] rows, int[] lengths, int tmax, float* wUK, float* wUVt,
         int heads, int nope, int rope, int kvr, int v, float scale, float* output)
     {
         int batch = lengths.Length, latent = kvr + rope;
+        if (rows.Length < (long)batch * tmax) throw new ArgumentException("rows needs tmax entries per sequence", nameof(rows));
         foreach (var length in lengths)
             if (length < 1 || length > tmax) throw new ArgumentException("every sequence needs 1..tmax cached positions", nameof(lengths));
         KernelParallel.For(heads, h =>
@@ -31,6 +34,7 @@ public static unsafe class AbsorbedDecodeAttention
             int need = latent + kvr + tmax;
             var scratch = t_scratch is { } s && s.Length >= need ? s : t_scratch = GC.AllocateUninitializedArray<float>(Math.Max(need, 4096), pinned: true);
             fixed (float* basePtr = scratch)
+            fixed (long* rowBase = rows)
             {
                 float* q = basePtr, outLatent = q + latent, scores = outLatent + kvr;
                 float* uk = wUK + (long)h * nope * kvr, uv = wUVt + (long)h * kvr * v;
@@ -42,11 +46,11 @@ public static unsafe class AbsorbedDecodeAttention
                     for (int i = 0; i < nope; i++) RowKernels.Axpy(qn[i], uk + (long)i * kvr, q, kvr);
                     for (int i = 0; i < rope; i++) q[kvr + i] = qr[i];
                     int length = lengths[b];
-                    float* rows = caches + (long)b * tmax * latent;
+                    long* at = rowBase + (long)b * tmax;
                     float max = float.NegativeInfinity;
                     for (int t = 0; t < length; t++)
                     {
-                        float st = RowKernels.Dot(q, rows + (long)t * latent, latent) * scale;
+                        float st = RowKernels.Dot(q, pool + at[t] * latent, latent) * scale;
                         scores[t] = st;
                         if (st > max) max = st;
                     }
@@ -59,7 +63,7 @@ public static unsafe class AbsorbedDecodeAttention
                     }
                     float inverse = 1f / sum;
                     new Span<float>(outLatent, kvr).Clear();
-                    for (int t = 0; t < length; t++) RowKernels.Axpy(scores[t] * inverse, rows + (long)t * latent, outLatent, kvr);
+                    for (int t = 0; t < length; t++) RowKernels.Axpy(scores[t] * inverse, pool + at[t] * latent, outLatent, kvr);
                     // out[k] = Σ_j o_latent[j] W_UV[h, j, k], in increasing j.
                     float* o = output + (long)b * heads * v + (long)h * v;
                     new Span<float>(o, v).Clear();

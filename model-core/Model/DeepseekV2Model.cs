@@ -204,16 +204,12 @@ public sealed class DeepseekV2Model : IDisposable
         if (batch.AllDecode)
         {
             // A decode-only step: the hidden rows are the decode rows, in order; no scatter into a zeroed buffer.
-            var caches = Measure(profile, StepProfile.AttentionCache, () =>
-            {
-                cache.Write(layer, batch.WriteRows, latent);
-                return cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-            });
-            output = Measure(profile, StepProfile.AttentionScores, () => l.Attention.AttendDecode(qNope, qRope, caches, batch.DecodeLengths, batch.DecodeMaskedOut));
+            Measure(profile, StepProfile.AttentionCache, () => { cache.Write(layer, batch.WriteRows, batch.WriteRowIds, latent); return 0; });
+            output = Measure(profile, StepProfile.AttentionScores, () => AttendDecode(l.Attention, layer, qNope, qRope, batch));
             var projected = Measure(profile, StepProfile.AttentionOutput, () => l.Attention.Output(output));
             return Measure(profile, StepProfile.Residual, () => h.Add(projected));
         }
-        cache.Write(layer, batch.WriteRows, latent);
+        cache.Write(layer, batch.WriteRows, batch.WriteRowIds, latent);
         if (batch.Chunks.Count == 1)
         {
             var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
@@ -226,9 +222,7 @@ public sealed class DeepseekV2Model : IDisposable
             output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
             if (batch.DecodeRows is { } decodeRows)
             {
-                var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-                var decoded = l.Attention.AttendDecode(
-                    qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeLengths, batch.DecodeMaskedOut);
+                var decoded = AttendDecode(l.Attention, layer, qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), batch);
                 output.index_copy_(0, decodeRows, decoded);
             }
             for (int i = 0; i < batch.Chunks.Count; i++)
@@ -245,6 +239,17 @@ public sealed class DeepseekV2Model : IDisposable
             }
         }
         return h.Add(l.Attention.Output(output));
+    }
+
+    /// <summary>The step's decode rows (queries [B, H, *]) against their caches: in place through the kernel where it
+    /// runs (float32 rows, no codec), else gathered [B, Tmax, latent] through libtorch.</summary>
+    Tensor AttendDecode(MlaAttention attention, int layer, Tensor qNope, Tensor qRope, StepBatch batch)
+    {
+        var cache = Cache!;
+        if (attention.DecodeKernel(qNope) && cache.Float32Pool(layer) is { } pool)
+            return attention.AttendDecode(qNope, qRope, pool, batch.DecodeGatherRows, batch.DecodeLengths, (int)batch.DecodeTmax);
+        var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
+        return attention.AttendAbsorbedBatch(qNope, qRope, caches, batch.DecodeMaskedOut);
     }
 
     static T Measure<T>(StepProfile? profile, string phase, Func<T> work) => profile is null ? work() : profile.Measure(phase, work);

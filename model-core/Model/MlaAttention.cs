@@ -213,25 +213,32 @@ public sealed class MlaAttention : IDisposable
         return output.transpose(0, 1).reshape(b, _heads * _v);
     }
 
+    /// <summary>Whether <see cref="AttendDecode"/> can run: float32 weights and queries with the kernels on.</summary>
+    public bool DecodeKernel(Tensor qNope) => _decodeKernel && qNope.dtype == ScalarType.Float32;
+
     /// <summary>
-    /// Decode attention for one query per sequence (as <see cref="AttendAbsorbedBatch"/>), <paramref name="lengths"/> [B]
-    /// each sequence's cached positions in <paramref name="caches"/> [B, Tmax, latent]. Float32 with the kernels on: one
-    /// C# call (<see cref="AbsorbedDecodeAttention"/>) instead of about a dozen libtorch ops, each sequence computed over
-    /// its own positions only (the same bits alone or in any batch); otherwise <see cref="AttendAbsorbedBatch"/>.
+    /// Decode attention for one query per sequence (as <see cref="AttendAbsorbedBatch"/>) over the cached rows where they
+    /// lie: <paramref name="pool"/> [rows, latent] float32, sequence b's position t at row <paramref name="rows"/>[b * tmax + t]
+    /// for t &lt; <paramref name="lengths"/>[b]. One C# call (<see cref="AbsorbedDecodeAttention"/>) instead of a gather and
+    /// about a dozen libtorch ops; each sequence is computed over its own positions only (the same bits alone or in any
+    /// batch). Returns [B, H*v].
     /// </summary>
-    public Tensor AttendDecode(Tensor qNope, Tensor qRope, Tensor caches, int[] lengths, Tensor? maskedOut)
+    public Tensor AttendDecode(Tensor qNope, Tensor qRope, Tensor pool, long[] rows, int[] lengths, int tmax)
     {
-        if (!_decodeKernel || qNope.dtype != ScalarType.Float32 || caches.dtype != ScalarType.Float32)
-            return AttendAbsorbedBatch(qNope, qRope, caches, maskedOut);
+        if (!DecodeKernel(qNope) || pool.dtype != ScalarType.Float32 || pool.shape[1] != _kvLoraRank + _rope)
+            throw new InvalidOperationException("the decode attention kernel takes float32 weights, queries and cache rows");
         long b = qNope.shape[0];
         var qn = qNope.contiguous();
         var qr = qRope.contiguous();
-        var rows = caches.contiguous();
         var output = empty(b, (long)_heads * _v, ScalarType.Float32);
+        long capacity = pool.shape[0];
+        for (int i = 0; i < lengths.Length; i++)
+            for (int t = 0; t < lengths[i]; t++)
+                if ((ulong)rows[(long)i * tmax + t] >= (ulong)capacity) throw new ArgumentOutOfRangeException(nameof(rows), "a cache row lies outside the pool");
         unsafe
         {
-            AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(rows),
-                lengths, (int)caches.shape[1], TensorMemory.Pointer<float>(_wUK), TensorMemory.Pointer<float>(_wUVt),
+            AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(pool),
+                rows, lengths, tmax, TensorMemory.Pointer<float>(_wUK), TensorMemory.Pointer<float>(_wUVt),
                 _heads, _nope, _rope, _kvLoraRank, _v, _softmaxScaleFloat, TensorMemory.Pointer<float>(output));
         }
         return output;
