@@ -20,6 +20,11 @@ public sealed record ModelLoadOptions
     /// equals the one decode wrote) and the 8-bit small-batch kernels. False runs libtorch's matmul everywhere (for
     /// comparisons; a row's result may then depend on its batch's size).</summary>
     public bool UseKernels { get; init; } = true;
+    /// <summary>Whether, with <see cref="UseKernels"/>, the decoder's small float32 steps run C# over plain memory instead
+    /// of several libtorch calls each: RMSNorm and the SwiGLU activation (row by row, the same bits in any batch), greedy
+    /// routing, the decode step's cache write and absorbed attention over the cache rows in place. False keeps libtorch
+    /// there (for comparisons).</summary>
+    public bool RowKernels { get; init; } = true;
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
     /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
     public Func<string, bool>? QuantizeOnly { get; init; }
@@ -60,6 +65,8 @@ public sealed class DeepseekV2Model : IDisposable
     public Kernels.WeightQuantization? Quantization { get; }
     /// <summary>Whether it runs Grid's C# kernels (<see cref="ModelLoadOptions.UseKernels"/>).</summary>
     public bool UseKernels { get; }
+    /// <summary>Whether it runs the C# row kernels (<see cref="ModelLoadOptions.RowKernels"/>).</summary>
+    public bool RowKernels { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
     /// <summary>The latent-cache budget chosen at load (bytes, before rounding to blocks) and how it was chosen.</summary>
@@ -92,6 +99,7 @@ public sealed class DeepseekV2Model : IDisposable
         Dtype = options.Dtype;
         Quantization = options.Quantization;
         UseKernels = options.UseKernels;
+        RowKernels = options.UseKernels && options.RowKernels;
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
@@ -102,7 +110,7 @@ public sealed class DeepseekV2Model : IDisposable
                 : w.Get("model.embed_tokens.weight");
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
-            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps, w.Kernels);
+            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps, w.DecodeKernels);
             _lmHead = config.TieWordEmbeddings ? null : w.GetLinear("lm_head.weight");
         }
         else
@@ -141,7 +149,7 @@ public sealed class DeepseekV2Model : IDisposable
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
         HeapTrim.MapLargeBlocks(1 << 20);
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, Quantize = options.QuantizeOnly };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, RowKernels = options.RowKernels, Quantize = options.QuantizeOnly };
         var model = new DeepseekV2Model(config, options, loader, ranges);
         HeapTrim.Return();   // the load's transient buffers
         return model;
@@ -169,7 +177,7 @@ public sealed class DeepseekV2Model : IDisposable
         if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
             throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
         using var scope = NewDisposeScope();
-        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels };
+        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels, RowKernels = RowKernels };
         var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them
         _expertGroups = _expertGroups.Append(experts).OrderBy(g => g.Range.First).ToArray();
         _loadedTensors = [.. _loadedTensors, .. loader.Loaded];
@@ -204,12 +212,12 @@ public sealed class DeepseekV2Model : IDisposable
         if (batch.AllDecode)
         {
             // A decode-only step: the hidden rows are the decode rows, in order; no scatter into a zeroed buffer.
-            Measure(profile, StepProfile.AttentionCache, () => { cache.Write(layer, batch.WriteRows, batch.WriteRowIds, latent); return 0; });
+            Measure(profile, StepProfile.AttentionCache, () => { WriteLatents(layer, batch, latent); return 0; });
             output = Measure(profile, StepProfile.AttentionScores, () => AttendDecode(l.Attention, layer, qNope, qRope, batch));
             var projected = Measure(profile, StepProfile.AttentionOutput, () => l.Attention.Output(output));
             return Measure(profile, StepProfile.Residual, () => h.Add(projected));
         }
-        cache.Write(layer, batch.WriteRows, batch.WriteRowIds, latent);
+        WriteLatents(layer, batch, latent);
         if (batch.Chunks.Count == 1)
         {
             var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
@@ -239,6 +247,13 @@ public sealed class DeepseekV2Model : IDisposable
             }
         }
         return h.Add(l.Attention.Output(output));
+    }
+
+    /// <summary>This step's latents [N, latent] into the cache: in place (C#) with the row kernels, else index_copy_.</summary>
+    void WriteLatents(int layer, StepBatch batch, Tensor latent)
+    {
+        if (RowKernels) Cache!.Write(layer, batch.WriteRows, batch.WriteRowIds, latent);
+        else Cache!.Write(layer, batch.WriteRows, latent);
     }
 
     /// <summary>The step's decode rows (queries [B, H, *]) against their caches: in place through the kernel where it

@@ -82,7 +82,7 @@ public sealed class MlaAttention : IDisposable
             {
                 var qA = w.Get($"{p}.q_a_proj.weight");
                 qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
-                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps, w.Kernels);
+                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
                 var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
                 _qBProj = LinearWeight.Create(cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
                                HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
@@ -101,7 +101,7 @@ public sealed class MlaAttention : IDisposable
                     : cat([qPart, kvBiasC, kvBiasR], 0)).DetachFromDisposeScope();
             }
         }
-        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps, w.Kernels);
+        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
         _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
@@ -111,7 +111,7 @@ public sealed class MlaAttention : IDisposable
             _wUK = kvB.narrow(1, 0, _nope).contiguous().DetachFromDisposeScope();
             _wUVt = kvB.narrow(1, _nope, _v).transpose(1, 2).contiguous().DetachFromDisposeScope();
         }
-        _decodeKernel = w.Kernels && _wUK.dtype == ScalarType.Float32;
+        _decodeKernel = w.DecodeKernels && _wUK.dtype == ScalarType.Float32;
     }
 
     /// <summary>

@@ -34,8 +34,12 @@ public sealed class MoeGate : IDisposable
 
     public long Bytes => _weight.Bytes;
 
-    public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true)
+    readonly bool _routeInCSharp;
+
+    /// <param name="rowKernels">with <paramref name="useKernels"/>: greedy routing runs in C# (<see cref="RouteOnRows"/>)</param>
+    public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true, bool rowKernels = true)
     {
+        _routeInCSharp = useKernels && rowKernels;
         _c = config;
         _routedScaling = config.RoutedScalingFactor.ToScalar();
         _tiny = 1e-20.ToScalar();
@@ -53,7 +57,7 @@ public sealed class MoeGate : IDisposable
     {
         using var scope = NewDisposeScope();
         bool unlimited = limit is not { } dl || dl.MaxGroups >= dl.Groups;
-        if (_weight.UseKernels && _c.TopkMethod != "group_limited_greedy" && unlimited)
+        if (_routeInCSharp && _c.TopkMethod != "group_limited_greedy" && unlimited)
             return RouteOnRows(_weight.Forward(x.to(ScalarType.Float32)));
         var scores = Scores(x);
         long n = scores.shape[0], e = scores.shape[1];
