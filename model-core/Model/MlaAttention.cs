@@ -135,6 +135,8 @@ public sealed class MlaAttention : IDisposable
     public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor cos, Tensor sin, YarnRope rope)
     {
         long n = x.shape[0];
+        if (_decodeKernel && _qLoraRank == 0 && _kvANorm.UseKernels && x.dtype == ScalarType.Float32 && cos.dtype == ScalarType.Float32 && n > 0)
+            return ProjectInPlace(x, cos, sin);
         var fused = _qkvA.Forward(x, _qkvABias);
         long qRows = _qLoraRank > 0 ? _qLoraRank : (long)_heads * _nope;
         var cKV = _kvANorm.Forward(fused.narrow(1, qRows, _kvLoraRank));
@@ -155,6 +157,41 @@ public sealed class MlaAttention : IDisposable
             kRope = rope.Apply(fused.narrow(1, qRows + _kvLoraRank, _rope).view(n, 1, _rope), cos, sin).select(1, 0);
         }
         return (qNope, qRope, cat([cKV, kRope], 1));
+    }
+
+    /// <summary>
+    /// <see cref="Project"/> without query compression, float32 with the row kernels: after the fused matmul, one C#
+    /// pass normalises c_KV into the latent row and rotates every RoPE input (H query heads and k_R) straight out of
+    /// the projection's rows, as <see cref="YarnRope.Apply"/> computes it (x·cos + halves-swapped x·signed sin), row by
+    /// row: the same bits in decode and prefill. Replaces a copy, the norm, five RoPE ops and a <c>cat</c>.
+    /// </summary>
+    unsafe (Tensor QNope, Tensor QRope, Tensor Latent) ProjectInPlace(Tensor x, Tensor cos, Tensor sin)
+    {
+        long n = x.shape[0];
+        var fused = _qkvA.Forward(x, _qkvABias).contiguous();          // [N, H*nope | kvr | H*rope | rope]
+        long width = fused.shape[1], qRows = (long)_heads * _nope, latentDim = _kvLoraRank + _rope;
+        var latent = empty(n, latentDim, ScalarType.Float32);          // [N, c_KV normed | k_R rotated]
+        var qRope = empty(n, _heads, _rope, ScalarType.Float32);       // [N, H, rope] rotated
+        var c = cos.contiguous();
+        var s = sin.contiguous();
+        if (c.shape[0] != n || c.NumberOfElements != n * _rope || s.NumberOfElements != n * _rope)
+            throw new ArgumentException("cos and sin need [N, 1, rope]");
+        float* f = TensorMemory.Pointer<float>(fused), lat = TensorMemory.Pointer<float>(latent), qr = TensorMemory.Pointer<float>(qRope);
+        float* cp = TensorMemory.Pointer<float>(c), sp = TensorMemory.Pointer<float>(s);
+        _kvANorm.ForwardRows(f + qRows, width, lat, latentDim, (int)n);
+        int half = _rope / 2;
+        for (long r = 0; r < n; r++)
+        {
+            float* ropeIn = f + r * width + qRows + _kvLoraRank, cr = cp + r * _rope, sr = sp + r * _rope;
+            for (int h = 0; h <= _heads; h++)
+            {
+                float* xin = ropeIn + (long)h * _rope;
+                float* y = h < _heads ? qr + (r * _heads + h) * _rope : lat + r * latentDim + _kvLoraRank;
+                for (int i = 0; i < _rope; i++)
+                    y[i] = xin[i] * cr[i] + xin[i < half ? i + half : i - half] * sr[i];
+            }
+        }
+        return (fused.narrow(1, 0, qRows).view(n, _heads, _nope), qRope, latent);
     }
 
     /// <summary>

@@ -37,6 +37,15 @@ public sealed class RmsNorm(Tensor weight, double eps, bool useKernels = true) :
         return Weight * (f32 ? normed : normed.to(x.dtype));
     }
 
+    /// <summary>The row kernel over plain memory: <paramref name="rows"/> rows of the weight's length, strides in floats
+    /// (<see cref="UseKernels"/> must hold; the caller owns the memory).</summary>
+    public unsafe void ForwardRows(float* x, long xStride, float* y, long yStride, int rows)
+    {
+        if (!UseKernels) throw new InvalidOperationException("this norm does not run the row kernel");
+        int d = (int)Weight.shape[0];
+        RowKernels.RmsNorm(x, xStride, TensorMemory.Pointer<float>(Weight), d, _epsFloat, y, yStride, rows);
+    }
+
     unsafe Tensor KernelForward(Tensor x)
     {
         var input = x.contiguous();

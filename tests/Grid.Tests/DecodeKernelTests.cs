@@ -182,4 +182,24 @@ public class DecodeKernelTests
             for (int i = 0; i < prompts.Length; i++) next[i] = Sampler.Argmax(batched.Logits[i].data<float>().ToArray());
         }
     }
+
+    [Theory]
+    [InlineData("lite_f32")]
+    [InlineData("full_f32")]
+    public void RowKernelsAgreeWithLibtorchRowOpsThroughTheModel(string checkpoint)
+    {
+        using var noGrad = no_grad();
+        using var kernels = DeepseekV2Model.Load(Golden.Dir(checkpoint));
+        using var libtorch = DeepseekV2Model.Load(Golden.Dir(checkpoint), new ModelLoadOptions { RowKernels = false });
+        Assert.True(kernels.RowKernels);
+        Assert.False(libtorch.RowKernels);
+        int[] prompt = [1, 5, 9, 200, 17, 3, 99, 42];
+        var a = ModelTestKit.Greedy(kernels, prompt, 6);
+        var b = ModelTestKit.Greedy(libtorch, prompt, 6);
+        for (int i = 0; i < a.Count; i++)
+        {
+            Assert.Equal(Sampler.Argmax(b[i]), Sampler.Argmax(a[i]));
+            Assert.True(ModelTestKit.MaxAbsDiff(a[i], b[i]) < 1e-3, $"step {i}: max logit diff {ModelTestKit.MaxAbsDiff(a[i], b[i])}");
+        }
+    }
 }
