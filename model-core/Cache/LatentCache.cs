@@ -471,9 +471,38 @@ public sealed class LatentCache : IDisposable
     public void Write(int layer, Tensor rows, Tensor latents) =>
         _pools[layer].index_copy_(0, rows, Codec is null ? latents.to(_dtype) : Codec.Encode(latents));
 
+    /// <summary>
+    /// Writes latents [n, latentDim] at <paramref name="rowIds"/> (the same rows as <paramref name="rows"/>): float32 rows
+    /// without a codec are copied in place row by row (the same bytes as <see cref="Write(int, Tensor, Tensor)"/>, no
+    /// libtorch call), anything else goes through it.
+    /// </summary>
+    public unsafe void Write(int layer, Tensor rows, long[] rowIds, Tensor latents)
+    {
+        if (Float32Pool(layer) is not { } pool || latents.dtype != ScalarType.Float32 || latents.shape[0] != rowIds.Length || latents.shape[1] != LatentDim)
+        {
+            Write(layer, rows, latents);
+            return;
+        }
+        var source = latents.contiguous();
+        float* src = Kernels.TensorMemory.Pointer<float>(source), dst = Kernels.TensorMemory.Pointer<float>(pool);
+        long capacity = pool.shape[0], bytes = (long)LatentDim * sizeof(float);
+        for (int i = 0; i < rowIds.Length; i++)
+        {
+            if ((ulong)rowIds[i] >= (ulong)capacity) throw new ArgumentOutOfRangeException(nameof(rowIds), $"row {rowIds[i]} is outside the pool");
+            Buffer.MemoryCopy(src + (long)i * LatentDim, dst + rowIds[i] * LatentDim, bytes, bytes);
+        }
+    }
+
     /// <summary>Reads rows [n] of layer <paramref name="layer"/> -> [n, latentDim] in the compute dtype (8-bit rows decoded).</summary>
     public Tensor Read(int layer, Tensor rows) =>
         Codec is null ? _pools[layer].index_select(0, rows) : Codec.Decode(_pools[layer].index_select(0, rows), _dtype);
+
+    /// <summary>
+    /// Layer <paramref name="layer"/>'s pool [capacity rows, latentDim] when rows hold float32 latents as they are (no
+    /// codec), else null: the decode kernels read and write rows in place. Valid while a step's batch is open
+    /// (<see cref="BeginBatch"/>: rows are reserved before it and no trim moves or resizes the pool until it closes).
+    /// </summary>
+    public Tensor? Float32Pool(int layer) => Codec is null && _dtype == ScalarType.Float32 ? _pools[layer] : null;
 
     long PoolWidth => Codec?.RowBytes ?? LatentDim;
     ScalarType PoolDtype => Codec is null ? _dtype : ScalarType.Byte;

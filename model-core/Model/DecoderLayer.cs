@@ -27,12 +27,12 @@ public sealed class DecoderLayer : IDisposable
         var c = w.Config;
         var p = TensorNames.Layer(index);
         Index = index;
-        InputNorm = new RmsNorm(w.Get($"{p}.input_layernorm.weight"), c.RmsNormEps);
+        InputNorm = new RmsNorm(w.Get($"{p}.input_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
         Attention = new MlaAttention(w, index, softmaxScale);
-        PostAttentionNorm = new RmsNorm(w.Get($"{p}.post_attention_layernorm.weight"), c.RmsNormEps);
+        PostAttentionNorm = new RmsNorm(w.Get($"{p}.post_attention_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
         if (c.IsMoeLayer(index))
         {
-            Gate = new MoeGate(w.Get($"{p}.mlp.gate.weight"), c, w.Kernels);
+            Gate = new MoeGate(w.Get($"{p}.mlp.gate.weight"), c, w.Kernels, w.RowKernels);
             if (c.NSharedExperts > 0) SharedExperts = SwiGluMlp.Load(w, $"{p}.mlp.shared_experts");
         }
         else

@@ -20,6 +20,11 @@ public sealed record ModelLoadOptions
     /// equals the one decode wrote) and the 8-bit small-batch kernels. False runs libtorch's matmul everywhere (for
     /// comparisons; a row's result may then depend on its batch's size).</summary>
     public bool UseKernels { get; init; } = true;
+    /// <summary>Whether, with <see cref="UseKernels"/>, the decoder's small float32 steps run C# over plain memory instead
+    /// of several libtorch calls each: RMSNorm and the SwiGLU activation (row by row, the same bits in any batch), greedy
+    /// routing, the decode step's cache write and absorbed attention over the cache rows in place. False keeps libtorch
+    /// there (for comparisons).</summary>
+    public bool RowKernels { get; init; } = true;
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
     /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
     public Func<string, bool>? QuantizeOnly { get; init; }
@@ -62,6 +67,8 @@ public sealed class DeepseekV2Model : IDisposable
     public Kernels.WeightQuantization? Quantization { get; }
     /// <summary>Whether it runs Grid's C# kernels (<see cref="ModelLoadOptions.UseKernels"/>).</summary>
     public bool UseKernels { get; }
+    /// <summary>Whether it runs the C# row kernels (<see cref="ModelLoadOptions.RowKernels"/>).</summary>
+    public bool RowKernels { get; }
     public YarnRope Rope { get; }
     public LatentCache? Cache { get; }
     /// <summary>The latent-cache budget chosen at load (bytes, before rounding to blocks) and how it was chosen.</summary>
@@ -94,6 +101,7 @@ public sealed class DeepseekV2Model : IDisposable
         Dtype = options.Dtype;
         Quantization = options.Quantization;
         UseKernels = options.UseKernels;
+        RowKernels = options.UseKernels && options.RowKernels;
         Rope = new YarnRope(config, options.Dtype);
         if (options.LoadAttention)
         {
@@ -104,7 +112,7 @@ public sealed class DeepseekV2Model : IDisposable
                 : w.Get("model.embed_tokens.weight");
             _layers = new DecoderLayer[config.NumHiddenLayers];
             for (int i = 0; i < config.NumHiddenLayers; i++) _layers[i] = new DecoderLayer(w, i, Rope.SoftmaxScale);
-            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps);
+            _norm = new RmsNorm(w.Get("model.norm.weight"), config.RmsNormEps, w.DecodeKernels);
             _lmHead = config.TieWordEmbeddings ? null : w.GetLinear("lm_head.weight");
         }
         else
@@ -143,7 +151,7 @@ public sealed class DeepseekV2Model : IDisposable
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
         HeapTrim.MapLargeBlocks(1 << 20);
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, RowKernels = options.RowKernels, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
         var model = new DeepseekV2Model(config, options, loader, ranges);
         HeapTrim.Return();   // the load's transient buffers
         return model;
@@ -171,7 +179,7 @@ public sealed class DeepseekV2Model : IDisposable
         if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
             throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
         using var scope = NewDisposeScope();
-        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels };
+        var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels, RowKernels = RowKernels };
         var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them
         _expertGroups = _expertGroups.Append(experts).OrderBy(g => g.Range.First).ToArray();
         _loadedTensors = [.. _loadedTensors, .. loader.Loaded];
@@ -195,22 +203,24 @@ public sealed class DeepseekV2Model : IDisposable
     }
 
     /// <summary>h [N, d] -> h + MLA(RMSNorm(h)) for layer <paramref name="layer"/>, writing the new tokens' latents.</summary>
-    public Tensor Attention(int layer, Tensor h, StepBatch batch, AttentionMode mode = AttentionMode.Auto)
+    public Tensor Attention(int layer, Tensor h, StepBatch batch, AttentionMode mode = AttentionMode.Auto, StepProfile? profile = null)
     {
         var l = LayerAt(layer);
         var cache = Cache!;
-        var x = l.InputNorm.Forward(h);
+        var x = Measure(profile, StepProfile.AttentionNorm, () => l.InputNorm.Forward(h));
         var (cos, sin) = batch.Rotary(Rope);
-        var (qNope, qRope, latent) = l.Attention.Project(x, cos, sin, Rope);
-        cache.Write(layer, batch.WriteRows, latent);
+        var (qNope, qRope, latent) = Measure(profile, StepProfile.AttentionProject, () => l.Attention.Project(x, cos, sin, Rope));
         Tensor output;
         if (batch.AllDecode)
         {
             // A decode-only step: the hidden rows are the decode rows, in order; no scatter into a zeroed buffer.
-            var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-            output = l.Attention.AttendAbsorbedBatch(qNope, qRope, caches, batch.DecodeMaskedOut);
+            Measure(profile, StepProfile.AttentionCache, () => { WriteLatents(layer, batch, latent); return 0; });
+            output = Measure(profile, StepProfile.AttentionScores, () => AttendDecode(l.Attention, layer, qNope, qRope, batch));
+            var projected = Measure(profile, StepProfile.AttentionOutput, () => l.Attention.Output(output));
+            return Measure(profile, StepProfile.Residual, () => h.Add(projected));
         }
-        else if (batch.Chunks.Count == 1)
+        WriteLatents(layer, batch, latent);
+        if (batch.Chunks.Count == 1)
         {
             var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
             output = mode == AttentionMode.Absorbed
@@ -222,9 +232,7 @@ public sealed class DeepseekV2Model : IDisposable
             output = zeros(batch.Rows, Config.NumAttentionHeads * Config.VHeadDim, dtype: h.dtype);
             if (batch.DecodeRows is { } decodeRows)
             {
-                var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
-                var decoded = l.Attention.AttendAbsorbedBatch(
-                    qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), caches, batch.DecodeMaskedOut);
+                var decoded = AttendDecode(l.Attention, layer, qNope.index_select(0, decodeRows), qRope.index_select(0, decodeRows), batch);
                 output.index_copy_(0, decodeRows, decoded);
             }
             for (int i = 0; i < batch.Chunks.Count; i++)
@@ -242,6 +250,26 @@ public sealed class DeepseekV2Model : IDisposable
         }
         return h.Add(l.Attention.Output(output));
     }
+
+    /// <summary>This step's latents [N, latent] into the cache: in place (C#) with the row kernels, else index_copy_.</summary>
+    void WriteLatents(int layer, StepBatch batch, Tensor latent)
+    {
+        if (RowKernels) Cache!.Write(layer, batch.WriteRows, batch.WriteRowIds, latent);
+        else Cache!.Write(layer, batch.WriteRows, latent);
+    }
+
+    /// <summary>The step's decode rows (queries [B, H, *]) against their caches: in place through the kernel where it
+    /// runs (float32 rows, no codec), else gathered [B, Tmax, latent] through libtorch.</summary>
+    Tensor AttendDecode(MlaAttention attention, int layer, Tensor qNope, Tensor qRope, StepBatch batch)
+    {
+        var cache = Cache!;
+        if (attention.DecodeKernel(qNope) && cache.Float32Pool(layer) is { } pool)
+            return attention.AttendDecode(qNope, qRope, pool, batch.DecodeGatherRows, batch.DecodeLengths, (int)batch.DecodeTmax);
+        var caches = cache.Read(layer, batch.DecodeGather!).view(batch.DecodeChunks.Length, batch.DecodeTmax, Config.LatentDim);
+        return attention.AttendAbsorbedBatch(qNope, qRope, caches, batch.DecodeMaskedOut);
+    }
+
+    static T Measure<T>(StepProfile? profile, string phase, Func<T> work) => profile is null ? work() : profile.Measure(phase, work);
 
     /// <summary>The post-attention RMSNorm: the input of the layer's feed-forward block.</summary>
     public Tensor FfnInput(int layer, Tensor h) => LayerAt(layer).PostAttentionNorm.Forward(h);

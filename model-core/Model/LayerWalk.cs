@@ -54,7 +54,7 @@ public sealed class LayerWalk : IDisposable
         else
         {
             if (routedOutput is null) throw new ArgumentNullException(nameof(routedOutput), "the dispatched MoE layer's routed output is required");
-            h = _pending!.Add(routedOutput);           // residual + (shared + routed) of the pending layer
+            h = Measure(StepProfile.Fold, () => _pending!.Add(routedOutput));           // residual + (shared + routed) of the pending layer
             _pending!.Dispose();
             _input!.Dispose();
             _pending = _input = null;
@@ -62,8 +62,9 @@ public sealed class LayerWalk : IDisposable
         for (; _layer < _model.Config.NumHiddenLayers; _layer++)
         {
             var input = h;
-            h = Measure(StepProfile.Attention, () => _model.Attention(_layer, input, _batch, _mode));
-            var x = _model.FfnInput(_layer, h);
+            h = Measure(StepProfile.Attention, () => _model.Attention(_layer, input, _batch, _mode, _profile));
+            var attendedH = h;
+            var x = Measure(StepProfile.FfnNorm, () => _model.FfnInput(_layer, attendedH));
             if (!_model.IsMoeLayer(_layer))
             {
                 var attended = h;

@@ -45,6 +45,9 @@ public sealed class MlaAttention : IDisposable
     readonly Tensor _wUVt;                   // [H, kv_lora_rank, v]      absorbed into the output
     readonly LinearWeight _oProj;                  // [d, H*v]
     readonly Tensor? _oBias;
+    readonly float _softmaxScaleFloat;
+    // Decode attention runs the C# kernel (AbsorbedDecodeAttention) over float32 weights when the kernels are on.
+    readonly bool _decodeKernel;
 
     public MlaAttention(WeightLoader w, int layer, double softmaxScale)
     {
@@ -57,6 +60,7 @@ public sealed class MlaAttention : IDisposable
         _kvLoraRank = c.KvLoraRank;
         _qLoraRank = c.QLoraRank ?? 0;
         _softmaxScale = softmaxScale.ToScalar();
+        _softmaxScaleFloat = (float)softmaxScale;
         using (NewDisposeScope())
         {
             // The fused rows regroup an FP8 checkpoint's 128x128 blocks, so without an explicit --quantization they stay
@@ -78,7 +82,7 @@ public sealed class MlaAttention : IDisposable
             {
                 var qA = w.Get($"{p}.q_a_proj.weight");
                 qABias = w.GetOptional($"{p}.q_a_proj.bias", c.AttentionBias);
-                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps);
+                _qANorm = new RmsNorm(w.Get($"{p}.q_a_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
                 var qB = w.Get($"{p}.q_b_proj.weight").view(_heads, _nope + _rope, -1);
                 _qBProj = LinearWeight.Create(cat([qB.narrow(1, 0, _nope).reshape(_heads * _nope, -1),
                                HalvesRows(qB.narrow(1, _nope, _rope).reshape(_heads * _rope, -1), _heads)], 0).DetachFromDisposeScope(), fusedFormat, w.Kernels);
@@ -97,7 +101,7 @@ public sealed class MlaAttention : IDisposable
                     : cat([qPart, kvBiasC, kvBiasR], 0)).DetachFromDisposeScope();
             }
         }
-        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps);
+        _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
         _kvBProj = w.Get($"{p}.kv_b_proj.weight");
         _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
@@ -107,6 +111,7 @@ public sealed class MlaAttention : IDisposable
             _wUK = kvB.narrow(1, 0, _nope).contiguous().DetachFromDisposeScope();
             _wUVt = kvB.narrow(1, _nope, _v).transpose(1, 2).contiguous().DetachFromDisposeScope();
         }
+        _decodeKernel = w.DecodeKernels && _wUK.dtype == ScalarType.Float32;
     }
 
     /// <summary>
@@ -130,6 +135,8 @@ public sealed class MlaAttention : IDisposable
     public (Tensor QNope, Tensor QRope, Tensor Latent) Project(Tensor x, Tensor cos, Tensor sin, YarnRope rope)
     {
         long n = x.shape[0];
+        if (_decodeKernel && _qLoraRank == 0 && _kvANorm.UseKernels && x.dtype == ScalarType.Float32 && cos.dtype == ScalarType.Float32 && n > 0)
+            return ProjectInPlace(x, cos, sin);
         var fused = _qkvA.Forward(x, _qkvABias);
         long qRows = _qLoraRank > 0 ? _qLoraRank : (long)_heads * _nope;
         var cKV = _kvANorm.Forward(fused.narrow(1, qRows, _kvLoraRank));
@@ -150,6 +157,41 @@ public sealed class MlaAttention : IDisposable
             kRope = rope.Apply(fused.narrow(1, qRows + _kvLoraRank, _rope).view(n, 1, _rope), cos, sin).select(1, 0);
         }
         return (qNope, qRope, cat([cKV, kRope], 1));
+    }
+
+    /// <summary>
+    /// <see cref="Project"/> without query compression, float32 with the row kernels: after the fused matmul, one C#
+    /// pass normalises c_KV into the latent row and rotates every RoPE input (H query heads and k_R) straight out of
+    /// the projection's rows, as <see cref="YarnRope.Apply"/> computes it (x·cos + halves-swapped x·signed sin), row by
+    /// row: the same bits in decode and prefill. Replaces a copy, the norm, five RoPE ops and a <c>cat</c>.
+    /// </summary>
+    unsafe (Tensor QNope, Tensor QRope, Tensor Latent) ProjectInPlace(Tensor x, Tensor cos, Tensor sin)
+    {
+        long n = x.shape[0];
+        var fused = _qkvA.Forward(x, _qkvABias).contiguous();          // [N, H*nope | kvr | H*rope | rope]
+        long width = fused.shape[1], qRows = (long)_heads * _nope, latentDim = _kvLoraRank + _rope;
+        var latent = empty(n, latentDim, ScalarType.Float32);          // [N, c_KV normed | k_R rotated]
+        var qRope = empty(n, _heads, _rope, ScalarType.Float32);       // [N, H, rope] rotated
+        var c = cos.contiguous();
+        var s = sin.contiguous();
+        if (c.shape[0] != n || c.NumberOfElements != n * _rope || s.NumberOfElements != n * _rope)
+            throw new ArgumentException("cos and sin need [N, 1, rope]");
+        float* f = TensorMemory.Pointer<float>(fused), lat = TensorMemory.Pointer<float>(latent), qr = TensorMemory.Pointer<float>(qRope);
+        float* cp = TensorMemory.Pointer<float>(c), sp = TensorMemory.Pointer<float>(s);
+        _kvANorm.ForwardRows(f + qRows, width, lat, latentDim, (int)n);
+        int half = _rope / 2;
+        for (long r = 0; r < n; r++)
+        {
+            float* ropeIn = f + r * width + qRows + _kvLoraRank, cr = cp + r * _rope, sr = sp + r * _rope;
+            for (int h = 0; h <= _heads; h++)
+            {
+                float* xin = ropeIn + (long)h * _rope;
+                float* y = h < _heads ? qr + (r * _heads + h) * _rope : lat + r * latentDim + _kvLoraRank;
+                for (int i = 0; i < _rope; i++)
+                    y[i] = xin[i] * cr[i] + xin[i < half ? i + half : i - half] * sr[i];
+            }
+        }
+        return (fused.narrow(1, 0, qRows).view(n, _heads, _nope), qRope, latent);
     }
 
     /// <summary>
@@ -206,6 +248,37 @@ public sealed class MlaAttention : IDisposable
         var outLatent = probs.bmm(cKV);                                  // [B, H, kvr]
         var output = outLatent.transpose(0, 1).bmm(_wUVt);               // [H, B, v]
         return output.transpose(0, 1).reshape(b, _heads * _v);
+    }
+
+    /// <summary>Whether <see cref="AttendDecode"/> can run: float32 weights and queries with the kernels on.</summary>
+    public bool DecodeKernel(Tensor qNope) => _decodeKernel && qNope.dtype == ScalarType.Float32;
+
+    /// <summary>
+    /// Decode attention for one query per sequence (as <see cref="AttendAbsorbedBatch"/>) over the cached rows where they
+    /// lie: <paramref name="pool"/> [rows, latent] float32, sequence b's position t at row <paramref name="rows"/>[b * tmax + t]
+    /// for t &lt; <paramref name="lengths"/>[b]. One C# call (<see cref="AbsorbedDecodeAttention"/>) instead of a gather and
+    /// about a dozen libtorch ops; each sequence is computed over its own positions only (the same bits alone or in any
+    /// batch). Returns [B, H*v].
+    /// </summary>
+    public Tensor AttendDecode(Tensor qNope, Tensor qRope, Tensor pool, long[] rows, int[] lengths, int tmax)
+    {
+        if (!DecodeKernel(qNope) || pool.dtype != ScalarType.Float32 || pool.shape[1] != _kvLoraRank + _rope)
+            throw new InvalidOperationException("the decode attention kernel takes float32 weights, queries and cache rows");
+        long b = qNope.shape[0];
+        var qn = qNope.contiguous();
+        var qr = qRope.contiguous();
+        var output = empty(b, (long)_heads * _v, ScalarType.Float32);
+        long capacity = pool.shape[0];
+        for (int i = 0; i < lengths.Length; i++)
+            for (int t = 0; t < lengths[i]; t++)
+                if ((ulong)rows[(long)i * tmax + t] >= (ulong)capacity) throw new ArgumentOutOfRangeException(nameof(rows), "a cache row lies outside the pool");
+        unsafe
+        {
+            AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(pool),
+                rows, lengths, tmax, TensorMemory.Pointer<float>(_wUK), TensorMemory.Pointer<float>(_wUVt),
+                _heads, _nope, _rope, _kvLoraRank, _v, _softmaxScaleFloat, TensorMemory.Pointer<float>(output));
+        }
+        return output;
     }
 
     Tensor CausalSoftmax(Tensor scores, int start, long n, long t)

@@ -34,8 +34,12 @@ public sealed class MoeGate : IDisposable
 
     public long Bytes => _weight.Bytes;
 
-    public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true)
+    readonly bool _routeInCSharp;
+
+    /// <param name="rowKernels">with <paramref name="useKernels"/>: greedy routing runs in C# (<see cref="RouteOnRows"/>)</param>
+    public MoeGate(Tensor weight, ModelConfig config, bool useKernels = true, bool rowKernels = true)
     {
+        _routeInCSharp = useKernels && rowKernels;
         _c = config;
         _routedScaling = config.RoutedScalingFactor.ToScalar();
         _tiny = 1e-20.ToScalar();
@@ -52,6 +56,9 @@ public sealed class MoeGate : IDisposable
     public Routing Route(Tensor x, DeviceLimit? limit = null)
     {
         using var scope = NewDisposeScope();
+        bool unlimited = limit is not { } dl || dl.MaxGroups >= dl.Groups;
+        if (_routeInCSharp && _c.TopkMethod != "group_limited_greedy" && unlimited)
+            return RouteOnRows(_weight.Forward(x.to(ScalarType.Float32)));
         var scores = Scores(x);
         long n = scores.shape[0], e = scores.shape[1];
         var candidates = scores;
@@ -67,6 +74,46 @@ public sealed class MoeGate : IDisposable
         return new Routing((int)n, _c.NumExpertsPerTok,
             ids.to(ScalarType.Int32).data<int>().ToArray(),
             weights.to(ScalarType.Float32).data<float>().ToArray());
+    }
+
+    /// <summary>
+    /// Greedy top-K over the gate's logits [N, E] in C#, row by row: the softmax affinities (max subtracted, float32), the K
+    /// largest in descending order (the lower expert id first on a tie), then normalised (norm_topk_prob) or scaled by
+    /// routed_scaling_factor, as <see cref="Route"/>'s libtorch form computes them; one pass instead of ~8 libtorch calls.
+    /// </summary>
+    unsafe Routing RouteOnRows(Tensor logits)
+    {
+        var rows = logits.contiguous();
+        int n = (int)rows.shape[0], e = (int)rows.shape[1], k = _c.NumExpertsPerTok;
+        var ids = new int[n * k];
+        var weights = new float[n * k];
+        var affinity = new float[e];
+        bool normalise = k > 1 && _c.NormTopkProb;
+        float scaling = (float)_c.RoutedScalingFactor;
+        float* l = Kernels.TensorMemory.Pointer<float>(rows);
+        for (int t = 0; t < n; t++)
+        {
+            float* row = l + (long)t * e;
+            float max = float.NegativeInfinity;
+            for (int i = 0; i < e; i++) max = Math.Max(max, row[i]);
+            float sum = 0;
+            for (int i = 0; i < e; i++) sum += affinity[i] = MathF.Exp(row[i] - max);
+            for (int i = 0; i < e; i++) affinity[i] /= sum;
+            float chosen = 0;
+            for (int j = 0; j < k; j++)
+            {
+                int best = -1;
+                for (int i = 0; i < e; i++)
+                    if (!float.IsNegativeInfinity(affinity[i]) && (best < 0 || affinity[i] > affinity[best])) best = i;
+                ids[t * k + j] = best;
+                weights[t * k + j] = affinity[best];
+                chosen += affinity[best];
+                affinity[best] = float.NegativeInfinity;
+            }
+            for (int j = 0; j < k; j++)
+                weights[t * k + j] = normalise ? weights[t * k + j] / (chosen + 1e-20f) : weights[t * k + j] * scaling;
+        }
+        return new Routing(n, k, ids, weights);
     }
 
     /// <summary>Zeroes the affinities outside the <paramref name="keep"/> groups whose best expert scores highest.</summary>

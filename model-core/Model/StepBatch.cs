@@ -27,14 +27,18 @@ public sealed class StepBatch : IDisposable
     public Tensor Positions { get; }     // [N]
     public long MaxPosition { get; }
     public Tensor WriteRows { get; }     // [N] cache rows of the new tokens
+    public long[] WriteRowIds { get; }   // the same rows as numbers
     public Tensor?[] ChunkCacheRows { get; } // per multi-token chunk: cache rows of positions [0, start + n)
 
     // Single-token chunks, attended together in the absorbed form.
     public int[] DecodeChunks { get; }
     public Tensor? DecodeRows { get; }   // [B] hidden rows
     public Tensor? DecodeGather { get; } // [B * Tmax] cache rows, padded
+    public long[] DecodeGatherRows { get; } = []; // the same rows as numbers (padding rows 0)
     public Tensor? DecodeMaskedOut { get; } // [B, 1, Tmax] true at padding positions; null when every sequence fills Tmax
     public long DecodeTmax { get; }
+    /// <summary>[B] cached positions of each decode sequence once this step's token is written (its position + 1).</summary>
+    public int[] DecodeLengths { get; } = [];
     /// <summary>Every chunk is a single-token decode chunk: hidden rows and decode rows coincide (0..B-1), so attention needs no scatter.</summary>
     public bool AllDecode { get; }
 
@@ -64,7 +68,8 @@ public sealed class StepBatch : IDisposable
         Rows = row;
         Positions = Keep(tensor(positions.ToArray(), ScalarType.Int64));
         MaxPosition = positions.Count == 0 ? 0 : positions.Max();
-        WriteRows = Keep(tensor(writeRows.ToArray(), ScalarType.Int64));
+        WriteRowIds = writeRows.ToArray();
+        WriteRows = Keep(tensor(WriteRowIds, ScalarType.Int64));
         DecodeChunks = decode.ToArray();
         if (decode.Count > 0)
         {
@@ -80,7 +85,9 @@ public sealed class StepBatch : IDisposable
                 for (long t = length; t < tmax; t++) { maskedOut[b * tmax + t] = true; padded = true; }
             }
             DecodeTmax = tmax;
+            DecodeLengths = decode.Select(i => Starts[i] + 1).ToArray();
             DecodeRows = Keep(tensor(decode.Select(i => (long)Offsets[i]).ToArray(), ScalarType.Int64));
+            DecodeGatherRows = gather;
             DecodeGather = Keep(tensor(gather, ScalarType.Int64));
             if (padded) DecodeMaskedOut = Keep(tensor(maskedOut, [decode.Count, 1, tmax]));
             AllDecode = decode.Count == chunks.Count;

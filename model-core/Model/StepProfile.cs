@@ -11,6 +11,11 @@ public sealed class StepProfile
     public const string Embed = "embed", Attention = "attention", Gate = "gate", SharedExperts = "shared_experts",
         DenseMlp = "dense_mlp", RoutedExperts = "routed_experts", Logits = "logits";
 
+    /// <summary>Finer phases inside <see cref="Attention"/> (decode steps; counted within it) and after it.</summary>
+    public const string AttentionNorm = "attention.norm", AttentionProject = "attention.project", AttentionCache = "attention.cache",
+        AttentionScores = "attention.scores", AttentionOutput = "attention.o_proj", Residual = "attention.residual",
+        FfnNorm = "ffn_norm", Fold = "fold_routed";
+
     readonly Dictionary<string, TimeSpan> _time = new();
 
     public IReadOnlyDictionary<string, TimeSpan> Time => _time;

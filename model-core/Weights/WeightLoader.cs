@@ -27,6 +27,11 @@ public sealed class WeightLoader
     public WeightQuantization? Quantization { get; init; }
     /// <summary>Whether the linear weights it makes run Grid's C# kernels (<see cref="LinearWeight.UseKernels"/>).</summary>
     public bool Kernels { get; init; } = true;
+    /// <summary>Whether the decoder's small float32 steps (RMSNorm, the SwiGLU activation, greedy routing, decode attention
+    /// over cache rows in place) run C# over plain memory where <see cref="Kernels"/> is on (<see cref="Model.ModelLoadOptions.RowKernels"/>).</summary>
+    public bool RowKernels { get; init; } = true;
+    /// <summary><see cref="Kernels"/> and <see cref="RowKernels"/>.</summary>
+    public bool DecodeKernels => Kernels && RowKernels;
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all of them); the
     /// others stay in the compute dtype. For measuring where 8-bit error comes from (per-tensor ablation).</summary>
     public Func<string, bool>? Quantize { get; init; }
