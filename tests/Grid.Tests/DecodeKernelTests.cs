@@ -150,10 +150,12 @@ public class DecodeKernelTests
             using var kernels = new MoeGate(weight.clone().DetachFromDisposeScope(), c, useKernels: true);
             using var libtorch = new MoeGate(weight.clone().DetachFromDisposeScope(), c, useKernels: false);
             var x = Random([50, c.HiddenSize], 14);
+            // The gate's logits come from the batch-invariant GEMM (one fma chain per element in increasing k) in one and
+            // libtorch's matmul in the other: the same routing, weights equal up to the two summation orders' rounding.
             var a = kernels.Route(x);
             var b = libtorch.Route(x);
             Assert.Equal(b.ExpertIds, a.ExpertIds);
-            for (int i = 0; i < a.Weights.Length; i++) Assert.True(Math.Abs(a.Weights[i] - b.Weights[i]) < 1e-6 * Math.Max(1, Math.Abs(b.Weights[i])) * 4, $"weight {i}: {a.Weights[i]} vs {b.Weights[i]}");
+            for (int i = 0; i < a.Weights.Length; i++) Assert.True(Math.Abs(a.Weights[i] - b.Weights[i]) < 3e-5 * Math.Max(1, Math.Abs(b.Weights[i])), $"weight {i}: {a.Weights[i]} vs {b.Weights[i]}");
         }
     }
 
