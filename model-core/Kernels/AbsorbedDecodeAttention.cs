@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace Grid.ModelCore.Kernels;
 
 /// <summary>
@@ -22,6 +23,7 @@ public static unsafe class AbsorbedDecodeAttention
     /// <param name="wUK">[H, nope, kvr]</param>
     /// <param name="wUVt">[H, kvr, v]</param>
     /// <param name="output">[B, H*v]</param>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(float* qNope, float* qRope, float* pool, long[] rows, int[] lengths, int tmax, float* wUK, float* wUVt,
         int heads, int nope, int rope, int kvr, int v, float scale, float* output)
     {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Grid.ModelCore.Kernels;
@@ -28,6 +29,7 @@ public static unsafe class GroupedExperts
     /// For every expert in <paramref name="work"/>: output[token] += weight * down(silu(gate(x[token])) * up(x[token])),
     /// x [N, d] and output [N, d] float32, row-major.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(IReadOnlyList<ExpertWork> work, float* x, int d, float* output)
     {
         if (work.Count == 0) return;

@@ -90,6 +90,7 @@ public static unsafe class InvariantGemm
 
     /// <summary>Output rows [m0, m1) x columns [n0, n1) of <paramref name="job"/> on this thread through <paramref name="path"/>
     /// (which the CPU must support). Loops: K blocks, then the panels of [n0, n1), then tiles of up to six input rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Rows(in MatmulJob job, int m0, int m1, int n0, int n1, GemmPath path)
     {
         if (m0 >= m1 || n0 >= n1) return;
@@ -126,6 +127,7 @@ public static unsafe class InvariantGemm
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Tile(GemmPath path, int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate)
     {
         switch (path)
@@ -170,6 +172,7 @@ public static unsafe class InvariantGemm
 
     /// <summary>TRows.Count input rows (<paramref name="xs"/> floats apart) x one 32-wide panel for <paramref name="kc"/>
     /// values of k: per k, the panel row as two zmm and each row's x[m, k] broadcast, twelve accumulators at most.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Tile512<TRows>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows
     {
         int rows = TRows.Count;
@@ -209,6 +212,7 @@ public static unsafe class InvariantGemm
 
     /// <summary>TRows.Count input rows x 16 outputs of a panel (<paramref name="panel"/> points at the half; its rows
     /// stay 32 floats apart) on AVX2: the AVX-512 path's fused multiply-adds, eight lanes at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Tile256<TRows>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows
     {
         int rows = TRows.Count;
@@ -244,6 +248,7 @@ public static unsafe class InvariantGemm
     }
 
     /// <summary>The vector paths' arithmetic element by element, for CPUs without AVX2: the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ScalarTile(int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate)
     {
         for (int r = 0; r < rows; r++)

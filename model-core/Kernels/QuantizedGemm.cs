@@ -72,6 +72,7 @@ public static unsafe class QuantizedGemm
     static int InputBlocks(in MatmulJob job) => (job.M + BlockInputs - 1) / BlockInputs;
 
     /// <summary>Output rows [m0, m1) x columns [n0, n1) of the 8-bit <paramref name="job"/> on this thread.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Rows(in MatmulJob job, int m0, int m1, int n0, int n1)
     {
         var q = job.Quantized ?? throw new ArgumentException("an 8-bit job");
@@ -201,6 +202,7 @@ public static unsafe class QuantizedGemm
     /// tile repeats its last row and drops the duplicates), each chunk of sixteen codes decoded once, scaled by its
     /// block's scale and used for the R input rows. The block width is a multiple of 16, so a chunk lies in one block.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void RegisterTile<TCodes, TR>(in MatmulJob job, int m, int n, int count) where TCodes : struct, ICodes where TR : struct, IRows
     {
         var q = job.Quantized!;
@@ -279,6 +281,7 @@ public static unsafe class QuantizedGemm
     /// Input rows x[0..R) (rows <paramref name="xs"/> floats apart, <paramref name="k"/> long) against a dequantized panel
     /// of four weight rows (<paramref name="kp"/> floats apart, zero past k), results into y[r * ys + 0..count).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PanelTile<TR>(float* w, int kp, float* x, long xs, float* y, long ys, int count) where TR : struct, IRows
     {
         int k = (int)xs, full = k / Lanes * Lanes;
@@ -330,6 +333,7 @@ public static unsafe class QuantizedGemm
     }
 
     /// <summary><see cref="PanelTile{TR}"/> lane by lane: the same operations in the same order, for CPUs without AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ScalarPanelTile(float* w, int kp, float* x, long xs, int inputs, int k, float* y, long ys, int count)
     {
         float* lanes = stackalloc float[Lanes];

@@ -33,6 +33,7 @@ public static unsafe class RowKernels
         });
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void RmsNormRow(float* x, float* w, int d, float eps, float* y)
     {
         float inverse = 1f / MathF.Sqrt(SumOfSquares(x, d) / d + eps);
@@ -44,6 +45,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>Σ x[i]² over <see cref="Vector{T}"/> lanes (lane j sums i ≡ j), the tail as one more partial lane step, then the lanes in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float SumOfSquares(float* x, int n)
     {
         var acc = Vector<float>.Zero;
@@ -59,6 +61,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>Dot product of <paramref name="n"/> floats: <see cref="Vector{T}"/> lanes in increasing index, the lane sum, then the tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static float Dot(float* a, float* b, int n)
     {
         var acc = Vector<float>.Zero;
@@ -71,6 +74,7 @@ public static unsafe class RowKernels
     }
 
     /// <summary>y[i] += a * x[i] for i &lt; n.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Axpy(float a, float* x, float* y, int n)
     {
         var va = new Vector<float>(a);
@@ -99,6 +103,7 @@ public static unsafe class RowKernels
         });
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void SiluRow(float* gate, int inter, float* act)
     {
         float* up = gate + inter;
