@@ -58,24 +58,16 @@ public static unsafe class InvariantGemm
     {
         if (count == 0) return;
         var splits = new Split[count];
-        var firstItem = new int[count + 1];
         for (int j = 0; j < count; j++)
         {
             var job = jobs[j];
             if (job.Quantized is not null || job.Weights == null) throw new ArgumentException("the invariant GEMM takes packed float32 weights");
             if (job.M > 0) splits[j] = SplitOf(job);
-            firstItem[j + 1] = firstItem[j] + (job.M > 0 ? splits[j].Items : 0);
         }
-        int items = firstItem[count];
-        var itemJob = new int[items];
-        for (int j = 0; j < count; j++)
-            for (int i = firstItem[j]; i < firstItem[j + 1]; i++) itemJob[i] = j;
-        KernelParallel.For(items, item =>
+        KernelParallel.ForJobItems(count, j => jobs[j].M > 0 ? splits[j].Items : 0, (j, local) =>
         {
-            int j = itemJob[item];
             var job = jobs[j];
             var split = splits[j];
-            int local = item - firstItem[j];
             // Consecutive items share a block of input rows, which then stays in this core's L2.
             int m0 = local / split.Groups * split.BlockRows, n0 = local % split.Groups * split.GroupPanels * Panel;
             Rows(job, m0, Math.Min(job.M, m0 + split.BlockRows), n0, Math.Min(job.N, n0 + split.GroupPanels * Panel));

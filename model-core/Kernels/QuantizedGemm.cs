@@ -46,17 +46,10 @@ public static unsafe class QuantizedGemm
     public static void Run(MatmulJob[] jobs, int count)
     {
         if (count == 0) return;
-        var firstItem = new int[count + 1];
-        for (int j = 0; j < count; j++) firstItem[j + 1] = firstItem[j] + WeightBlocks(jobs[j]) * InputBlocks(jobs[j]);
-        int items = firstItem[count];
-        var itemJob = new int[items];
-        for (int j = 0; j < count; j++)
-            for (int i = firstItem[j]; i < firstItem[j + 1]; i++) itemJob[i] = j;
-        KernelParallel.For(items, item =>
+        KernelParallel.ForJobItems(count, j => WeightBlocks(jobs[j]) * InputBlocks(jobs[j]), (j, local) =>
         {
-            int j = itemJob[item];
             var job = jobs[j];
-            int local = item - firstItem[j], inputBlocks = InputBlocks(job), block = BlockWeightsFor(job);
+            int inputBlocks = InputBlocks(job), block = BlockWeightsFor(job);
             int n0 = local / inputBlocks * block, m0 = local % inputBlocks * BlockInputs;
             int n1 = Math.Min(job.N, n0 + block), m1 = Math.Min(job.M, m0 + BlockInputs);
             if (job.Quantized is null) InvariantGemm.Rows(job, m0, m1, n0, n1);

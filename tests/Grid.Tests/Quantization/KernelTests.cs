@@ -119,25 +119,34 @@ public class KernelTests
             // expert 0: tokens 0, 2, 4; expert 1: token 1; expert 2: tokens 0, 1, 2, 3, 4.
             long[][] rows = [[0, 2, 4], [1], [0, 1, 2, 3, 4]];
             float[][] weights = [[0.5f, 0.25f, 1f], [2f], [0.1f, 0.2f, 0.3f, 0.4f, 0.5f]];
-            var expected = zeros(tokens, d);
-            for (int e = 0; e < experts.Length; e++)
-            {
-                using var gu = experts[e].GateUp.Unpack();
-                using var dn = experts[e].Down.Unpack();
-                var index = tensor(rows[e]);
-                var h = linear(x.index_select(0, index), gu).chunk(2, -1);
-                var y = linear(silu(h[0]) * h[1], dn) * tensor(weights[e], [rows[e].Length, 1]);
-                expected.index_add_(0, index, y, 1.0);
-            }
-            var actual = zeros(tokens, d);
-            var work = experts.Select((ex, e) => new ExpertWork(ex.GateUp, ex.Down, rows[e].ToList(), weights[e].ToList())).ToList();
-            GroupedExperts.Run(work, TensorMemory.Pointer<float>(x), d, TensorMemory.Pointer<float>(actual));
-            Assert.True(MaxAbs(expected, actual) < 1e-3, $"max diff {MaxAbs(expected, actual)}");
-            Assert.True(actual.abs().sum().item<float>() > 1);
+            AssertGroupedExpertsMatchReference(experts, rows, weights, x, d);
         }
         finally
         {
             foreach (var (g, dn) in experts) { g.Dispose(); dn.Dispose(); }
         }
+    }
+
+    /// <summary>
+    /// <see cref="GroupedExperts.Run"/> over <paramref name="experts"/> (expert e gets the token rows <paramref name="rows"/>[e]
+    /// with routing weights <paramref name="weights"/>[e]) against libtorch on the unpacked (dequantized) weights.
+    /// </summary>
+    internal static unsafe void AssertGroupedExpertsMatchReference((LinearWeight GateUp, LinearWeight Down)[] experts, long[][] rows, float[][] weights, Tensor x, int d)
+    {
+        var expected = zeros(x.shape[0], d);
+        for (int e = 0; e < experts.Length; e++)
+        {
+            using var gu = experts[e].GateUp.Unpack();
+            using var dn = experts[e].Down.Unpack();
+            var index = tensor(rows[e]);
+            var h = linear(x.index_select(0, index), gu).chunk(2, -1);
+            var y = linear(silu(h[0]) * h[1], dn) * tensor(weights[e], [rows[e].Length, 1]);
+            expected.index_add_(0, index, y, 1.0);
+        }
+        var actual = zeros(x.shape[0], d);
+        var work = experts.Select((ex, e) => new ExpertWork(ex.GateUp, ex.Down, rows[e].ToList(), weights[e].ToList())).ToList();
+        GroupedExperts.Run(work, TensorMemory.Pointer<float>(x), d, TensorMemory.Pointer<float>(actual));
+        Assert.True(MaxAbs(expected, actual) < 1e-3, $"max diff {MaxAbs(expected, actual)}");
+        Assert.True(actual.abs().sum().item<float>() > 1);
     }
 }

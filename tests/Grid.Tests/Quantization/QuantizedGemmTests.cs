@@ -135,21 +135,7 @@ public class QuantizedGemmTests
         {
             long[][] rows = [Enumerable.Range(0, tokens).Select(t => (long)t).ToArray(), Enumerable.Range(0, tokens / 2).Select(t => (long)(2 * t)).ToArray()];
             float[][] weights = [rows[0].Select(t => 0.5f + t / 100f).ToArray(), rows[1].Select(t => 1f - t / 100f).ToArray()];
-            var expected = zeros(tokens, d);
-            for (int e = 0; e < experts.Length; e++)
-            {
-                using var gu = experts[e].GateUp.Quantized!.Dequantize();
-                using var dn = experts[e].Down.Quantized!.Dequantize();
-                var index = tensor(rows[e]);
-                var h = linear(x.index_select(0, index), gu).chunk(2, -1);
-                var y = linear(silu(h[0]) * h[1], dn) * tensor(weights[e], [rows[e].Length, 1]);
-                expected.index_add_(0, index, y, 1.0);
-            }
-            var actual = zeros(tokens, d);
-            var work = experts.Select((ex, e) => new ExpertWork(ex.GateUp, ex.Down, rows[e].ToList(), weights[e].ToList())).ToList();
-            GroupedExperts.Run(work, TensorMemory.Pointer<float>(x), d, TensorMemory.Pointer<float>(actual));
-            Assert.True(MaxAbs(expected, actual) < 1e-3, $"max diff {MaxAbs(expected, actual)}");
-            Assert.True(actual.abs().sum().item<float>() > 1);
+            KernelTests.AssertGroupedExpertsMatchReference(experts, rows, weights, x, d);
         }
         finally
         {
