@@ -150,11 +150,9 @@ public sealed class DeepseekV2Model : IDisposable
             if (r.First < 0 || r.Count < 1 || r.End > config.NRoutedExperts)
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
-        HeapTrim.MapLargeBlocks(1 << 20);
+        using var heapPolicy = HeapTrim.LoadScope();
         var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, RowKernels = options.RowKernels, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
-        var model = new DeepseekV2Model(config, options, loader, ranges);
-        HeapTrim.Return();   // the load's transient buffers
-        return model;
+        return new DeepseekV2Model(config, options, loader, ranges);
     }
 
     /// <summary>
@@ -178,6 +176,7 @@ public sealed class DeepseekV2Model : IDisposable
             throw new ArgumentException($"expert group {range} lies outside the {Config.NRoutedExperts} routed experts");
         if (_expertGroups.FirstOrDefault(g => g.Range.First < range.End && range.First < g.Range.End) is { } overlap)
             throw new ArgumentException($"expert group {range} overlaps the group {overlap.Range} this host already holds");
+        using var heapPolicy = HeapTrim.LoadScope();
         using var scope = NewDisposeScope();
         var loader = new WeightLoader(checkpoint, Config, Dtype, s => s.Expert is int e && range.Contains(e), progress) { Quantization = Quantization, Kernels = UseKernels, RowKernels = RowKernels };
         var experts = new Experts(loader, range);   // its tensors belong to no dispose scope: the model owns them

@@ -47,7 +47,7 @@ public static class KernelBench
         c.MatmulGflops = gflops;
         c.Log($"matmul (higher of two medians): {gflops:F1} GFLOP/s");
         double efficiency = prefill.Gflops / gflops;
-        c.Log($"prefill: {prefill.TokensPerSecond:F1} tok/s, {prefill.Gflops:F1} GFLOP/s = {efficiency:P0} of matmul");
+        c.Log($"prefill: {prefill.TokensPerSecond:F1} tok/s, {prefill.Gflops:F1} GFLOP/s = {efficiency:P0} of matmul, {prefill.MinorFaults:F0} minor page faults per prefill");
         s.Data["matmul_gflops"] = Num(gflops, 2);
         s.Data["prefill"] = new JsonObject
         {
@@ -56,6 +56,7 @@ public static class KernelBench
             ["tokens_per_second"] = Num(prefill.TokensPerSecond, 2),
             ["gflops"] = Num(prefill.Gflops, 2),
             ["fraction_of_matmul"] = Num(efficiency),
+            ["minor_faults_per_prefill"] = Num(prefill.MinorFaults, 0),
         };
 
         GemmShapes(c, s, gflops, model.Config);

@@ -78,22 +78,38 @@ public static class ModelCoreBench
         return 2 * macs;
     }
 
-    public sealed record PrefillResult(int Tokens, double Seconds, double TokensPerSecond, double Gflops);
+    /// <param name="MinorFaults">Page faults per timed prefill (/proc/self/stat): pages of freshly mapped memory touched.</param>
+    public sealed record PrefillResult(int Tokens, double Seconds, double TokensPerSecond, double Gflops, double MinorFaults);
+
+    /// <summary>This process's minor page faults so far (Linux; 0 elsewhere).</summary>
+    public static long MinorFaults()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        var stat = File.ReadAllText("/proc/self/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return long.Parse(fields[7], System.Globalization.CultureInfo.InvariantCulture);   // field 10, minflt
+    }
 
     public static PrefillResult Prefill(DeepseekV2Model model, int tokens, int reps)
     {
         var prompt = Prompt(model.Config, tokens);
         var times = new List<double>();
+        long faults = 0;
         for (int i = 0; i < reps + 1; i++)
         {
             var seq = model.Cache!.Create();
+            long faultsBefore = MinorFaults();
             var sw = Stopwatch.StartNew();
             using (model.Forward([new SequenceChunk(seq, prompt)])) { }
-            if (i > 0) times.Add(sw.Elapsed.TotalSeconds); // the first run warms up
+            if (i > 0) // the first run warms up
+            {
+                times.Add(sw.Elapsed.TotalSeconds);
+                faults += MinorFaults() - faultsBefore;
+            }
             model.Cache.Release(seq);
         }
         double s = Median(times);
-        return new PrefillResult(tokens, s, tokens / s, PrefillFlops(model.Config, tokens) / s / 1e9);
+        return new PrefillResult(tokens, s, tokens / s, PrefillFlops(model.Config, tokens) / s / 1e9, (double)faults / reps);
     }
 
     public sealed record DecodeResult(int Batch, int Context, int Steps, double Seconds, double TokensPerSecond, Dictionary<string, double> SplitMs)
