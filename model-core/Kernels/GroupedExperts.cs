@@ -38,6 +38,7 @@ public static unsafe class GroupedExperts
         {
             int n = w.Tokens.Count, inter = w.Down.Cols;
             if (w.GateUp.Cols != d || w.Down.Rows != d || w.GateUp.Rows != 2 * inter) throw new ArgumentException("expert weights do not match the hidden size");
+            if (inter != work[0].Down.Cols) throw new ArgumentException("the experts of one call need one intermediate size");
             inputs += (long)n * d;
             hidden += (long)n * 2 * inter;
             acts += (long)n * inter;
@@ -64,34 +65,14 @@ public static unsafe class GroupedExperts
                 oe += (long)n * d;
             }
             RunJobs(gateUpJobs, work.Count);
-            he = hs;
-            ae = actsPtr;
-            foreach (var w in work)
-            {
-                int n = w.Tokens.Count, inter = w.Down.Cols;
-                for (int t = 0; t < n; t++)
-                {
-                    float* gate = he + (long)t * 2 * inter, up = gate + inter, act = ae + (long)t * inter;
-                    for (int i = 0; i < inter; i++)
-                    {
-                        float g = gate[i];
-                        act[i] = g / (1f + MathF.Exp(-g)) * up[i];
-                    }
-                }
-                he += (long)n * 2 * inter;
-                ae += (long)n * inter;
-            }
+            // The experts' gate/up rows lie one after another, [rows of all experts, 2 * inter], and so do their activations.
+            RowKernels.SiluTimesUp(hs, work[0].Down.Cols, actsPtr, (int)(acts / work[0].Down.Cols));
             RunJobs(downJobs, work.Count);
             oe = outs;
             foreach (var w in work)
             {
                 for (int t = 0; t < w.Tokens.Count; t++)
-                {
-                    var dst = new Span<float>(output + w.Tokens[t] * d, d);
-                    var src = new ReadOnlySpan<float>(oe + (long)t * d, d);
-                    float weight = w.Weights[t];
-                    for (int i = 0; i < d; i++) dst[i] += weight * src[i];
-                }
+                    RowKernels.Axpy(w.Weights[t], oe + (long)t * d, output + w.Tokens[t] * d, d);
                 oe += (long)w.Tokens.Count * d;
             }
         }

@@ -103,16 +103,30 @@ public static unsafe class RowKernels
         });
     }
 
+    /// <summary>
+    /// One row: <see cref="Vector.Exp(Vector{float})"/> over whole vectors, and the tail through one zero-padded vector,
+    /// so every element goes through the same function wherever it lies.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void SiluRow(float* gate, int inter, float* act)
     {
         float* up = gate + inter;
-        for (int i = 0; i < inter; i++)
-        {
-            float g = gate[i];
-            act[i] = g / (1f + MathF.Exp(-g)) * up[i];
-        }
+        int i = 0;
+        for (; i <= inter - Vector<float>.Count; i += Vector<float>.Count)
+            Store(act + i, Silu(Load(gate + i)) * Load(up + i));
+        if (i == inter) return;
+        int tail = inter - i;
+        float* padded = stackalloc float[Vector<float>.Count];
+        new Span<float>(padded, Vector<float>.Count).Clear();
+        Buffer.MemoryCopy(gate + i, padded, tail * sizeof(float), tail * sizeof(float));
+        var silu = Silu(Load(padded));
+        Store(padded, silu);
+        for (int j = 0; j < tail; j++) act[i + j] = padded[j] * up[i + j];
     }
+
+    /// <summary>silu(g) = g / (1 + e^-g), lane by lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector<float> Silu(Vector<float> g) => g / (Vector<float>.One + Vector.Exp(-g));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector<float> Load(float* p) => Unsafe.ReadUnaligned<Vector<float>>(p);
