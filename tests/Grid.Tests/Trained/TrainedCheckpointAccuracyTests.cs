@@ -1,0 +1,155 @@
+using Grid.ModelCore.Cache;
+using Grid.ModelCore.Evaluation;
+using Grid.ModelCore.Kernels;
+using Grid.ModelCore.Model;
+using Grid.ModelCore.Weights;
+using Grid.Trainer;
+using Xunit;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn.functional;
+
+namespace Grid.Tests.Trained;
+
+/// <summary>
+/// Issue 13's accuracy goals on a model that has learned something (tests/fixtures/trained_lite, lite_f32's architecture
+/// trained on text), teacher-forced against float32 over held-out text: 8-bit weights mean KL ≤ 2e-3 nats/token and
+/// top-1 agreement ≥ 98%, 8-bit latent cache mean KL ≤ 1e-3. Where a goal is not met the measured level with a ~2x
+/// margin is asserted (<see cref="NotMet"/>), so a regression still fails. The random goldens miss them for reasons
+/// that training removes: near-tied router scores and flat next-token distributions (<see cref="TrainingWidensTheRoutingAndTop1Margins"/>).
+/// </summary>
+public class TrainedCheckpointAccuracyTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    const double WeightKlGoal = 2e-3, WeightTop1Goal = 0.98, CacheKlGoal = 1e-3;
+
+    /// <summary>Options whose goal the trained checkpoint does not meet: the measured mean KL and top-1 with a margin.</summary>
+    static readonly Dictionary<string, (double Kl, double Top1)> NotMet = new()
+    {
+    };
+
+    /// <summary>Six held-out windows of 128 tokens spread over the corpus: half prefilled, the rest decoded one token per step.</summary>
+    static readonly List<int[]> Sequences = TrainedFixture.Spread(6);
+
+    static ComparisonResult Compare(ModelLoadOptions candidateOptions, string? candidateDir = null)
+    {
+        using var noGrad = no_grad();
+        using var reference = DeepseekV2Model.Load(TrainedFixture.Dir);
+        using var candidate = DeepseekV2Model.Load(candidateDir ?? TrainedFixture.Dir, candidateOptions);
+        return TeacherForcedComparison.Compare(reference, candidate, Sequences, prefill: Sequences.Min(s => s.Length) / 2);
+    }
+
+    void Check(string name, ComparisonResult r, double klGoal, double? top1Goal)
+    {
+        output.WriteLine($"trained_lite {name}: mean KL {r.MeanKl:E3} nats/token (max {r.MaxKl:E2}), top-1 {r.Top1Agreement:P2}, max top-5 logprob diff {r.MaxTop5LogprobDiff:F4} over {r.Positions} positions");
+        Assert.True(r.Positions >= 700, $"only {r.Positions} positions compared");
+        Assert.True(r.MeanKl > 0, $"{name}: exactly the float32 numbers: nothing was rounded");
+        var (kl, top1) = NotMet.TryGetValue(name, out var measured) ? measured : (klGoal, top1Goal ?? 0);
+        Assert.True(r.MeanKl <= kl, $"{name}: mean KL {r.MeanKl:E3} above {(kl == klGoal ? "the goal" : "the measured level")} {kl:E1}");
+        Assert.True(r.Top1Agreement >= top1, $"{name}: top-1 agreement {r.Top1Agreement:P2} below {(top1 == top1Goal ? "the goal" : "the measured level")} {top1:P1}");
+    }
+
+    [Theory]
+    [InlineData("Int8")]
+    [InlineData("Fp8")]
+    public void EightBitWeightsOnTheTrainedCheckpoint(string format)
+    {
+        var quantization = format == "Int8" ? WeightQuantization.Int8 : WeightQuantization.Fp8;
+        Check(format, Compare(new ModelLoadOptions { Quantization = quantization }), WeightKlGoal, WeightTop1Goal);
+    }
+
+    [Theory]
+    [InlineData(KvCacheDtype.Int8)]
+    [InlineData(KvCacheDtype.Fp8)]
+    public void EightBitLatentCacheOnTheTrainedCheckpoint(KvCacheDtype kv) =>
+        Check("kv " + kv, Compare(new ModelLoadOptions { KvCacheDtype = kv }), CacheKlGoal, null);
+
+    /// <summary>The float32 checkpoint with every weight rounded to bfloat16 (what real DeepSeek-V2 checkpoints ship in):
+    /// the floor any 8-bit format is measured against; on the trained model it meets the weight goals.</summary>
+    [Fact]
+    public void Bf16RoundingOfTheTrainedWeights()
+    {
+        var bf16 = ModelTestKit.Rewrite(TrainedFixture.Dir, "trained-bf16", StorageDtype.BF16, shards: 1);
+        Check("bf16", Compare(new ModelLoadOptions(), bf16), WeightKlGoal, WeightTop1Goal);
+    }
+
+    /// <summary>
+    /// The mechanism: on the held-out windows, the median gap between the K-th and (K+1)-th gate affinity (the margin an
+    /// expert choice has before a perturbation flips it) and the median gap between the two largest logits (the margin of
+    /// the top-1 token), on the trained checkpoint and on the random lite_f32 with the same architecture, computed with
+    /// the trainer's forward (equal to model-core's, see <see cref="TrainedCheckpointTests"/>).
+    /// </summary>
+    [Fact]
+    public void TrainingWidensTheRoutingAndTop1Margins()
+    {
+        var trained = Margins(TrainedFixture.Dir);
+        var random = Margins(Golden.Dir("lite_f32"));
+        output.WriteLine($"median gate margin (K-th minus (K+1)-th affinity): trained {trained.Gate:E3}, random lite_f32 {random.Gate:E3} ({trained.Gate / random.Gate:F1}x)");
+        output.WriteLine($"median top-1 minus top-2 logit: trained {trained.Logit:F4}, random lite_f32 {random.Logit:F4} ({trained.Logit / random.Logit:F1}x)");
+        output.WriteLine($"median top-1 probability: trained {trained.Top1Probability:F3}, random lite_f32 {random.Top1Probability:F3}");
+        double trainedFlips = Int8RoutingFlips(TrainedFixture.Dir), randomFlips = Int8RoutingFlips(Golden.Dir("lite_f32"));
+        output.WriteLine($"(token, MoE layer) pairs whose experts change under int8 weights: trained {trainedFlips:P2}, random lite_f32 {randomFlips:P2}");
+        Assert.True(trained.Gate > 2 * random.Gate, $"gate margin trained {trained.Gate:E3} vs random {random.Gate:E3}");
+        Assert.True(trained.Logit > 2 * random.Logit, $"logit margin trained {trained.Logit:F4} vs random {random.Logit:F4}");
+    }
+
+    /// <summary>Share of (token, MoE layer) pairs of the held-out windows whose set of chosen experts differs between
+    /// float32 and int8 weights (prefill, model-core's routing).</summary>
+    static double Int8RoutingFlips(string dir)
+    {
+        var windows = TrainedFixture.Spread(12);
+        using var noGrad = no_grad();
+        using var f32 = DeepseekV2Model.Load(dir);
+        using var int8 = DeepseekV2Model.Load(dir, new ModelLoadOptions { Quantization = WeightQuantization.Int8 });
+        int pairs = 0, flips = 0;
+        foreach (var w in windows)
+        {
+            var (a, b) = (Route(f32, w), Route(int8, w));
+            foreach (var layer in a.Keys)
+                for (int t = 0; t < a[layer].Tokens; t++)
+                {
+                    pairs++;
+                    var chosen = Enumerable.Range(0, a[layer].TopK).Select(j => a[layer].Expert(t, j)).Order();
+                    if (!chosen.SequenceEqual(Enumerable.Range(0, b[layer].TopK).Select(j => b[layer].Expert(t, j)).Order())) flips++;
+                }
+        }
+        return (double)flips / pairs;
+    }
+
+    static IReadOnlyDictionary<int, Routing> Route(DeepseekV2Model model, int[] window)
+    {
+        var seq = model.Cache!.Create();
+        using var o = model.Forward([new SequenceChunk(seq, window)], keepRouting: true);
+        model.Cache.Release(seq);
+        return o.Routing!;
+    }
+
+    static (double Gate, double Logit, double Top1Probability) Margins(string dir)
+    {
+        var windows = TrainedFixture.Spread(12);
+        using var noGrad = no_grad();
+        using var model = DeepseekV2Lm.Load(dir, maxPositions: windows.Max(w => w.Length));
+        var gate = new List<double>();
+        var logit = new List<double>();
+        var top1 = new List<double>();
+        int k = model.Config.NumExpertsPerTok;
+        foreach (var w in windows)
+        {
+            using var scope = NewDisposeScope();
+            var o = model.Forward(tensor(w.Select(t => (long)t).ToArray()).unsqueeze(0));
+            foreach (var scores in o.GateScores)
+            {
+                var sorted = scores.topk(k + 1, dim: -1).values;                                   // [S, K+1]
+                gate.AddRange((sorted.select(1, k - 1) - sorted.select(1, k)).data<float>().ToArray().Select(x => (double)x));
+            }
+            var best = o.Logits[0].topk(2, dim: -1).values;                                         // [S, 2]
+            logit.AddRange((best.select(1, 0) - best.select(1, 1)).data<float>().ToArray().Select(x => (double)x));
+            top1.AddRange(softmax(o.Logits[0], -1).amax([-1L]).data<float>().ToArray().Select(x => (double)x));
+        }
+        return (Median(gate), Median(logit), Median(top1));
+    }
+
+    static double Median(List<double> values)
+    {
+        values.Sort();
+        return values.Count % 2 == 1 ? values[values.Count / 2] : (values[values.Count / 2 - 1] + values[values.Count / 2]) / 2;
+    }
+}
