@@ -7,9 +7,10 @@ using static TorchSharp.torch.nn.functional;
 
 namespace Grid.Trainer;
 
-/// <summary>What one forward pass gives: logits [B, S, V], the MoE balance loss (sum over MoE layers) and, per MoE layer,
-/// the gate's softmax affinities [B*S, E].</summary>
-public sealed record LmOutput(Tensor Logits, Tensor BalanceLoss, IReadOnlyList<Tensor> GateScores);
+/// <summary>What one forward pass gives: logits [B, S, V], the MoE balance loss (sum over MoE layers), per MoE layer the
+/// gate's softmax affinities [B*S, E], and per layer the rows an MLA latent cache holds [B, S, kv_lora_rank + rope]:
+/// the normed c_KV and the rotated shared key k_R.</summary>
+public sealed record LmOutput(Tensor Logits, Tensor BalanceLoss, IReadOnlyList<Tensor> GateScores, IReadOnlyList<Tensor> Latents);
 
 /// <summary>
 /// A DeepSeek-V2 causal LM written for training with TorchSharp autograd, following the paper (arXiv 2405.04434) and the
@@ -96,10 +97,13 @@ public sealed class DeepseekV2Lm : IDisposable
         var h = W("model.embed_tokens.weight").index_select(0, ids.reshape(-1)).view(b, s, c.HiddenSize);  // [B, S, d]
         var balance = zeros(1, ScalarType.Float32);
         var gates = new List<Tensor>();
+        var latents = new List<Tensor>();
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
         {
             var p = TensorNames.Layer(layer);
-            h = h + Attention(p + ".self_attn", RmsNorm(h, p + ".input_layernorm.weight"));
+            var (attention, latent) = Attention(p + ".self_attn", RmsNorm(h, p + ".input_layernorm.weight"));
+            h = h + attention;
+            latents.Add(latent);
             var x = RmsNorm(h, p + ".post_attention_layernorm.weight");
             if (!c.IsMoeLayer(layer))
             {
@@ -113,7 +117,7 @@ public sealed class DeepseekV2Lm : IDisposable
         }
         h = RmsNorm(h, "model.norm.weight");
         var logits = matmul(h, W(c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight").t());  // [B, S, V]
-        return new LmOutput(logits, balance, gates);
+        return new LmOutput(logits, balance, gates, latents);
     }
 
     /// <summary>RMSNorm: x / sqrt(mean(x²) + eps) · g.</summary>
@@ -129,9 +133,10 @@ public sealed class DeepseekV2Lm : IDisposable
     /// <summary>
     /// Multi-head latent attention (§2.1): q = W_Q h (no query compression in this config), the latent
     /// c_KV = W_DKV h and the shared RoPE key k_R = RoPE(W_KR h) from one projection, k_C and v_C up-projected from
-    /// RMSNorm(c_KV), per head q = [q_C; RoPE(q_R)], k = [k_C; k_R], causal softmax attention, then W_O.
+    /// RMSNorm(c_KV), per head q = [q_C; RoPE(q_R)], k = [k_C; k_R], causal softmax attention, then W_O. Also returns
+    /// what a latent cache keeps per token: [RMSNorm(c_KV); RoPE(k_R)] [B, S, kv_lora_rank + rope].
     /// </summary>
-    Tensor Attention(string p, Tensor x)
+    (Tensor Output, Tensor Latent) Attention(string p, Tensor x)
     {
         var c = Config;
         long b = x.shape[0], s = x.shape[1];
@@ -142,7 +147,8 @@ public sealed class DeepseekV2Lm : IDisposable
         var compressed = Linear(x, W(p + ".kv_a_proj_with_mqa.weight"));                            // [B, S, r + rope]
         var latent = compressed.narrow(-1, 0, c.KvLoraRank);
         var kRope = compressed.narrow(-1, c.KvLoraRank, rope).view(b, 1, s, rope);                   // one key for all heads
-        var kv = Linear(RmsNorm(latent, p + ".kv_a_layernorm.weight"), W(p + ".kv_b_proj.weight"))
+        var normed = RmsNorm(latent, p + ".kv_a_layernorm.weight");                                 // [B, S, r]
+        var kv = Linear(normed, W(p + ".kv_b_proj.weight"))
             .view(b, s, heads, nope + v).transpose(1, 2);                                             // [B, H, S, nope+v]
         var kNope = kv.narrow(-1, 0, nope);
         var value = kv.narrow(-1, nope, v);
@@ -156,7 +162,7 @@ public sealed class DeepseekV2Lm : IDisposable
         var future = ones(s, s, ScalarType.Bool).triu(1);
         var attn = softmax(scores.masked_fill(future, float.NegativeInfinity), -1);
         var o = matmul(attn, value).transpose(1, 2).reshape(b, s, heads * v);                         // [B, S, H*v]
-        return Linear(o, W(p + ".o_proj.weight"));
+        return (Linear(o, W(p + ".o_proj.weight")), cat([normed, kRope.select(1, 0)], -1));
     }
 
     /// <summary>The reference's RoPE: the checkpoint's interleaved pairs (x0, y0, x1, y1, ..) are regrouped into halves
