@@ -29,6 +29,13 @@ public sealed class DeepseekV2Lm : IDisposable
     /// <summary>Every parameter by its checkpoint name, in checkpoint order.</summary>
     public IReadOnlyDictionary<string, Parameter> Parameters => _p;
 
+    /// <summary>
+    /// Applied to the rows a latent cache holds ([B, S, kv_lora_rank + rope]: the normed c_KV and the rotated k_R) before
+    /// attention reads them, e.g. an 8-bit cache's round trip, for measurements; null reads them exactly. Every position
+    /// then reads rounded rows, its own included.
+    /// </summary>
+    public Func<Tensor, Tensor>? CacheRoundTrip { get; set; }
+
     readonly Dictionary<string, Parameter> _p = new();
     readonly Tensor _cos, _sin;          // [maxPositions, rope dim]: cat(freqs, freqs), times YaRN's cos/sin mscale
     readonly double _softmaxScale;
@@ -147,22 +154,23 @@ public sealed class DeepseekV2Lm : IDisposable
         var compressed = Linear(x, W(p + ".kv_a_proj_with_mqa.weight"));                            // [B, S, r + rope]
         var latent = compressed.narrow(-1, 0, c.KvLoraRank);
         var kRope = compressed.narrow(-1, c.KvLoraRank, rope).view(b, 1, s, rope);                   // one key for all heads
-        var normed = RmsNorm(latent, p + ".kv_a_layernorm.weight");                                 // [B, S, r]
-        var kv = Linear(normed, W(p + ".kv_b_proj.weight"))
+        var cos = _cos.narrow(0, 0, s);
+        var sin = _sin.narrow(0, 0, s);
+        var cached = cat([RmsNorm(latent, p + ".kv_a_layernorm.weight"), ApplyRope(kRope, cos, sin).select(1, 0)], -1);  // [B, S, r + rope]
+        var read = CacheRoundTrip?.Invoke(cached) ?? cached;
+        var kv = Linear(read.narrow(-1, 0, c.KvLoraRank), W(p + ".kv_b_proj.weight"))
             .view(b, s, heads, nope + v).transpose(1, 2);                                             // [B, H, S, nope+v]
         var kNope = kv.narrow(-1, 0, nope);
         var value = kv.narrow(-1, nope, v);
-        var cos = _cos.narrow(0, 0, s);
-        var sin = _sin.narrow(0, 0, s);
         qRope = ApplyRope(qRope, cos, sin);
-        kRope = ApplyRope(kRope, cos, sin).expand(b, heads, s, rope);
+        kRope = read.narrow(-1, c.KvLoraRank, rope).unsqueeze(1).expand(b, heads, s, rope);
         var query = cat([qNope, qRope], -1);
         var key = cat([kNope, kRope], -1);
         var scores = matmul(query, key.transpose(-2, -1)) * _softmaxScale;                           // [B, H, S, S]
         var future = ones(s, s, ScalarType.Bool).triu(1);
         var attn = softmax(scores.masked_fill(future, float.NegativeInfinity), -1);
         var o = matmul(attn, value).transpose(1, 2).reshape(b, s, heads * v);                         // [B, S, H*v]
-        return (Linear(o, W(p + ".o_proj.weight")), cat([normed, kRope.select(1, 0)], -1));
+        return (Linear(o, W(p + ".o_proj.weight")), cached);
     }
 
     /// <summary>The reference's RoPE: the checkpoint's interleaved pairs (x0, y0, x1, y1, ..) are regrouped into halves
