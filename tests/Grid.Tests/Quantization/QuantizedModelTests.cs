@@ -50,8 +50,8 @@ public class QuantizedModelTests
     {
         [("full_f32", "Int8")] = 5e-2,   // measured 2.5e-2, top-1 96.1%
         [("lite_f32", "Fp8")] = 5e-2, [("full_f32", "Fp8")] = 3e-1,
-        [("full_f32", "kv Int8")] = 2e-2,
-        [("lite_f32", "kv Fp8")] = 7e-3, [("full_f32", "kv Fp8")] = 9e-2,
+        [("full_f32", "kv Int8")] = 1e-2,   // measured 4.0e-3 (1.05e-2 before k_R was kept in float16)
+        [("lite_f32", "kv Fp8")] = 7e-3, [("full_f32", "kv Fp8")] = 7e-2,   // measured 2.9e-3 and 3.1e-2
     };
 
     /// <summary>
@@ -154,15 +154,15 @@ public class QuantizedModelTests
     [Theory]
     [InlineData(KvCacheDtype.Int8)]
     [InlineData(KvCacheDtype.Fp8)]
-    public void EightBitLatentRowsTakeCodesPlusTwoScales(KvCacheDtype kv)
+    public void EightBitLatentRowsTakeCodesAFloat16RopeKeyAndTwoScales(KvCacheDtype kv)
     {
         using var model = DeepseekV2Model.Load(Golden.Dir("full_f32"), new ModelLoadOptions { KvCacheDtype = kv });
         var c = model.Config;
         var cache = model.Cache!;
-        Assert.Equal((long)(c.LatentDim + 8) * c.NumHiddenLayers, cache.BytesPerToken);
+        Assert.Equal((long)(c.KvLoraRank + 2 * c.QkRopeHeadDim + 8) * c.NumHiddenLayers, cache.BytesPerToken);
         using var f32 = DeepseekV2Model.Load(Golden.Dir("full_f32"));
         Assert.Equal((long)c.LatentDim * 4 * c.NumHiddenLayers, f32.Cache!.BytesPerToken);
-        // A row round-trips within half a code step of each part's scale.
+        // A row round-trips within half a code step of c_KV's scale, and k_R within float16's half-ulp of its absmax.
         using var scope = NewDisposeScope();
         var latents = randn(5, c.LatentDim);
         var seq = cache.Create();
@@ -177,7 +177,7 @@ public class QuantizedModelTests
             var original = latents.narrow(1, from, width);
             var error = (back.narrow(1, from, width) - original).abs().max().item<float>();
             var amax = original.abs().max().item<float>();
-            double bound = kv == KvCacheDtype.Int8 ? amax / 127 / 2 * 1.001 : amax / 16;
+            double bound = part == 1 ? amax * Math.Pow(2, -11) * 1.001 : kv == KvCacheDtype.Int8 ? amax / 127 / 2 * 1.001 : amax / 16;
             Assert.True(error <= bound, $"{kv} part {part}: error {error} above {bound}");
             Assert.True(error > 0);
         }

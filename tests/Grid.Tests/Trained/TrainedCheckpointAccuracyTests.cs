@@ -25,8 +25,7 @@ public class TrainedCheckpointAccuracyTests(Xunit.Abstractions.ITestOutputHelper
     static readonly Dictionary<string, (double Kl, double Top1)> NotMet = new()
     {
         ["Fp8"] = (2e-2, 0.92),      // measured 9.2e-3, top-1 95.3%
-        ["kv Int8"] = (4e-3, 0.96),  // measured 1.8e-3, top-1 98.2%
-        ["kv Fp8"] = (3e-2, 0.92),   // measured 1.5e-2, top-1 95.9%
+        ["kv Fp8"] = (6e-3, 0.95),   // measured 2.7e-3, top-1 97.4% (1.5e-2 and 95.9% with k_R in FP8 too)
     };
 
     /// <summary>Six held-out windows of 128 tokens spread over the corpus: half prefilled, the rest decoded one token per step.</summary>
@@ -98,7 +97,8 @@ public class TrainedCheckpointAccuracyTests(Xunit.Abstractions.ITestOutputHelper
     /// Where the 8-bit cache's error comes from: the trainer's forward with every cached row rounded as the int8 cache
     /// rounds it (absmax / 127 per token, c_KV and k_R scaled separately, half to even), one part at a time, and c_KV in
     /// int8 with k_R only rounded to bfloat16; prefill of 6 held-out windows, mean KL against exact rows. Every position reads rounded rows (its own too), so the totals are
-    /// a little above model-core's; what matters is the split and trained against random.
+    /// a little above model-core's; what matters is the split and trained against random. This is why the 8-bit cache keeps
+    /// k_R in float16 (<see cref="LatentRowCodec"/>).
     /// </summary>
     [Fact]
     public void WhereTheLatentCacheErrorComesFrom()
@@ -107,7 +107,7 @@ public class TrainedCheckpointAccuracyTests(Xunit.Abstractions.ITestOutputHelper
         var random = CacheAblation(Golden.Dir("lite_f32"));
         foreach (var part in trained.Keys)
             output.WriteLine($"int8 rows, {part}: mean KL trained {trained[part]:E2}, random lite_f32 {random[part]:E2}");
-        Assert.True(trained["both"] > 2 * random["both"], $"simulated int8 cache: trained {trained["both"]:E2}, random {random["both"]:E2} (model-core: 1.8e-3 and 3.0e-4)");
+        Assert.True(trained["both"] > 2 * random["both"], $"simulated int8 cache: trained {trained["both"]:E2}, random {random["both"]:E2} (model-core with k_R in int8 too, as before: 1.8e-3 and 3.0e-4)");
         Assert.True(trained["both"] < 5 * CacheKlGoal, $"simulated int8 cache on the trained model: {trained["both"]:E2}");
         // Measured: c_KV 5.5e-4, k_R 1.85e-3, both 1.82e-3 (random lite: 4.5e-4, 7.9e-5, 2.6e-4); k_R in bf16 9.1e-4.
         Assert.True(trained["k_R"] > 1.7 * trained["c_KV"], $"k_R's share: {trained["k_R"]:E2} against c_KV's {trained["c_KV"]:E2} (measured 3.4x)");
