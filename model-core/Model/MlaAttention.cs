@@ -117,9 +117,9 @@ public sealed class MlaAttention : IDisposable
             _wUVt = kvB.narrow(1, _nope, _v).transpose(1, 2).contiguous().DetachFromDisposeScope();
         }
         _dtype = kvBProj.dtype;
-        _kvBProj = LinearWeight.Create(kvBProj, WeightQuantization.None, w.Kernels);
+        _kvBProj = LinearWeight.Create(kvBProj, WeightQuantization.None, w.Kernels && w.PrefillAttentionKernel);
         _decodeKernel = w.DecodeKernels && _dtype == ScalarType.Float32;
-        _prefillKernel = w.Kernels && _kvBProj.IsFloat32;
+        _prefillKernel = w.Kernels && w.PrefillAttentionKernel && _kvBProj.IsFloat32;
     }
 
     /// <summary>
