@@ -33,6 +33,15 @@ public static unsafe class PrefillAttention
     const int Lanes = 16;
 
     [ThreadStatic] static float[]? t_packed;     // the calling thread's Kᵀ and V panels
+    [ThreadStatic] static float[]? t_expanded;   // the calling thread's expanded keys and values
+
+    /// <summary>A buffer of at least <paramref name="floats"/> floats for the expanded keys and values [T, H*(nope+v)],
+    /// reused by the calling thread's calls (no fresh pages per chunk): valid until this thread asks again.</summary>
+    public static float* ExpansionBuffer(long floats)
+    {
+        var buffer = t_expanded is { } b && b.LongLength >= floats ? b : t_expanded = GC.AllocateUninitializedArray<float>((int)Math.Max(floats, 1 << 16), pinned: true);
+        return (float*)Unsafe.AsPointer(ref buffer[0]);
+    }
     [ThreadStatic] static float[]? t_scratch;    // a worker's query block, scores and output tile
 
     /// <summary>Useful floating-point operations of one call: 2 · H · (nope + rope + v) per (query, visible key) pair.</summary>

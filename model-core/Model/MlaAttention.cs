@@ -227,12 +227,14 @@ public sealed class MlaAttention : IDisposable
         var seen = cache.narrow(0, 0, start + n);                        // [start+n, latent]: the rows the queries see
         var latent = seen.dtype == ScalarType.Float32 ? seen.contiguous() : seen.to(ScalarType.Float32).contiguous();
         var cKV = latent.narrow(1, 0, _kvLoraRank).contiguous();         // [T, kvr]
-        var kv = _kvBProj.KernelForward(cKV);                            // [T, H*(nope+v)]
+        int rows = start + (int)n, width = _heads * (_nope + _v);
+        float* kv = PrefillAttention.ExpansionBuffer((long)rows * width);   // [T, H*(nope+v)], reused across calls
+        InvariantGemm.Run(_kvBProj.Job(TensorMemory.Pointer<float>(cKV), rows, kv, width));
         var qn = qNope.contiguous();
         var qr = qRope.contiguous();
         var output = empty(n, (long)_heads * _v, ScalarType.Float32);
         float* lat = TensorMemory.Pointer<float>(latent);
-        PrefillAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(kv),
+        PrefillAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), kv,
             lat + _kvLoraRank, latent.shape[1], (int)n, start, _heads, _nope, _rope, _v, _softmaxScaleFloat,
             TensorMemory.Pointer<float>(output), InvariantGemm.BestPath);
         return output;

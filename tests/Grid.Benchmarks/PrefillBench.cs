@@ -78,15 +78,19 @@ public static class PrefillBench
             () => { using var _ = NewDisposeScope(); a.matmul(b); },   // the ceiling, interleaved with the candidates
             () =>
             {
+                // MlaAttention.AttendPrefill: c_KV copied out of the cache rows, expanded into the reused buffer, attention.
                 using var _ = NewDisposeScope();
-                var kv = packed.KernelForward(cache.narrow(1, 0, kvr).contiguous());
-                PrefillAttention.Run(qn, qr, TensorMemory.Pointer<float>(kv), kRope, latent, t, 0, h, nope, rope, v, scale, o, InvariantGemm.BestPath);
+                var cKV = cache.narrow(1, 0, kvr).contiguous();
+                float* kv = PrefillAttention.ExpansionBuffer((long)t * h * (nope + v));
+                InvariantGemm.Run(packed.Job(TensorMemory.Pointer<float>(cKV), t, kv, h * (nope + v)));
+                PrefillAttention.Run(qn, qr, kv, kRope, latent, t, 0, h, nope, rope, v, scale, o, InvariantGemm.BestPath);
             },
             () => PrefillAttention.Run(qn, qr, kvf, kRope, latent, t, 0, h, nope, rope, v, scale, o, InvariantGemm.BestPath),
             () =>
             {
                 using var _ = NewDisposeScope();
-                packed.KernelForward(cache.narrow(1, 0, kvr).contiguous());
+                var cKV = cache.narrow(1, 0, kvr).contiguous();
+                InvariantGemm.Run(packed.Job(TensorMemory.Pointer<float>(cKV), t, PrefillAttention.ExpansionBuffer((long)t * h * (nope + v)), h * (nope + v)));
             },
             () =>
             {
