@@ -23,7 +23,7 @@ public enum GemmPath { Avx512, Avx2, Scalar }
 public static unsafe class InvariantGemm
 {
     const int Panel = PackedWeight.PanelWidth;
-    const int TileRows = 6;          // input rows per micro-kernel call
+    internal const int TileRows = 6; // input rows per micro-kernel call
     /// <summary>Columns of x (rows of a panel) per K block: a 256 x 32 panel slice is 32 KiB.</summary>
     public const int BlockK = 256;
     const int MaxBlockRows = 192;    // input rows per work item (a block of x: 192 x 256 floats, in L2)
@@ -119,8 +119,11 @@ public static unsafe class InvariantGemm
         }
     }
 
+    /// <summary>The micro-kernel: y[r, 0..32) (+)= Σ_i x[r, i] · panel[i, 0..32) for r &lt; <paramref name="rows"/> (1..6) and
+    /// i &lt; <paramref name="kc"/>, one fused multiply-add chain per output in increasing i (starting from y with
+    /// <paramref name="accumulate"/>, else +0); panel rows 32 floats apart. Also <see cref="PrefillAttention"/>'s.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile(GemmPath path, int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate)
+    internal static void Tile(GemmPath path, int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate)
     {
         switch (path)
         {

@@ -25,6 +25,10 @@ public sealed record ModelLoadOptions
     /// routing, the decode step's cache write and absorbed attention over the cache rows in place. False keeps libtorch
     /// there (for comparisons).</summary>
     public bool RowKernels { get; init; } = true;
+    /// <summary>Whether, with <see cref="UseKernels"/>, a float32 prefill chunk's attention runs the C# kernel
+    /// (<see cref="MlaAttention.AttendPrefill"/>: kv_b_proj packed for the GEMM, causal attention per head over plain
+    /// memory). False keeps kv_b_proj dense and the libtorch ops (for comparisons).</summary>
+    public bool PrefillAttentionKernel { get; init; } = true;
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all; the fused q/kv_a
     /// projection goes by <c>kv_a_proj_with_mqa</c>'s name). For measuring where 8-bit error comes from.</summary>
     public Func<string, bool>? QuantizeOnly { get; init; }
@@ -151,7 +155,7 @@ public sealed class DeepseekV2Model : IDisposable
                 throw new ArgumentException($"expert group {r} lies outside the {config.NRoutedExperts} routed experts");
         bool Selected(TensorSpec s) => s.Expert is int e ? ranges.Any(r => r.Contains(e)) : options.LoadAttention;
         using var heapPolicy = HeapTrim.LoadScope();
-        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, RowKernels = options.RowKernels, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
+        var loader = new WeightLoader(checkpoint, config, options.Dtype, Selected, progress) { Quantization = options.Quantization, Kernels = options.UseKernels, RowKernels = options.RowKernels, PrefillAttentionKernel = options.PrefillAttentionKernel, Quantize = options.QuantizeOnly, Cancellation = options.Cancellation };
         return new DeepseekV2Model(config, options, loader, ranges);
     }
 
@@ -221,10 +225,10 @@ public sealed class DeepseekV2Model : IDisposable
         WriteLatents(layer, batch, latent);
         if (batch.Chunks.Count == 1)
         {
-            var seqCache = cache.Read(layer, batch.ChunkCacheRows[0]!);
-            output = mode == AttentionMode.Absorbed
+            var seqCache = Measure(profile, StepProfile.AttentionCache, () => cache.Read(layer, batch.ChunkCacheRows[0]!));
+            output = Measure(profile, StepProfile.AttentionScores, () => mode == AttentionMode.Absorbed
                 ? l.Attention.AttendAbsorbed(qNope, qRope, seqCache, batch.Starts[0])
-                : l.Attention.AttendNaive(qNope, qRope, seqCache, batch.Starts[0]);
+                : l.Attention.AttendNaive(qNope, qRope, seqCache, batch.Starts[0]));
         }
         else
         {
@@ -247,7 +251,8 @@ public sealed class DeepseekV2Model : IDisposable
                 output.narrow(0, offset, n).copy_(attended);
             }
         }
-        return h.Add(l.Attention.Output(output));
+        var attentionOutput = Measure(profile, StepProfile.AttentionOutput, () => l.Attention.Output(output));
+        return Measure(profile, StepProfile.Residual, () => h.Add(attentionOutput));
     }
 
     /// <summary>This step's latents [N, latent] into the cache: in place (C#) with the row kernels, else index_copy_.</summary>

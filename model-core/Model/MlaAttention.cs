@@ -40,7 +40,7 @@ public sealed class MlaAttention : IDisposable
     readonly RmsNorm? _qANorm;
     readonly LinearWeight? _qBProj;          // [H*(nope+rope), q_lora_rank], rows regrouped as above
     readonly RmsNorm _kvANorm;
-    readonly Tensor _kvBProj;                // [H*(nope+v), kv_lora_rank]
+    readonly LinearWeight _kvBProj;          // [H*(nope+v), kv_lora_rank]: packed for the GEMM with the float32 kernels
     readonly Tensor _wUK;                    // [H, nope, kv_lora_rank]   absorbed into queries
     readonly Tensor _wUVt;                   // [H, kv_lora_rank, v]      absorbed into the output
     readonly LinearWeight _oProj;                  // [d, H*v]
@@ -48,6 +48,9 @@ public sealed class MlaAttention : IDisposable
     readonly float _softmaxScaleFloat;
     // Decode attention runs the C# kernel (AbsorbedDecodeAttention) over float32 weights when the kernels are on.
     readonly bool _decodeKernel;
+    // Prefill attention (naive form) runs the C# kernel (PrefillAttention) over float32 weights when the kernels are on.
+    readonly bool _prefillKernel;
+    readonly ScalarType _dtype;
 
     public MlaAttention(WeightLoader w, int layer, double softmaxScale)
     {
@@ -102,16 +105,21 @@ public sealed class MlaAttention : IDisposable
             }
         }
         _kvANorm = new RmsNorm(w.Get($"{p}.kv_a_layernorm.weight"), c.RmsNormEps, w.DecodeKernels);
-        _kvBProj = w.Get($"{p}.kv_b_proj.weight");
         _oProj = w.GetLinear($"{p}.o_proj.weight");
         _oBias = w.GetOptional($"{p}.o_proj.bias", c.AttentionBias);
+        // The absorbed factors (decode) are copied out of kv_b_proj first; then it is packed for the prefill expansion
+        // (float32 with the kernels; the dense matrix is dropped) or kept as it is.
+        var kvBProj = w.Get($"{p}.kv_b_proj.weight");
         using (NewDisposeScope())
         {
-            var kvB = _kvBProj.view(_heads, _nope + _v, _kvLoraRank);
+            var kvB = kvBProj.view(_heads, _nope + _v, _kvLoraRank);
             _wUK = kvB.narrow(1, 0, _nope).contiguous().DetachFromDisposeScope();
             _wUVt = kvB.narrow(1, _nope, _v).transpose(1, 2).contiguous().DetachFromDisposeScope();
         }
-        _decodeKernel = w.DecodeKernels && _wUK.dtype == ScalarType.Float32;
+        _dtype = kvBProj.dtype;
+        _kvBProj = LinearWeight.Create(kvBProj, WeightQuantization.None, w.Kernels && w.PrefillAttentionKernel);
+        _decodeKernel = w.DecodeKernels && _dtype == ScalarType.Float32;
+        _prefillKernel = w.Kernels && w.PrefillAttentionKernel && _kvBProj.IsFloat32;
     }
 
     /// <summary>
@@ -196,14 +204,49 @@ public sealed class MlaAttention : IDisposable
 
     /// <summary>
     /// Naive MLA for n queries at positions [start, start+n) against the sequence's cache [T, latent]
-    /// (T = start + n): keys and values are materialised per head from c_KV. Returns [n, H*v].
+    /// (T = start + n): keys and values are materialised per head from c_KV. Returns [n, H*v]. Float32 with the
+    /// kernels: the expansion through the batch-invariant GEMM and the C# kernel (<see cref="AttendPrefill"/>);
+    /// otherwise libtorch (<see cref="AttendNaiveLibtorch"/>).
     /// </summary>
-    public Tensor AttendNaive(Tensor qNope, Tensor qRope, Tensor cache, int start)
+    public Tensor AttendNaive(Tensor qNope, Tensor qRope, Tensor cache, int start) =>
+        PrefillKernel(qNope) ? AttendPrefill(qNope, qRope, cache, start) : AttendNaiveLibtorch(qNope, qRope, cache, start);
+
+    /// <summary>Whether <see cref="AttendNaive"/> runs the C# kernel: float32 weights and queries with the kernels on.</summary>
+    public bool PrefillKernel(Tensor qNope) => _prefillKernel && qNope.dtype == ScalarType.Float32;
+
+    /// <summary>
+    /// <see cref="AttendNaive"/> through C#: kv = c_KV W_kvbᵀ [T, H*(nope+v)] by the batch-invariant GEMM, then causal
+    /// attention per head over the keys each query sees (<see cref="PrefillAttention"/>): a query row's output depends on
+    /// its query and the cached rows 0..its position only, so one chunk or several give the same bits. Returns [n, H*v].
+    /// </summary>
+    public unsafe Tensor AttendPrefill(Tensor qNope, Tensor qRope, Tensor cache, int start)
+    {
+        if (!PrefillKernel(qNope)) throw new InvalidOperationException("the prefill attention kernel takes float32 weights and queries");
+        long n = qNope.shape[0], t = cache.shape[0];
+        if (t < start + n || n < 1 || start < 0) throw new ArgumentException("the cache holds the chunk's positions 0..start+n-1");
+        var seen = cache.narrow(0, 0, start + n);                        // [start+n, latent]: the rows the queries see
+        var latent = seen.dtype == ScalarType.Float32 ? seen.contiguous() : seen.to(ScalarType.Float32).contiguous();
+        var cKV = latent.narrow(1, 0, _kvLoraRank).contiguous();         // [T, kvr]
+        int rows = start + (int)n, width = _heads * (_nope + _v);
+        float* kv = PrefillAttention.ExpansionBuffer((long)rows * width);   // [T, H*(nope+v)], reused across calls
+        InvariantGemm.Run(_kvBProj.Job(TensorMemory.Pointer<float>(cKV), rows, kv, width));
+        var qn = qNope.contiguous();
+        var qr = qRope.contiguous();
+        var output = empty(n, (long)_heads * _v, ScalarType.Float32);
+        float* lat = TensorMemory.Pointer<float>(latent);
+        PrefillAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), kv,
+            lat + _kvLoraRank, latent.shape[1], (int)n, start, _heads, _nope, _rope, _v, _softmaxScaleFloat,
+            TensorMemory.Pointer<float>(output), InvariantGemm.BestPath);
+        return output;
+    }
+
+    /// <summary><see cref="AttendNaive"/> through libtorch ops (bf16, kernels off, comparisons).</summary>
+    public Tensor AttendNaiveLibtorch(Tensor qNope, Tensor qRope, Tensor cache, int start)
     {
         long n = qNope.shape[0], t = cache.shape[0];
         var cKV = cache.narrow(1, 0, _kvLoraRank);                       // [T, kvr]
         var kRope = cache.narrow(1, _kvLoraRank, _rope);                 // [T, rope]
-        var kv = linear(cKV, _kvBProj).view(t, _heads, _nope + _v);      // [T, H, nope+v]
+        var kv = _kvBProj.Forward(cKV).view(t, _heads, _nope + _v);      // [T, H, nope+v]
         var kNope = kv.narrow(2, 0, _nope).permute(1, 2, 0);             // [H, nope, T]
         var values = kv.narrow(2, _nope, _v).transpose(0, 1);            // [H, T, v]
         var scores = qNope.transpose(0, 1).bmm(kNope)                    // [H, n, T]
@@ -290,7 +333,7 @@ public sealed class MlaAttention : IDisposable
             var keyPos = tensor(Positions(0, t), ScalarType.Int64).unsqueeze(0);            // [1, T]
             scores = scores.masked_fill(keyPos.gt(queryPos).unsqueeze(0), Scalars.NegativeInfinity);
         }
-        return softmax(scores, -1).to(_kvBProj.dtype);
+        return softmax(scores, -1).to(_dtype);
     }
 
     static long[] Positions(long start, long count)
@@ -301,17 +344,17 @@ public sealed class MlaAttention : IDisposable
     }
 
     /// <summary>Bytes of its weights, as stored (kv_b_proj counted with its two absorbed copies).</summary>
-    public long Bytes => _qkvA.Bytes + (_qBProj?.Bytes ?? 0) + _oProj.Bytes + (_qANorm?.Bytes ?? 0) + _kvANorm.Bytes
-        + new[] { _qkvABias, _kvBProj, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of);
+    public long Bytes => _qkvA.Bytes + (_qBProj?.Bytes ?? 0) + _oProj.Bytes + _kvBProj.Bytes + (_qANorm?.Bytes ?? 0) + _kvANorm.Bytes
+        + new[] { _qkvABias, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of);
 
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
     public Tensor Output(Tensor attention) => _oProj.Forward(attention, _oBias);
 
     public void Dispose()
     {
-        foreach (var p in new[] { _qkvA, _qBProj, _oProj })
+        foreach (var p in new[] { _qkvA, _qBProj, _oProj, _kvBProj })
             p?.Dispose();
-        foreach (var t in new[] { _qkvABias, _kvBProj, _wUK, _wUVt, _oBias })
+        foreach (var t in new[] { _qkvABias, _wUK, _wUVt, _oBias })
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();

@@ -30,6 +30,9 @@ public sealed class WeightLoader
     /// <summary>Whether the decoder's small float32 steps (RMSNorm, the SwiGLU activation, greedy routing, decode attention
     /// over cache rows in place) run C# over plain memory where <see cref="Kernels"/> is on (<see cref="Model.ModelLoadOptions.RowKernels"/>).</summary>
     public bool RowKernels { get; init; } = true;
+    /// <summary>Whether a float32 prefill chunk's attention runs the C# kernel where <see cref="Kernels"/> is on
+    /// (<see cref="Model.ModelLoadOptions.PrefillAttentionKernel"/>).</summary>
+    public bool PrefillAttentionKernel { get; init; } = true;
     /// <summary><see cref="Kernels"/> and <see cref="RowKernels"/>.</summary>
     public bool DecodeKernels => Kernels && RowKernels;
     /// <summary>Which linear weights <see cref="Quantization"/> applies to, by tensor name (null: all of them); the

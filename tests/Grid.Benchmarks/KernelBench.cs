@@ -158,7 +158,7 @@ public static class KernelBench
 
     /// <summary>Medians of interleaved timings: each round runs every candidate once, in turn, so a slow moment of the
     /// shared VM hits all of them alike. Returns seconds per call, one per candidate.</summary>
-    static double[] Interleaved(int rounds, params Action[] candidates)
+    public static double[] Interleaved(int rounds, params Action[] candidates)
     {
         var warm = Stopwatch.StartNew();
         while (warm.Elapsed.TotalSeconds < 0.3) foreach (var f in candidates) f();

@@ -72,12 +72,13 @@ namespace Grid.Benchmarks
     /// <summary>The report's sections, in run order.</summary>
     public static class Sections
     {
-        public static readonly string[] Names = ["kernel", "gemm", "decode", "quant", "quantkernel", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
+        public static readonly string[] Names = ["kernel", "gemm", "prefill", "decode", "quant", "quantkernel", "llamacpp", "mla", "routing", "structured", "prefix", "grid", "serving", "recovery"];
 
         public static Task<Section> Run(string name, BenchContext c, CancellationToken ct) => name switch
         {
             "kernel" => OnOwnThread(() => KernelBench.Run(c)),
             "gemm" => OnOwnThread(() => KernelBench.RunGemm(c)),
+            "prefill" => OnOwnThread(() => PrefillBench.Run(c)),
             "decode" => OnOwnThread(() => DecodeStepBench.Run(c)),
             "llamacpp" => OnOwnThread(() => LlamaCppBench.Run(c)),
             "quant" => OnOwnThread(() => QuantBench.Run(c)),
