@@ -1,4 +1,7 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Kernels;
@@ -6,8 +9,13 @@ namespace Grid.ModelCore.Kernels;
 /// <summary>
 /// A weight matrix [Rows, Cols] in 8 bits: one code byte per weight and one float32 scale per row and
 /// <see cref="BlockCols"/>-column block (weight = decode(code) * scale). int8 codes are symmetric (absmax / 127 per
-/// 1x<see cref="Int8BlockColumns"/> block, round half to even); FP8 E4M3 codes share their scale over 128x128 blocks
+/// 1x<see cref="BlockCols"/> block (<see cref="DefaultInt8BlockColumns"/>), round half to even); FP8 E4M3 codes share their scale over 128x128 blocks
 /// (absmax / 448), stored per row so that matrices can be stacked by rows (gate and up) whatever their row count.
+/// <para>Layout: FP8 codes row-major [Rows, Cols] and scales [Rows, BlocksPerRow]. int8 codes are packed at quantization
+/// into panels of <see cref="PanelRows"/> rows, the layout <see cref="QuantizedGemm"/>'s outer-product kernel reads:
+/// panel p, column pair j holds the 64 bytes (W[32p + r, 2j], W[32p + r, 2j + 1]) for r = 0..31 (one cache line per
+/// two columns; rows past Rows and the odd last column are zero), and the scales [Panels][BlocksPerRow][32] (zero for
+/// the padding rows).</para>
 /// Native memory, freed on dispose; read by the kernels from any thread.
 /// </summary>
 public sealed unsafe class QuantizedMatrix : IDisposable
@@ -16,16 +24,17 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     public const int Fp8BlockCols = 128;
     /// <summary>Rows sharing one FP8 scale (DeepSeek's 128x128 blocks).</summary>
     public const int Fp8BlockRows = 128;
-    /// <summary>Columns per int8 scale for matrices quantized from now on (a multiple of 8; default
-    /// <see cref="DefaultInt8BlockColumns"/>). Settable for measurements; each matrix keeps the block width it was made with.</summary>
-    public static int Int8BlockColumns
-    {
-        get => s_int8BlockColumns;
-        set => s_int8BlockColumns = value >= 8 && value % 8 == 0 ? value : throw new ArgumentOutOfRangeException(nameof(value), "a positive multiple of 8");
-    }
-    static int s_int8BlockColumns = DefaultInt8BlockColumns;
     /// <summary>32 columns per int8 scale: see the README's 8-bit section for the measurements behind it.</summary>
     public const int DefaultInt8BlockColumns = 32;
+    /// <summary>The widest int8 block: the kernel's exact int32 block sums need BlockCols · 127 · 32767 &lt; 2^31.</summary>
+    public const int MaxInt8BlockColumns = 512;
+    /// <summary>Rows per int8 code panel (<see cref="PackedWeight.PanelWidth"/>: the float32 GEMM's panel width).</summary>
+    public const int PanelRows = PackedWeight.PanelWidth;
+
+    /// <summary>Throws unless <paramref name="blockCols"/> is a valid int8 block width (a multiple of 8 up to <see cref="MaxInt8BlockColumns"/>).</summary>
+    public static int CheckInt8BlockColumns(int blockCols) =>
+        blockCols >= 8 && blockCols % 8 == 0 && blockCols <= MaxInt8BlockColumns ? blockCols
+            : throw new ArgumentOutOfRangeException(nameof(blockCols), $"int8 blocks are a positive multiple of 8 columns up to {MaxInt8BlockColumns}");
 
     public WeightQuantization Format { get; }
     public int Rows { get; }
@@ -40,11 +49,19 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// no NaN codes and every |scale| below 2^7 (so that the decode's 2^120 folds exactly into the scale: (code's bits ·
     /// 2^-120) · (scale · 2^120) is the same float32 product as decode(code) · scale).</summary>
     internal bool RegisterDecodable { get; private set; }
+    /// <summary>The codes: FP8 row-major; int8 in panels (see the class remarks).</summary>
     internal byte* Codes { get; private set; }
-    internal float* Scales { get; private set; }   // [Rows, BlocksPerRow]
+    /// <summary>The scales: FP8 [Rows, BlocksPerRow]; int8 [Panels][BlocksPerRow][32].</summary>
+    internal float* Scales { get; private set; }
+    /// <summary>int8: panels of <see cref="PanelRows"/> rows.</summary>
+    internal int Panels => (Rows + PanelRows - 1) / PanelRows;
+    /// <summary>int8: column pairs per panel (Cols rounded up to even, halved).</summary>
+    internal int ColumnPairs => (Cols + 1) / 2;
+    long CodeBytes => Format == WeightQuantization.Int8 ? (long)Panels * ColumnPairs * 2 * PanelRows : (long)Rows * Cols;
+    long ScaleCount => Format == WeightQuantization.Int8 ? (long)Panels * BlocksPerRow * PanelRows : (long)Rows * BlocksPerRow;
 
-    /// <summary>Bytes held: codes plus scales.</summary>
-    public long Bytes => (long)Rows * Cols + (long)Rows * BlocksPerRow * sizeof(float);
+    /// <summary>Bytes held: codes plus scales (int8: with the panels' padding).</summary>
+    public long Bytes => CodeBytes + ScaleCount * sizeof(float);
 
     QuantizedMatrix(WeightQuantization format, int rows, int cols, int blockCols)
     {
@@ -52,24 +69,48 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         Format = format;
         Rows = rows;
         Cols = cols;
-        BlockCols = blockCols;
+        BlockCols = format == WeightQuantization.Int8 ? CheckInt8BlockColumns(blockCols) : blockCols;
         BlocksPerRow = (cols + BlockCols - 1) / BlockCols;
-        Codes = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * cols), 64);
-        Scales = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, (long)rows * BlocksPerRow * sizeof(float)), 64);
+        Codes = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, CodeBytes), 64);
+        Scales = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, ScaleCount * sizeof(float)), 64);
+        if (format == WeightQuantization.Int8)
+        {
+            NativeMemory.Clear(Codes, (nuint)CodeBytes);   // the padding rows and column
+            NativeMemory.Clear(Scales, (nuint)(ScaleCount * sizeof(float)));
+        }
     }
 
-    /// <summary>Quantizes <paramref name="weight"/> [rows, cols] (any float dtype; not disposed here).</summary>
-    public static QuantizedMatrix Quantize(Tensor weight, WeightQuantization format)
+    /// <summary>Where code [row, col] is stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    long CodeIndex(int row, int col) => Format == WeightQuantization.Int8
+        ? ((long)(row / PanelRows) * ColumnPairs + (col >> 1)) * (2 * PanelRows) + (row % PanelRows) * 2 + (col & 1)
+        : (long)row * Cols + col;
+
+    /// <summary>Where the scale of [row, block] is stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    long ScaleIndex(int row, int block) => Format == WeightQuantization.Int8
+        ? ((long)(row / PanelRows) * BlocksPerRow + block) * PanelRows + row % PanelRows
+        : (long)row * BlocksPerRow + block;
+
+    /// <summary>The code byte at [row, col].</summary>
+    internal byte Code(int row, int col) => Codes[CodeIndex(row, col)];
+
+    /// <summary>The scale of row <paramref name="row"/>'s block <paramref name="block"/>.</summary>
+    internal float Scale(int row, int block) => Scales[ScaleIndex(row, block)];
+
+    /// <summary>Quantizes <paramref name="weight"/> [rows, cols] (any float dtype; not disposed here); int8 with
+    /// <paramref name="int8BlockColumns"/> columns per scale.</summary>
+    public static QuantizedMatrix Quantize(Tensor weight, WeightQuantization format, int int8BlockColumns = DefaultInt8BlockColumns)
     {
         if (weight.dim() != 2) throw new ArgumentException("only matrices are quantized", nameof(weight));
         int rows = (int)weight.shape[0], cols = (int)weight.shape[1];
-        var q = new QuantizedMatrix(format, rows, cols, format == WeightQuantization.Int8 ? Int8BlockColumns : Fp8BlockCols);
+        var q = new QuantizedMatrix(format, rows, cols, format == WeightQuantization.Int8 ? int8BlockColumns : Fp8BlockCols);
         using (NewDisposeScope())
         {
             var f = weight.dtype == ScalarType.Float32 && weight.is_contiguous() ? weight : weight.to(ScalarType.Float32).contiguous();
             float* src = TensorMemory.Pointer<float>(f);
             if (format == WeightQuantization.Int8)
-                KernelParallel.For((rows + 15) / 16, chunk => q.QuantizeInt8Rows(src, chunk * 16, Math.Min(rows, chunk * 16 + 16)));
+                KernelParallel.For(q.Panels, p => q.QuantizeInt8Rows(src, p * PanelRows, Math.Min(rows, p * PanelRows + PanelRows)));
             else
                 KernelParallel.For((rows + Fp8BlockRows - 1) / Fp8BlockRows, band => q.QuantizeFp8Band(src, band * Fp8BlockRows, Math.Min(rows, band * Fp8BlockRows + Fp8BlockRows)));
         }
@@ -87,10 +128,9 @@ public sealed unsafe class QuantizedMatrix : IDisposable
                 float amax = 0;
                 for (int c = c0; c < c1; c++) amax = MathF.Max(amax, MathF.Abs(s[c]));
                 float scale = amax / 127f;
-                Scales[(long)r * BlocksPerRow + b] = scale;
+                Scales[ScaleIndex(r, b)] = scale;
                 float inv = scale > 0 ? 1f / scale : 0f;
-                sbyte* d = (sbyte*)Codes + (long)r * Cols;
-                for (int c = c0; c < c1; c++) d[c] = (sbyte)Math.Clamp((int)MathF.Round(s[c] * inv, MidpointRounding.ToEven), -127, 127);
+                for (int c = c0; c < c1; c++) Codes[CodeIndex(r, c)] = (byte)(sbyte)Math.Clamp((int)MathF.Round(s[c] * inv, MidpointRounding.ToEven), -127, 127);
             }
     }
 
@@ -137,6 +177,21 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         if (top.Format != bottom.Format || top.Cols != bottom.Cols || top.BlockCols != bottom.BlockCols)
             throw new ArgumentException("stacked matrices need the same format, columns and blocks");
         var q = new QuantizedMatrix(top.Format, top.Rows + bottom.Rows, top.Cols, top.BlockCols);
+        if (q.Format == WeightQuantization.Int8)
+        {
+            // Panels do not split at top.Rows: copy row by row.
+            KernelParallel.For(q.Panels, p =>
+            {
+                for (int r = p * PanelRows, end = Math.Min(q.Rows, r + PanelRows); r < end; r++)
+                {
+                    var (from, row) = r < top.Rows ? (top, r) : (bottom, r - top.Rows);
+                    for (int c = 0; c < q.Cols; c++) q.Codes[q.CodeIndex(r, c)] = from.Code(row, c);
+                    for (int b = 0; b < q.BlocksPerRow; b++) q.Scales[q.ScaleIndex(r, b)] = from.Scale(row, b);
+                }
+            });
+            q.FindSpecialValues();
+            return q;
+        }
         long topCodes = (long)top.Rows * top.Cols, topScales = (long)top.Rows * top.BlocksPerRow;
         Buffer.MemoryCopy(top.Codes, q.Codes, topCodes, topCodes);
         Buffer.MemoryCopy(bottom.Codes, q.Codes + topCodes, (long)bottom.Rows * bottom.Cols, (long)bottom.Rows * bottom.Cols);
@@ -164,9 +219,9 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// <summary>The weight value at [row, col].</summary>
     public float Value(int row, int col)
     {
-        byte code = Codes[(long)row * Cols + col];
+        byte code = Code(row, col);
         float v = Format == WeightQuantization.Int8 ? (sbyte)code : Fp8E4M3.Decode(code);
-        return v * Scales[(long)row * BlocksPerRow + col / BlockCols];
+        return v * Scale(row, col / BlockCols);
     }
 
     /// <summary>A float32 copy [Rows, Cols] (decode(code) * scale: the values the kernels compute with; for libtorch-only
@@ -178,9 +233,30 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         KernelParallel.For((Rows + 63) / 64, chunk =>
         {
             for (int r = chunk * 64, end = Math.Min(Rows, chunk * 64 + 64); r < end; r++)
-                SmallBatchMatmul.DecodeRow(this, r, dst + (long)r * Cols);
+                DecodeRow(r, dst + (long)r * Cols);
         });
         return t;
+    }
+
+    /// <summary>Row <paramref name="row"/> as float32 values decode(code) * scale into <paramref name="dst"/> (one
+    /// multiply per value: the same bits on every path).</summary>
+    internal void DecodeRow(int row, float* dst)
+    {
+        if (Format == WeightQuantization.Int8 || !Avx512F.IsSupported || HasNaNCodes)
+        {
+            for (int c = 0; c < Cols; c++) dst[c] = Value(row, c);
+            return;
+        }
+        byte* codes = Codes + (long)row * Cols;
+        float* scales = Scales + (long)row * BlocksPerRow;
+        for (int b = 0; b < BlocksPerRow; b++)
+        {
+            int i = b * BlockCols, end = Math.Min(Cols, i + BlockCols);
+            float scale = scales[b];
+            var s = Vector512.Create(scale);
+            for (; i <= end - 16; i += 16) (Fp8E4M3.Decode16(codes + i) * s).Store(dst + i);
+            for (; i < end; i++) dst[i] = Fp8E4M3.Decode(codes[i]) * scale;
+        }
     }
 
     public void Dispose()

@@ -65,13 +65,8 @@ public class QuantizedGemmTests
             }
             foreach (int row in new[] { 1, 150, 299 })
                 Assert.True(SameBits(all.narrow(0, row, 1), w.KernelForward(x.narrow(0, row, 1).contiguous())), $"{format}: row {row} alone differs");
-            QuantizedGemm.ForceScalar = true;
-            try
-            {
-                Assert.True(SameBits(all.narrow(0, 0, 1), w.KernelForward(x.narrow(0, 0, 1).contiguous())), "scalar path, one row");
-                Assert.True(SameBits(all.narrow(0, 0, 7), w.KernelForward(x.narrow(0, 0, 7).contiguous())), "scalar path, seven rows");
-            }
-            finally { QuantizedGemm.ForceScalar = false; }
+            Assert.True(SameBits(all.narrow(0, 0, 1), w.KernelForward(x.narrow(0, 0, 1).contiguous(), scalar: true)), "scalar path, one row");
+            Assert.True(SameBits(all.narrow(0, 0, 7), w.KernelForward(x.narrow(0, 0, 7).contiguous(), scalar: true)), "scalar path, seven rows");
         }
         finally { w.Dispose(); }
     }
