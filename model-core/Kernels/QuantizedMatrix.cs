@@ -1,7 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using static TorchSharp.torch;
 
 namespace Grid.ModelCore.Kernels;
@@ -11,11 +9,12 @@ namespace Grid.ModelCore.Kernels;
 /// <see cref="BlockCols"/>-column block (weight = decode(code) * scale). int8 codes are symmetric (absmax / 127 per
 /// 1x<see cref="BlockCols"/> block (<see cref="DefaultInt8BlockColumns"/>), round half to even); FP8 E4M3 codes share their scale over 128x128 blocks
 /// (absmax / 448), stored per row so that matrices can be stacked by rows (gate and up) whatever their row count.
-/// <para>Layout: FP8 codes row-major [Rows, Cols] and scales [Rows, BlocksPerRow]. int8 codes are packed at quantization
-/// into panels of <see cref="PanelRows"/> rows, the layout <see cref="QuantizedGemm"/>'s outer-product kernel reads:
-/// panel p, column pair j holds the 64 bytes (W[32p + r, 2j], W[32p + r, 2j + 1]) for r = 0..31 (one cache line per
-/// two columns; rows past Rows and the odd last column are zero), and the scales [Panels][BlocksPerRow][32] (zero for
-/// the padding rows).</para>
+/// <para>Layout: the codes are packed at load into panels of <see cref="PanelRows"/> rows (the float32 GEMM's panel
+/// width, <see cref="PackedWeight"/>), the layout <see cref="QuantizedGemm"/>'s outer-product kernels read. FP8: panel p
+/// holds [Cols][32] codes (W[32p + r, k] at k · 32 + r); int8: panel p holds, per column pair j, the 64 bytes
+/// (W[32p + r, 2j], W[32p + r, 2j + 1]) for r = 0..31 (the odd last column is zero). Both: one cache line per column
+/// pair or per two columns, rows past Rows zero, scales [Panels][BlocksPerRow][32] (zero for the padding rows).
+/// <see cref="Code"/>, <see cref="Value"/> and <see cref="Dequantize"/> give the row-major view.</para>
 /// Native memory, freed on dispose; read by the kernels from any thread.
 /// </summary>
 public sealed unsafe class QuantizedMatrix : IDisposable
@@ -45,22 +44,23 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     /// <summary>Whether an FP8 matrix holds NaN codes (0x7F, 0xFF): the kernels then decode it through the table
     /// (the in-register bit decode has no NaN; see <see cref="Fp8E4M3"/>). Never for int8.</summary>
     public bool HasNaNCodes { get; private set; }
-    /// <summary>Whether the kernels may decode the codes in registers: block widths a multiple of 16 columns and, for FP8,
-    /// no NaN codes and every |scale| below 2^7 (so that the decode's 2^120 folds exactly into the scale: (code's bits ·
+    /// <summary>Whether the FP8 kernels may decode the codes in registers: no NaN codes and every |scale| below 2^7 (so that the decode's 2^120 folds exactly into the scale: (code's bits ·
     /// 2^-120) · (scale · 2^120) is the same float32 product as decode(code) · scale).</summary>
     internal bool RegisterDecodable { get; private set; }
-    /// <summary>The codes: FP8 row-major; int8 in panels (see the class remarks).</summary>
+    /// <summary>The codes in panels (see the class remarks).</summary>
     internal byte* Codes { get; private set; }
-    /// <summary>The scales: FP8 [Rows, BlocksPerRow]; int8 [Panels][BlocksPerRow][32].</summary>
+    /// <summary>The scales [Panels][BlocksPerRow][32].</summary>
     internal float* Scales { get; private set; }
-    /// <summary>int8: panels of <see cref="PanelRows"/> rows.</summary>
+    /// <summary>Panels of <see cref="PanelRows"/> rows.</summary>
     internal int Panels => (Rows + PanelRows - 1) / PanelRows;
     /// <summary>int8: column pairs per panel (Cols rounded up to even, halved).</summary>
     internal int ColumnPairs => (Cols + 1) / 2;
-    long CodeBytes => Format == WeightQuantization.Int8 ? (long)Panels * ColumnPairs * 2 * PanelRows : (long)Rows * Cols;
-    long ScaleCount => Format == WeightQuantization.Int8 ? (long)Panels * BlocksPerRow * PanelRows : (long)Rows * BlocksPerRow;
+    /// <summary>Code bytes per panel.</summary>
+    internal long PanelCodeBytes => Format == WeightQuantization.Int8 ? (long)ColumnPairs * 2 * PanelRows : (long)Cols * PanelRows;
+    long CodeBytes => Panels * PanelCodeBytes;
+    long ScaleCount => (long)Panels * BlocksPerRow * PanelRows;
 
-    /// <summary>Bytes held: codes plus scales (int8: with the panels' padding).</summary>
+    /// <summary>Bytes held: codes plus scales, with the panels' padding.</summary>
     public long Bytes => CodeBytes + ScaleCount * sizeof(float);
 
     QuantizedMatrix(WeightQuantization format, int rows, int cols, int blockCols)
@@ -73,24 +73,19 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         BlocksPerRow = (cols + BlockCols - 1) / BlockCols;
         Codes = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, CodeBytes), 64);
         Scales = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(1L, ScaleCount * sizeof(float)), 64);
-        if (format == WeightQuantization.Int8)
-        {
-            NativeMemory.Clear(Codes, (nuint)CodeBytes);   // the padding rows and column
-            NativeMemory.Clear(Scales, (nuint)(ScaleCount * sizeof(float)));
-        }
+        NativeMemory.Clear(Codes, (nuint)CodeBytes);   // the padding rows and column
+        NativeMemory.Clear(Scales, (nuint)(ScaleCount * sizeof(float)));
     }
 
     /// <summary>Where code [row, col] is stored.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     long CodeIndex(int row, int col) => Format == WeightQuantization.Int8
         ? ((long)(row / PanelRows) * ColumnPairs + (col >> 1)) * (2 * PanelRows) + (row % PanelRows) * 2 + (col & 1)
-        : (long)row * Cols + col;
+        : ((long)(row / PanelRows) * Cols + col) * PanelRows + row % PanelRows;
 
     /// <summary>Where the scale of [row, block] is stored.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    long ScaleIndex(int row, int block) => Format == WeightQuantization.Int8
-        ? ((long)(row / PanelRows) * BlocksPerRow + block) * PanelRows + row % PanelRows
-        : (long)row * BlocksPerRow + block;
+    long ScaleIndex(int row, int block) => ((long)(row / PanelRows) * BlocksPerRow + block) * PanelRows + row % PanelRows;
 
     /// <summary>The code byte at [row, col].</summary>
     internal byte Code(int row, int col) => Codes[CodeIndex(row, col)];
@@ -146,8 +141,8 @@ public sealed unsafe class QuantizedMatrix : IDisposable
             float inv = scale > 0 ? 1f / scale : 0f;
             for (int r = r0; r < r1; r++)
             {
-                Scales[(long)r * BlocksPerRow + b] = scale;
-                for (int c = c0; c < c1; c++) Codes[(long)r * Cols + c] = Fp8E4M3.Encode(src[(long)r * Cols + c] * inv);
+                Scales[ScaleIndex(r, b)] = scale;
+                for (int c = c0; c < c1; c++) Codes[CodeIndex(r, c)] = Fp8E4M3.Encode(src[(long)r * Cols + c] * inv);
             }
         }
     }
@@ -163,10 +158,12 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         if (blockScales.Length != blockRows * blockCols)
             throw new ArgumentException($"expected [{blockRows}, {blockCols}] block scales for a [{rows}, {cols}] FP8 matrix, got {blockScales.Length} values");
         var q = new QuantizedMatrix(WeightQuantization.Fp8, rows, cols, Fp8BlockCols);
-        codes.CopyTo(new Span<byte>(q.Codes, codes.Length));
         for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++) q.Codes[q.CodeIndex(r, c)] = codes[r * cols + c];
             for (int b = 0; b < blockCols; b++)
-                q.Scales[(long)r * blockCols + b] = blockScales[(r / Fp8BlockRows) * blockCols + b];
+                q.Scales[q.ScaleIndex(r, b)] = blockScales[(r / Fp8BlockRows) * blockCols + b];
+        }
         q.FindSpecialValues();
         return q;
     }
@@ -177,42 +174,32 @@ public sealed unsafe class QuantizedMatrix : IDisposable
         if (top.Format != bottom.Format || top.Cols != bottom.Cols || top.BlockCols != bottom.BlockCols)
             throw new ArgumentException("stacked matrices need the same format, columns and blocks");
         var q = new QuantizedMatrix(top.Format, top.Rows + bottom.Rows, top.Cols, top.BlockCols);
-        if (q.Format == WeightQuantization.Int8)
+        // Panels do not split at top.Rows: copy row by row.
+        KernelParallel.For(q.Panels, p =>
         {
-            // Panels do not split at top.Rows: copy row by row.
-            KernelParallel.For(q.Panels, p =>
+            for (int r = p * PanelRows, end = Math.Min(q.Rows, r + PanelRows); r < end; r++)
             {
-                for (int r = p * PanelRows, end = Math.Min(q.Rows, r + PanelRows); r < end; r++)
-                {
-                    var (from, row) = r < top.Rows ? (top, r) : (bottom, r - top.Rows);
-                    for (int c = 0; c < q.Cols; c++) q.Codes[q.CodeIndex(r, c)] = from.Code(row, c);
-                    for (int b = 0; b < q.BlocksPerRow; b++) q.Scales[q.ScaleIndex(r, b)] = from.Scale(row, b);
-                }
-            });
-            q.FindSpecialValues();
-            return q;
-        }
-        long topCodes = (long)top.Rows * top.Cols, topScales = (long)top.Rows * top.BlocksPerRow;
-        Buffer.MemoryCopy(top.Codes, q.Codes, topCodes, topCodes);
-        Buffer.MemoryCopy(bottom.Codes, q.Codes + topCodes, (long)bottom.Rows * bottom.Cols, (long)bottom.Rows * bottom.Cols);
-        Buffer.MemoryCopy(top.Scales, q.Scales, topScales * 4, topScales * 4);
-        Buffer.MemoryCopy(bottom.Scales, q.Scales + topScales, (long)bottom.Rows * bottom.BlocksPerRow * 4, (long)bottom.Rows * bottom.BlocksPerRow * 4);
+                var (from, row) = r < top.Rows ? (top, r) : (bottom, r - top.Rows);
+                for (int c = 0; c < q.Cols; c++) q.Codes[q.CodeIndex(r, c)] = from.Code(row, c);
+                for (int b = 0; b < q.BlocksPerRow; b++) q.Scales[q.ScaleIndex(r, b)] = from.Scale(row, b);
+            }
+        });
         q.FindSpecialValues();
         return q;
     }
 
     void FindSpecialValues()
     {
-        RegisterDecodable = BlockCols % 16 == 0;
+        RegisterDecodable = true;
         if (Format != WeightQuantization.Fp8) return;
-        long n = (long)Rows * Cols;
+        long n = CodeBytes;   // the padding is zero, not NaN
         for (long i = 0; i < n && !HasNaNCodes; i += int.MaxValue)
         {
             var span = new ReadOnlySpan<byte>(Codes + i, (int)Math.Min(int.MaxValue, n - i));
             HasNaNCodes = span.IndexOfAny((byte)0x7F, (byte)0xFF) >= 0;
         }
         float maxScale = 0;
-        for (long i = 0, count = (long)Rows * BlocksPerRow; i < count; i++) maxScale = MathF.Max(maxScale, MathF.Abs(Scales[i]));
+        for (long i = 0, count = ScaleCount; i < count; i++) maxScale = MathF.Max(maxScale, MathF.Abs(Scales[i]));
         RegisterDecodable &= !HasNaNCodes && maxScale < 128f;   // NaN scales: MathF.Max gives NaN, and the test fails
     }
 
@@ -239,24 +226,10 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     }
 
     /// <summary>Row <paramref name="row"/> as float32 values decode(code) * scale into <paramref name="dst"/> (one
-    /// multiply per value: the same bits on every path).</summary>
-    internal void DecodeRow(int row, float* dst)
+    /// multiply per value, the values the kernels compute with).</summary>
+    void DecodeRow(int row, float* dst)
     {
-        if (Format == WeightQuantization.Int8 || !Avx512F.IsSupported || HasNaNCodes)
-        {
-            for (int c = 0; c < Cols; c++) dst[c] = Value(row, c);
-            return;
-        }
-        byte* codes = Codes + (long)row * Cols;
-        float* scales = Scales + (long)row * BlocksPerRow;
-        for (int b = 0; b < BlocksPerRow; b++)
-        {
-            int i = b * BlockCols, end = Math.Min(Cols, i + BlockCols);
-            float scale = scales[b];
-            var s = Vector512.Create(scale);
-            for (; i <= end - 16; i += 16) (Fp8E4M3.Decode16(codes + i) * s).Store(dst + i);
-            for (; i < end; i++) dst[i] = Fp8E4M3.Decode(codes[i]) * scale;
-        }
+        for (int c = 0; c < Cols; c++) dst[c] = Value(row, c);
     }
 
     public void Dispose()
