@@ -88,10 +88,10 @@ public sealed unsafe class QuantizedMatrix : IDisposable
     long ScaleIndex(int row, int block) => ((long)(row / PanelRows) * BlocksPerRow + block) * PanelRows + row % PanelRows;
 
     /// <summary>The code byte at [row, col].</summary>
-    internal byte Code(int row, int col) => Codes[CodeIndex(row, col)];
+    public byte Code(int row, int col) => Codes[CodeIndex(row, col)];
 
     /// <summary>The scale of row <paramref name="row"/>'s block <paramref name="block"/>.</summary>
-    internal float Scale(int row, int block) => Scales[ScaleIndex(row, block)];
+    public float Scale(int row, int block) => Scales[ScaleIndex(row, block)];
 
     /// <summary>Quantizes <paramref name="weight"/> [rows, cols] (any float dtype; not disposed here); int8 with
     /// <paramref name="int8BlockColumns"/> columns per scale.</summary>
