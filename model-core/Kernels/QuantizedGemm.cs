@@ -39,7 +39,8 @@ public static unsafe class QuantizedGemm
     /// <summary>int8: the largest |xq| of the quantized inputs.</summary>
     const float InputCodeMax = 32767f;
     const int TileInputs = 4;
-    const int BlockInputs = 48;        // input rows per work item (a multiple of TileInputs)
+    const int BlockInputs = 48;        // int8: input rows per work item (a multiple of TileInputs)
+    const int Fp8BlockInputs = 192;    // FP8: input rows per work item, each decoding its panels once (the float32 GEMM's block)
     const int SmallBlockWeights = 32;  // weight rows per work item for a decode-sized batch (a multiple of the int8 panel)
     const int BlockWeights = 64;       // weight rows per work item otherwise
 
@@ -62,8 +63,8 @@ public static unsafe class QuantizedGemm
         {
             var job = jobs[j];
             int inputBlocks = InputBlocks(job), block = BlockWeightsFor(job);
-            int n0 = local / inputBlocks * block, m0 = local % inputBlocks * BlockInputs;
-            int n1 = Math.Min(job.N, n0 + block), m1 = Math.Min(job.M, m0 + BlockInputs);
+            int n0 = local / inputBlocks * block, m0 = local % inputBlocks * InputBlockFor(job);
+            int n1 = Math.Min(job.N, n0 + block), m1 = Math.Min(job.M, m0 + InputBlockFor(job));
             if (job.Quantized is null) InvariantGemm.Rows(job, m0, m1, n0, n1);
             else if (job.Quantized.Format == WeightQuantization.Int8) Int8Rows(job, quantized[j], m0, m1, n0, n1, vector);
             else Fp8Rows(job, m0, m1, n0, n1, vector);
@@ -75,7 +76,8 @@ public static unsafe class QuantizedGemm
 
     static int BlockWeightsFor(in MatmulJob job) => job.M <= DecodeRows ? SmallBlockWeights : BlockWeights;
     static int WeightBlocks(in MatmulJob job) { int b = BlockWeightsFor(job); return (job.N + b - 1) / b; }
-    static int InputBlocks(in MatmulJob job) => (job.M + BlockInputs - 1) / BlockInputs;
+    static int InputBlockFor(in MatmulJob job) => job.Quantized is { Format: WeightQuantization.Fp8 } ? Fp8BlockInputs : BlockInputs;
+    static int InputBlocks(in MatmulJob job) => (job.M + InputBlockFor(job) - 1) / InputBlockFor(job);
 
     /// <summary>A job's input rows quantized for the int8 kernel: row m's int16 codes at Codes + m · Stride (zero past K),
     /// its block scales at Scales + m · Blocks.</summary>
