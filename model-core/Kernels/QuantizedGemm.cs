@@ -74,7 +74,8 @@ public static unsafe class QuantizedGemm
     /// <summary>Runs one job on every core.</summary>
     public static void Run(in MatmulJob job, bool scalar = false) => Run([job], 1, scalar);
 
-    static int BlockWeightsFor(in MatmulJob job) => job.M <= DecodeRows ? SmallBlockWeights : BlockWeights;
+    static int BlockWeightsFor(in MatmulJob job) =>
+        job.M <= DecodeRows && job.Quantized is not { Format: WeightQuantization.Fp8 } ? SmallBlockWeights : BlockWeights;   // FP8: two panels per tile
     static int WeightBlocks(in MatmulJob job) { int b = BlockWeightsFor(job); return (job.N + b - 1) / b; }
     static int InputBlockFor(in MatmulJob job) => job.Quantized is { Format: WeightQuantization.Fp8 } ? Fp8BlockInputs : BlockInputs;
     static int InputBlocks(in MatmulJob job) => (job.M + InputBlockFor(job) - 1) / InputBlockFor(job);
@@ -319,6 +320,15 @@ public static unsafe class QuantizedGemm
                 int count = Math.Min(panelRows, n1 - n), p = n / panelRows;
                 byte* codes = q.Codes + p * q.PanelCodeBytes;
                 float* scales = q.Scales + (long)p * blocks * panelRows, x = job.X + (long)m0 * k, y = job.Y + (long)m0 * job.YStride + n;
+                if (m1 - m0 <= 2 && n1 - n > panelRows)
+                {
+                    // Two panels at once: four independent fma chains per input row instead of two.
+                    int count2 = Math.Min(panelRows, n1 - n - panelRows);
+                    if (m1 - m0 == 1) Fp8PanelPair<R1>(codes, scales, q.PanelCodeBytes, (long)blocks * panelRows, k, q.BlockCols, x, y, job.YStride, count2);
+                    else Fp8PanelPair<R2>(codes, scales, q.PanelCodeBytes, (long)blocks * panelRows, k, q.BlockCols, x, y, job.YStride, count2);
+                    n += panelRows;
+                    continue;
+                }
                 switch (m1 - m0)
                 {
                     case 1: Fp8Tile<R1>(codes, scales, k, q.BlockCols, x, y, job.YStride, count); break;
@@ -401,6 +411,49 @@ public static unsafe class QuantizedGemm
         if (TR.Count > 1) StorePanelRow(y + ys, count, a1, b1);
         if (TR.Count > 2) StorePanelRow(y + 2 * ys, count, a2, b2);
         if (TR.Count > 3) StorePanelRow(y + 3 * ys, count, a3, b3);
+    }
+
+    /// <summary><see cref="Fp8Tile{TR}"/> over two consecutive panels (64 outputs; up to two input rows): the same
+    /// chains, twice as many of them in flight.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Fp8PanelPair<TR>(byte* codes, float* scales, long panelBytes, long panelScales, int k, int blockCols, float* x, float* y, long ys, int count2) where TR : struct, IRows
+    {
+        const int panelRows = QuantizedMatrix.PanelRows;
+        float* x0 = x, x1 = x + (TR.Count > 1 ? k : 0);
+        byte* codes2 = codes + panelBytes;
+        var a0 = Vector512<float>.Zero; var b0 = a0; var c0 = a0; var d0 = a0; var a1 = a0; var b1 = a0; var c1 = a0; var d1 = a0;
+        for (int i = 0; i < k;)
+        {
+            float* sc = scales + (long)(i / blockCols) * panelRows;
+            var s0 = Vector512.Load(sc) * Fp8E4M3.DecodeFactor;
+            var s1 = Vector512.Load(sc + 16) * Fp8E4M3.DecodeFactor;
+            var s2 = Vector512.Load(sc + panelScales) * Fp8E4M3.DecodeFactor;
+            var s3 = Vector512.Load(sc + panelScales + 16) * Fp8E4M3.DecodeFactor;
+            for (int end = Math.Min(k, i + blockCols); i < end; i++)
+            {
+                byte* c = codes + (long)i * panelRows, e = codes2 + (long)i * panelRows;
+                var wa = Fp8E4M3.DecodeScaled16(c) * s0;
+                var wb = Fp8E4M3.DecodeScaled16(c + 16) * s1;
+                var wc = Fp8E4M3.DecodeScaled16(e) * s2;
+                var wd = Fp8E4M3.DecodeScaled16(e + 16) * s3;
+                var v = Vector512.Create(x0[i]);
+                a0 = Avx512F.FusedMultiplyAdd(v, wa, a0); b0 = Avx512F.FusedMultiplyAdd(v, wb, b0);
+                c0 = Avx512F.FusedMultiplyAdd(v, wc, c0); d0 = Avx512F.FusedMultiplyAdd(v, wd, d0);
+                if (TR.Count > 1)
+                {
+                    v = Vector512.Create(x1[i]);
+                    a1 = Avx512F.FusedMultiplyAdd(v, wa, a1); b1 = Avx512F.FusedMultiplyAdd(v, wb, b1);
+                    c1 = Avx512F.FusedMultiplyAdd(v, wc, c1); d1 = Avx512F.FusedMultiplyAdd(v, wd, d1);
+                }
+            }
+        }
+        StorePanelRow(y, panelRows, a0, b0);
+        StorePanelRow(y + panelRows, count2, c0, d0);
+        if (TR.Count > 1)
+        {
+            StorePanelRow(y + ys, panelRows, a1, b1);
+            StorePanelRow(y + ys + panelRows, count2, c1, d1);
+        }
     }
 
     interface IRows { static abstract int Count { get; } }
