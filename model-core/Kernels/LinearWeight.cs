@@ -133,8 +133,8 @@ public sealed unsafe class LinearWeight : IDisposable
 
     /// <summary>x [M, Cols] -> [M, Rows] through the kernels, whatever <see cref="UseKernels"/> says: any M over float32
     /// weights (the batch-invariant GEMM; a weight kept unpacked is packed for the call) and over 8-bit ones (the
-    /// batch-invariant 8-bit GEMM).</summary>
-    public Tensor KernelForward(Tensor x, Tensor? bias = null)
+    /// batch-invariant 8-bit GEMM; <paramref name="scalar"/>: its scalar code, the same bits, for tests).</summary>
+    public Tensor KernelForward(Tensor x, Tensor? bias = null, bool scalar = false)
     {
         long m = x.shape[0];
         bool float32 = IsFloat32 || _dense is { dtype: ScalarType.Float32 };
@@ -143,7 +143,7 @@ public sealed unsafe class LinearWeight : IDisposable
         var input = x.dtype == ScalarType.Float32 ? x.contiguous() : x.to(ScalarType.Float32).contiguous();
         var y = empty([m, Rows], ScalarType.Float32);
         float* xp = TensorMemory.Pointer<float>(input), yp = TensorMemory.Pointer<float>(y);
-        if (_quantized is not null) QuantizedGemm.Run(Job(xp, (int)m, yp, Rows));
+        if (_quantized is not null) QuantizedGemm.Run(Job(xp, (int)m, yp, Rows), scalar);
         else if (_packed is not null) InvariantGemm.Run(Job(xp, (int)m, yp, Rows));
         else
         {

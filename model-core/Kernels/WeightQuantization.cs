@@ -9,7 +9,7 @@ public enum WeightQuantization
 {
     /// <summary>The compute dtype (float32 unless --dtype says otherwise).</summary>
     None,
-    /// <summary>int8 codes, one float32 scale per output row and 32-column block (symmetric, absmax / 127; <see cref="QuantizedMatrix.Int8BlockColumns"/>).</summary>
+    /// <summary>int8 codes, one float32 scale per output row and 32-column block (symmetric, absmax / 127; <see cref="QuantizedMatrix.DefaultInt8BlockColumns"/>).</summary>
     Int8,
     /// <summary>FP8 E4M3 codes with float32 scales per 128x128 block (DeepSeek-V3's layout; absmax / 448).</summary>
     Fp8,

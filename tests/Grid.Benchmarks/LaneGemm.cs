@@ -62,7 +62,7 @@ public static unsafe class LaneGemm
     /// <summary>Runs one float32 job on every core.</summary>
     public static void Run(in MatmulJob job) => Run([job], 1);
 
-    static int BlockWeightsFor(in MatmulJob job) => job.M <= SmallBatchMatmul.MaxRows ? SmallBlockWeights : BlockWeights;
+    static int BlockWeightsFor(in MatmulJob job) => job.M <= QuantizedGemm.DecodeRows ? SmallBlockWeights : BlockWeights;
     static int WeightBlocks(in MatmulJob job) { int b = BlockWeightsFor(job); return (job.N + b - 1) / b; }
     static int InputBlocks(in MatmulJob job) => (job.M + BlockInputs - 1) / BlockInputs;
 

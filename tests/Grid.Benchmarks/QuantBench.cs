@@ -67,7 +67,7 @@ public static class QuantBench
     /// <summary>Weight bytes one token reads in a batch-1 decode step: every activated matrix once (top-k routed experts).</summary>
     public static double ActivatedWeightBytes(ModelConfig c, WeightQuantization q)
     {
-        double quantized = q == WeightQuantization.None ? 4 : 1 + 4.0 / (q == WeightQuantization.Int8 ? QuantizedMatrix.Int8BlockColumns : QuantizedMatrix.Fp8BlockCols);
+        double quantized = q == WeightQuantization.None ? 4 : 1 + 4.0 / (q == WeightQuantization.Int8 ? QuantizedMatrix.DefaultInt8BlockColumns : QuantizedMatrix.Fp8BlockCols);
         long d = c.HiddenSize, h = c.NumAttentionHeads;
         double total = 0;
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
@@ -95,19 +95,13 @@ public static class QuantBench
         var weight = TorchSharp.torch.randn(rows, cols) * 0.05f;
         var matrices = new List<QuantizedMatrix>();
         var errors = new List<double>();
-        int before = QuantizedMatrix.Int8BlockColumns;
-        try
+        foreach (var w in widths)
         {
-            foreach (var w in widths)
-            {
-                QuantizedMatrix.Int8BlockColumns = w;
-                var q = QuantizedMatrix.Quantize(weight, WeightQuantization.Int8);
-                matrices.Add(q);
-                using var back = q.Dequantize();
-                errors.Add((back - weight).square().mean().sqrt().item<float>() / weight.square().mean().sqrt().item<float>());
-            }
+            var q = QuantizedMatrix.Quantize(weight, WeightQuantization.Int8, w);
+            matrices.Add(q);
+            using var back = q.Dequantize();
+            errors.Add((back - weight).square().mean().sqrt().item<float>() / weight.square().mean().sqrt().item<float>());
         }
-        finally { QuantizedMatrix.Int8BlockColumns = before; }
         var x = TorchSharp.torch.randn(1, cols);
         var linears = matrices.Select(m => LinearWeight.FromQuantized(m)).ToArray();
         var times = widths.Select(_ => new List<double>()).ToArray();

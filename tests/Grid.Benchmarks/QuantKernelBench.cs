@@ -61,7 +61,7 @@ public static class QuantKernelBench
                         foreach (var l in linears[f])
                         {
                             var job = l.Job(xp, m, yp, n);
-                            if (l.IsFloat32) InvariantGemm.Run(job); else SmallBatchMatmul.Run(job);
+                            if (l.IsFloat32) InvariantGemm.Run(job); else QuantizedGemm.Run(job);
                             bytes += l.Bytes;
                         }
                         if (r >= 0) gbs[f].Add(bytes / sw.Elapsed.TotalSeconds / 1e9);

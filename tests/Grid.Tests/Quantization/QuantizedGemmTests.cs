@@ -65,15 +65,122 @@ public class QuantizedGemmTests
             }
             foreach (int row in new[] { 1, 150, 299 })
                 Assert.True(SameBits(all.narrow(0, row, 1), w.KernelForward(x.narrow(0, row, 1).contiguous())), $"{format}: row {row} alone differs");
-            QuantizedGemm.ForceScalar = true;
-            try
-            {
-                Assert.True(SameBits(all.narrow(0, 0, 1), w.KernelForward(x.narrow(0, 0, 1).contiguous())), "scalar path, one row");
-                Assert.True(SameBits(all.narrow(0, 0, 7), w.KernelForward(x.narrow(0, 0, 7).contiguous())), "scalar path, seven rows");
-            }
-            finally { QuantizedGemm.ForceScalar = false; }
+            Assert.True(SameBits(all.narrow(0, 0, 1), w.KernelForward(x.narrow(0, 0, 1).contiguous(), scalar: true)), "scalar path, one row");
+            Assert.True(SameBits(all.narrow(0, 0, 7), w.KernelForward(x.narrow(0, 0, 7).contiguous(), scalar: true)), "scalar path, seven rows");
         }
         finally { w.Dispose(); }
+    }
+
+    /// <summary>
+    /// int8 against its definition, written out here element by element: each input row quantized per block of columns to
+    /// int16 (round half to even of x · 32767 / absmax, scale absmax / 32767), the exact int32 sum of code · xq per block,
+    /// folded as acc = fma(sum, scale · xs, acc) in increasing block order from +0. The same bits for every batch size, on
+    /// the AVX-512 and the scalar path.
+    /// </summary>
+    [Theory]
+    [InlineData(37, 203, 32)]    // rows not a multiple of the 32-row panel, odd K, a partial last block
+    [InlineData(64, 1024, 32)]
+    [InlineData(33, 352, 128)]   // wider blocks (the benchmark's block table)
+    public void Int8IsTheBlockSumArithmeticBitForBit(int n, int k, int blockCols)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var q = QuantizedMatrix.Quantize(Random(n, k, 31), WeightQuantization.Int8, blockCols);
+        var w = LinearWeight.FromQuantized(q);
+        try
+        {
+            var x = Random(300, k, 32);
+            x[5] = zeros(k);   // an all-zero row: zero scales, zero output
+            var xv = x.data<float>().ToArray();
+            int blocks = (k + blockCols - 1) / blockCols;
+            var expected = new float[300 * n];
+            for (int m = 0; m < 300; m++)
+            {
+                var xq = new int[k];
+                var xs = new float[blocks];
+                for (int b = 0; b < blocks; b++)
+                {
+                    int c0 = b * blockCols, c1 = Math.Min(k, c0 + blockCols);
+                    float amax = 0;
+                    for (int c = c0; c < c1; c++) amax = MathF.Max(amax, MathF.Abs(xv[m * k + c]));
+                    float inv = amax > 0 ? 32767f / amax : 0f;
+                    xs[b] = amax / 32767f;
+                    for (int c = c0; c < c1; c++) xq[c] = (int)MathF.Round(xv[m * k + c] * inv, MidpointRounding.ToEven);
+                }
+                for (int r = 0; r < n; r++)
+                {
+                    float acc = 0f;
+                    for (int b = 0; b < blocks; b++)
+                    {
+                        int sum = 0;
+                        for (int c = b * blockCols; c < Math.Min(k, (b + 1) * blockCols); c++) sum += (sbyte)q.Code(r, c) * xq[c];
+                        acc = MathF.FusedMultiplyAdd(sum, q.Scale(r, b) * xs[b], acc);
+                    }
+                    expected[m * n + r] = acc;
+                }
+            }
+            var reference = tensor(expected, [300, n]);
+            foreach (int m in new[] { 1, 2, 4, 5, 9, 48, 49, 300 })
+                Assert.True(SameBits(reference.narrow(0, 0, m), w.KernelForward(x.narrow(0, 0, m).contiguous())), $"M={m} differs from the definition");
+            Assert.True(SameBits(reference.narrow(0, 0, 9), w.KernelForward(x.narrow(0, 0, 9).contiguous(), scalar: true)), "scalar path");
+            Assert.All(w.KernelForward(x.narrow(0, 5, 1).contiguous()).data<float>().ToArray(), v => Assert.Equal(0f, v));
+        }
+        finally { w.Dispose(); }
+    }
+
+    /// <summary>FP8 gives exactly the float32 GEMM's bits over its dequantized weights, for every batch size and path
+    /// (codes decoded in registers up to 4 rows, decoded panels and the float32 micro-kernel above).</summary>
+    [Theory]
+    [InlineData(70, 300)]   // a partial 128-column block, a partial 32-row panel
+    [InlineData(33, 1024)]
+    public void Fp8IsTheFloat32GemmOverTheDequantizedWeights(int n, int k)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var w = LinearWeight.Create(Random(n, k, 41), WeightQuantization.Fp8);
+        var f32 = LinearWeight.Create(w.Unpack(), WeightQuantization.None);
+        try
+        {
+            Assert.True(f32.IsFloat32);
+            var x = Random(300, k, 42);
+            foreach (int m in new[] { 1, 2, 3, 4, 5, 16, 17, 300 })
+            {
+                var xm = x.narrow(0, 0, m).contiguous();
+                Assert.True(SameBits(f32.KernelForward(xm), w.KernelForward(xm)), $"M={m}");
+            }
+            Assert.True(SameBits(f32.KernelForward(x.narrow(0, 0, 2).contiguous()), w.KernelForward(x.narrow(0, 0, 2).contiguous(), scalar: true)), "scalar path");
+        }
+        finally { w.Dispose(); f32.Dispose(); }
+    }
+
+    /// <summary>The panel layout is only storage: the row-major view (codes, scales, values) is the quantization's, and
+    /// stacking by rows across a panel boundary keeps every row.</summary>
+    [Theory]
+    [InlineData(WeightQuantization.Int8)]
+    [InlineData(WeightQuantization.Fp8)]
+    public void PanelsKeepTheRowMajorView(WeightQuantization format)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        const int k = 45;
+        var top = Random(37, k, 51);
+        var bottom = Random(20, k, 52);
+        using var qt = QuantizedMatrix.Quantize(top, format);
+        using var qb = QuantizedMatrix.Quantize(bottom, format);
+        using var stacked = QuantizedMatrix.StackRows(qt, qb);
+        Assert.Equal(57, stacked.Rows);
+        for (int r = 0; r < 57; r++)
+            for (int c = 0; c < k; c++)
+            {
+                var (from, row) = r < 37 ? (qt, r) : (qb, r - 37);
+                Assert.Equal(from.Code(row, c), stacked.Code(r, c));
+                Assert.Equal(from.Value(row, c), stacked.Value(r, c));
+            }
+        using var d = qt.Dequantize();
+        var values = d.data<float>().ToArray();
+        for (int r = 0; r < 37; r++)
+            for (int c = 0; c < k; c++) Assert.Equal(qt.Value(r, c), values[r * k + c]);
+        Assert.True(MaxAbs(d, top) < (format == WeightQuantization.Int8 ? 0.02 : 0.2));
     }
 
     [Fact]
