@@ -157,10 +157,10 @@ public static class LlamaCppBench
             "same run, same checkpoint and prompt; greedy tokens equal " + $"{agree}/{grid.Tokens.Length}"));
         s.Summary.Add(("batch-1 decode weight bandwidth / memory read bandwidth, Grid / llama.cpp",
             $"{Pct(gridGBps / bandwidth)} / {Pct(llamaGBps / bandwidth)} (of {F(bandwidth)} GB/s)",
-            "Grid: per-op overhead of ~60 small libtorch calls per layer and GEMV-shaped per-expert matmuls; llama.cpp: one graph per step, fused expert matmul"));
+            "Grid: the step's work between the weight reads (attention, routing, small calls between kernels); llama.cpp: one graph per step, fused expert matmul"));
         s.Summary.Add(("prefill GFLOP/s / matmul ceiling, Grid / llama.cpp",
             $"{Pct(gridPrefillGflops / gflops)} / {Pct(llamaPrefillGflops / gflops)} (of {F(gflops)} GFLOP/s)",
-            "per-expert matmuls of ~48 rows at 512 tokens (64 experts, top-6) and gathers between them"));
+            "per-expert matmuls of ~24-48 rows (64 experts, top-6) and the gathers between them"));
         return s;
     }
 
