@@ -32,7 +32,8 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
     /// <summary>
     /// Expert calls are pure functions of their payload, so a failed one is retried: when the silo serving a group leaves,
     /// the group's grain re-activates on a replica (or an elastic silo) and the step goes on. A group no silo can serve
-    /// fails at once (the gateway reports it as unavailable); the gateway's deadline on the whole exchange bounds the rest.
+    /// fails at once (the gateway reports it as unavailable), and so does a try that ran past its deadline (a silo that
+    /// hangs keeps hanging); the gateway's deadline on the whole call bounds the rest.
     /// </summary>
     static readonly ResiliencePipeline GroupRetry = new ResiliencePipelineBuilder()
         .AddRetry(new RetryStrategyOptions
@@ -40,7 +41,7 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             MaxRetryAttempts = 3,
             Delay = TimeSpan.FromMilliseconds(200),
             BackoffType = DelayBackoffType.Exponential,
-            ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException && !Unservable(e)),
+            ShouldHandle = new PredicateBuilder().Handle<Exception>(e => e is not OperationCanceledException and not TimeoutException && !Unservable(e)),
         })
         .Build();
 
@@ -74,8 +75,9 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         }
     }
 
-    public Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default) =>
-        host.RunAsync(model =>
+    public async Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default)
+    {
+        var progress = await host.RunAsync(model =>
         {
             var limit = start.MaxGroupsPerToken > 0 && start.MaxGroupsPerToken < start.DeviceGroups
                 ? new DeviceLimit(start.DeviceGroups, start.MaxGroupsPerToken) : null;
@@ -85,7 +87,10 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
                 var chunks = start.Chunks.Select(c => c.ToChunk()).ToList();
                 if (start.Exchange == ExpertExchange.Shard)
                     _exchanges[start.Owner] = new ExchangeWalk(start.StepId, start.WireDtype, start.MeasureWire, start.DeviceGroups,
-                        chunks.SelectMany((c, i) => Enumerable.Repeat(i, c.Tokens.Length)).ToArray(), chunks.Count);
+                        chunks.SelectMany((c, i) => Enumerable.Repeat(i, c.Tokens.Length)).ToArray(), chunks.Count)
+                    {
+                        GroupCallTimeout = start.GroupCallTimeout,
+                    };
                 return Measure(model, start.Owner, shard => shard.Start(chunks, limit, owner: start.Owner, stepId: start.StepId), start.WireDtype);
             }
             catch (StepRefusedException refused)
@@ -98,6 +103,11 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
                 };
             }
         }, cancellationToken);
+        // The shard exchange may walk on through the step's MoE layers in this same call (no gateway round trip per layer).
+        if (start.Exchange != ExpertExchange.Shard || start.WalkLayers <= 0 || progress.Finished || progress.Refused is not null || progress.Lost is not null)
+            return progress;
+        return await ExchangeStepAsync(start.Owner, start.StepId, progress.Layer, start.WalkLayers, cancellationToken);
+    }
 
     public Task<StepProgress> ContinueStepAsync(Guid owner, long stepId, TensorPayload routedOutput, CancellationToken cancellationToken = default) =>
         host.RunAsync(model =>
@@ -161,22 +171,35 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             return matched;
         }, cancellationToken);
 
-    public async Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, CancellationToken cancellationToken = default)
+    public async Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, int layers, CancellationToken cancellationToken = default)
     {
         if (!_exchanges.TryGetValue(owner, out var walk) || walk.StepId != stepId || walk.Layer != layer)
             return LostProgress($"step {stepId} of gateway {owner} is not waiting on MoE layer {layer} on this shard (it moved, or a newer step replaced it)");
+        long bytes = 0;
+        for (int walked = 1; ; walked++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var progress = await ExchangeLayerAsync(owner, walk, cancellationToken);
+            bytes += progress.ExchangedBytes;
+            if (progress.Finished || progress.Lost is not null || (layers > 0 && walked >= layers))
+                return progress with { ExchangedBytes = bytes };
+        }
+    }
+
+    /// <summary>The walk's pending MoE layer: its routed experts here and on the other silos, folded in, on to the next layer.</summary>
+    async Task<StepProgress> ExchangeLayerAsync(Guid owner, ExchangeWalk walk, CancellationToken cancellationToken)
+    {
         // The other silos' groups are called first, so they compute while this silo's inference thread runs its own.
         var remote = walk.Remote;
         if (remote.Length == 0)
             return await host.RunAsync(model => FoldAndContinue(model, owner, walk, []), cancellationToken);
-        var calls = remote.Select(r => GroupRetry.ExecuteAsync(async ct =>
-            await GrainFactory.GetGrain<IExpertGroupGrain>(r.Group).ForwardAsync(r.Request, ct).WaitAsync(ct), cancellationToken).AsTask()).ToArray();
+        var calls = remote.Select(r => CallGroupAsync(r.Group, r.Request, walk.GroupCallTimeout, cancellationToken)).ToArray();
         long bytes = walk.MeasureWire ? remote.Sum(r => (long)serializer.SerializeToArray(r.Request).Length) : 0;
         try
         {
             var lost = await host.RunAsync<StepProgress?>(model =>
             {
-                if (!Shard(model).Walks(owner, stepId)) return LostProgress($"step {stepId} of gateway {owner} is no longer walking on this shard");
+                if (!Shard(model).Walks(owner, walk.StepId)) return LostProgress($"step {walk.StepId} of gateway {owner} is no longer walking on this shard");
                 walk.RunLocal(model, host, telemetry);
                 return null;
             }, cancellationToken);
@@ -193,6 +216,24 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             throw;
         }
     }
+
+    /// <summary>One call to another silo's expert group, retried (see <see cref="GroupRetry"/>), each try under the gateway's per-call deadline.</summary>
+    async Task<TensorPayload> CallGroupAsync(int group, ExpertRequest request, TimeSpan timeout, CancellationToken cancellationToken) =>
+        await GroupRetry.ExecuteAsync(async ct =>
+        {
+            if (timeout <= TimeSpan.Zero)
+                return await GrainFactory.GetGrain<IExpertGroupGrain>(group).ForwardAsync(request, ct).WaitAsync(ct);
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            deadline.CancelAfter(timeout);
+            try
+            {
+                return await GrainFactory.GetGrain<IExpertGroupGrain>(group).ForwardAsync(request, deadline.Token).WaitAsync(deadline.Token);
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                throw new TimeoutException($"expert group {group} did not answer within {timeout.TotalSeconds:F0} s");
+            }
+        }, cancellationToken);
 
     StepProgress LostProgress(string why) => new(-1, null, 0, null, null, null) { Lost = why, Silo = RuntimeIdentity };
 

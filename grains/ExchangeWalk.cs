@@ -18,6 +18,8 @@ sealed class ExchangeWalk(long stepId, PayloadDtype wire, bool measureWire, int 
     public long StepId => stepId;
     public PayloadDtype Wire => wire;
     public bool MeasureWire => measureWire;
+    /// <summary>Deadline on each call to another silo's group (zero: none; the gateway's deadline on the whole call bounds it).</summary>
+    public TimeSpan GroupCallTimeout { get; init; }
     /// <summary>The pending MoE layer (-1 before the first).</summary>
     public int Layer { get; private set; } = -1;
     /// <summary>Per chunk, the expert groups its tokens reached so far in the step.</summary>

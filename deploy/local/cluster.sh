@@ -124,8 +124,11 @@ mv "$state/redis.pid.tmp" "$state/redis.pid"
 redis-cli -p "$redis_port" FLUSHALL >/dev/null 2>&1 || true
 
 cluster_id="grid-local-$$"
-# Share the cores: one torch thread per silo when silos outnumber them, and no OpenMP spin-waiting.
+# Share the cores: expert-only silos split them (one thread each when silos outnumber them); attention silos split them
+# among themselves only, since their work (attention, dense layers, shared experts, sampling) is on every layer's
+# critical path while the expert-only silos compute only when an attention silo waits for them. No OpenMP spin-waiting.
 threads=$(( $(nproc) / (silos + elastic) )); [ "$threads" -lt 1 ] && threads=1
+attention_threads=$(( $(nproc) / attention_silos )); [ "$attention_threads" -lt 1 ] && attention_threads=1
 for i in $(seq 0 $((silos - 1))); do
   mine=""
   for g in $(seq 0 $((groups - 1))); do
@@ -133,7 +136,8 @@ for i in $(seq 0 $((silos - 1))); do
   done
   attention=false; [ "$i" -lt "$attention_silos" ] && attention=true
   echo "silo $i: attention=$attention expert groups [$mine] of $groups"
-  OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$threads" --model "$model" --groups "$mine" --expert-groups "$groups" \
+  t=$threads; [ "$attention" = true ] && t=$attention_threads
+  OMP_WAIT_POLICY=PASSIVE Grid__Cluster__ClusterId="$cluster_id" nohup dotnet "$silo_dll" --torch-threads "$t" --model "$model" --groups "$mine" --expert-groups "$groups" \
     --attention "$attention" --clustering redis --redis "127.0.0.1:$redis_port" \
     --silo-port $((base_port + i)) --gateway-port $((base_port + 100 + i)) \
     --metrics-port $([ "$metrics_port" -gt 0 ] && echo $((metrics_port + i)) || echo 0) > "$state/silo$i.log" 2>&1 &

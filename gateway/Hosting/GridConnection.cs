@@ -86,6 +86,7 @@ public sealed class GridConnection : IAsyncDisposable
                 Lease = TimeSpan.FromSeconds(cluster.LeaseSeconds),
                 Exchange = string.Equals(cluster.ExpertExchange, "gateway", StringComparison.OrdinalIgnoreCase) ? ExpertExchange.Gateway : ExpertExchange.Shard,
                 WireDtype = cluster.WireDtype.ToLowerInvariant() switch { "float16" => PayloadDtype.Float16, "bfloat16" => PayloadDtype.BFloat16, _ => PayloadDtype.Float32 },
+                LayersPerCall = cluster.LayersPerCall,
             };
             var loggers = loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
             var grains = host.Services.GetRequiredService<IGrainFactory>();

@@ -30,6 +30,11 @@ public sealed record GridTopology
     public ExpertExchange Exchange { get; init; } = ExpertExchange.Shard;
     /// <summary>Element type of hidden states on the wire (Grid:Cluster:WireDtype).</summary>
     public PayloadDtype WireDtype { get; init; } = PayloadDtype.Float32;
+    /// <summary>
+    /// With the shard exchange, MoE layers a shard walks per gateway call (Grid:Cluster:LayersPerCall): 0 (the default)
+    /// walks the whole step in the start call; n > 0 stops at every n-th MoE layer for the gateway's next call.
+    /// </summary>
+    public int LayersPerCall { get; init; }
 }
 
 /// <summary>
@@ -127,15 +132,27 @@ public sealed class GridStepExecutor : IStepExecutor
     IAttentionGrain Shard(int i) => _grains.GetGrain<IAttentionGrain>(i);
     IExpertGroupGrain Group(int g) => _grains.GetGrain<IExpertGroupGrain>(g);
 
+    /// <summary>A step call's deadline: <see cref="GridTopology.CallTimeout"/> per layer walk it covers (one: the plain step pipeline).</summary>
+    ResiliencePipeline StepPipeline(int walks)
+    {
+        if (walks <= 1) return _stepPipeline;
+        lock (_walkPipelines)
+            return _walkPipelines.TryGetValue(walks, out var p) ? p
+                : _walkPipelines[walks] = new ResiliencePipelineBuilder().AddTimeout(TimeSpan.FromTicks(_topology.CallTimeout.Ticks * walks)).Build();
+    }
+
+    readonly Dictionary<int, ResiliencePipeline> _walkPipelines = new();
+
     /// <summary>
     /// Every grain call runs under a Polly timeout (a dead silo fails the step after <see cref="GridTopology.CallTimeout"/>
-    /// instead of Orleans' 30 s response timeout); idempotent calls (status, cache, expert forward) are also retried.
+    /// instead of Orleans' 30 s response timeout; a call that walks several MoE layers gets that much per layer);
+    /// idempotent calls (status, cache, expert forward) are also retried.
     /// </summary>
-    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false, int? group = null)
+    async Task<T> CallAsync<T>(string kind, Func<CancellationToken, Task<T>> call, CancellationToken cancellationToken, bool idempotent = false, int? group = null, int walks = 1)
     {
         GrainCalls.Add(1, new KeyValuePair<string, object?>("kind", kind));
         var sw = Stopwatch.StartNew();
-        var pipeline = group is { } g ? GroupPipeline(g) : idempotent ? _readPipeline : _stepPipeline;
+        var pipeline = group is { } g ? GroupPipeline(g) : idempotent ? _readPipeline : StepPipeline(walks);
         try
         {
             // WaitAsync: a call to a silo that died returns at once when the step is interrupted, whatever Orleans does.
@@ -143,7 +160,7 @@ public sealed class GridStepExecutor : IStepExecutor
         }
         catch (TimeoutRejectedException)
         {
-            throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds:F0} s");
+            throw new TimeoutException($"grain call {kind} did not answer within {_topology.CallTimeout.TotalSeconds * Math.Max(1, walks):F0} s");
         }
         catch (BrokenCircuitException e)
         {
@@ -199,18 +216,25 @@ public sealed class GridStepExecutor : IStepExecutor
         }
         var shards = byShard.Keys.ToArray();
         bool exchange = _topology.Exchange == ExpertExchange.Shard;
+        // With the shard exchange the start call walks the whole step (LayersPerCall 0), or stops at the first MoE layer.
+        bool wholeStep = exchange && _topology.LayersPerCall <= 0;
+        int moeLayers = Config.MoeLayers.Count();
         var starts = shards.Select(s => new StepStart(stepId, byShard[s].Select(i => chunks[i].ToInput()).ToArray(), _topology.ExpertGroups, _topology.MaxGroupsPerToken, Owner)
         {
             Exchange = _topology.Exchange,
             WireDtype = _topology.WireDtype,
             MeasureWire = Wire is not null,
+            WalkLayers = wholeStep ? int.MaxValue : 0,
+            GroupCallTimeout = _topology.CallTimeout,
         }).ToArray();
-        var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken)));
+        var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken,
+            walks: wholeStep ? 1 + moeLayers : 1)));
         if (Wire is { } wire) foreach (var start in starts) wire.Chunks(start);
         // A shard that refused changed nothing; the others' walks are abandoned by this gateway's next step.
         if (progress.Any(p => p.Refused is not null))
             throw new StepRefusedException(progress.Where(p => p.Refused is not null).SelectMany(p => p.Refused!)
                 .Select(r => new ChunkRefusal(r.SequenceId, r.NoRoom ? RefusalReason.NoRoom : RefusalReason.Mismatch, r.Position, r.Held)).ToList());
+        if (wholeStep) ExchangedOnTheWay(progress, stepId);
 
         // Which chunk each routed row belongs to (a shard's rows are its chunks' tokens in chunk order, shards in
         // order), to report the expert groups each sequence reached (trace attributes).
@@ -220,15 +244,12 @@ public sealed class GridStepExecutor : IStepExecutor
         {
             if (exchange)
             {
-                // One round trip per MoE layer: each shard runs the layer's experts itself and comes back at the next layer.
-                int layer = progress[0].Layer;
+                // LayersPerCall MoE layers per gateway call: each shard runs the layers' experts itself and comes back after them.
+                int layer = progress[0].Layer, layers = Math.Max(1, _topology.LayersPerCall);
                 if (progress.Any(p => p.Finished || p.Layer != layer)) throw new InvalidOperationException("attention shards are out of step");
                 progress = await Task.WhenAll(shards.Select(s =>
-                    CallAsync("attention.exchange", ct => Shard(s).ExchangeStepAsync(Owner, stepId, layer, ct), cancellationToken)));
-                Wire?.Exchanged(progress.Sum(p => p.ExchangedBytes));
-                Wire?.Hidden(progress);   // the per-layer answers carry no hidden state: routing-free progress, a few dozen bytes
-                if (progress.FirstOrDefault(p => p.Lost is not null) is { } lostExchange)
-                    throw new StepInterruptedException($"attention shard on {lostExchange.Silo} lost step {stepId}: {lostExchange.Lost}");
+                    CallAsync("attention.exchange", ct => Shard(s).ExchangeStepAsync(Owner, stepId, layer, layers, ct), cancellationToken, walks: layers)));
+                ExchangedOnTheWay(progress, stepId);
                 continue;
             }
             Wire?.Hidden(progress);
@@ -256,6 +277,15 @@ public sealed class GridStepExecutor : IStepExecutor
                 results[order[j]] = outputs[j].ToResult() with { ExpertGroups = outputs[j].ExpertGroups ?? reached[order[j]]?.ToArray() ?? [] };
         }
         return results;
+    }
+
+    /// <summary>Counts what the shards' own expert-group calls moved (when metered) and stops at a shard that lost the walk.</summary>
+    void ExchangedOnTheWay(StepProgress[] progress, long stepId)
+    {
+        Wire?.Exchanged(progress.Sum(p => p.ExchangedBytes));
+        Wire?.Hidden(progress);   // the shards' answers carry no hidden state: routing-free progress, a few dozen bytes
+        if (progress.FirstOrDefault(p => p.Lost is not null) is { } lost)
+            throw new StepInterruptedException($"attention shard on {lost.Silo} lost step {stepId}: {lost.Lost}");
     }
 
     /// <summary>An Orleans failure that means a silo the call needed is gone (or unreachable): the step can be retried.</summary>

@@ -81,6 +81,14 @@ public sealed record StepStart(
     [Id(6)] public PayloadDtype WireDtype { get; init; }
     /// <summary>Count the serialized bytes of the shard's expert-group calls (benchmarks and tests; off in serving).</summary>
     [Id(7)] public bool MeasureWire { get; init; }
+    /// <summary>
+    /// With the shard exchange: how many MoE layers the start call walks on after the first dispatch (0: it stops at the
+    /// first MoE layer and the gateway calls <see cref="IAttentionGrain.ExchangeStepAsync"/>; <see cref="int.MaxValue"/>:
+    /// the whole step in this one call).
+    /// </summary>
+    [Id(8)] public int WalkLayers { get; init; }
+    /// <summary>With the shard exchange: the shard's deadline on each call to another silo's expert group (zero: none).</summary>
+    [Id(9)] public TimeSpan GroupCallTimeout { get; init; }
 }
 
 /// <summary>A chunk the shard refused (the whole step then changed nothing): why, the position it named, the tokens held.</summary>
@@ -177,7 +185,12 @@ public sealed record CacheReport(
 /// </summary>
 public interface IAttentionGrain : IGrainWithIntegerKey
 {
-    /// <summary>Embeds the chunks' tokens and runs layers up to the first MoE dispatch (or the end of the step).</summary>
+    /// <summary>
+    /// Embeds the chunks' tokens and runs layers up to the first MoE dispatch (or the end of the step); with the shard
+    /// exchange and <see cref="StepStart.WalkLayers"/> it walks on through that many MoE layers (the whole step: one call).
+    /// The gateway's own deadline bounds the call; Orleans' response timeout is lifted to fit a long step.
+    /// </summary>
+    [ResponseTimeout("00:30:00")]
     Task<StepProgress> StartStepAsync(StepStart start, CancellationToken cancellationToken = default);
 
     /// <summary>Folds in the routed experts' output [n, d] of the owner's pending MoE layer and runs on to the next dispatch.</summary>
@@ -190,12 +203,13 @@ public interface IAttentionGrain : IGrainWithIntegerKey
     Task<int[]> AttachPrefixAsync(Guid owner, PrefixQuery[] queries, CancellationToken cancellationToken = default);
 
     /// <summary>
-    /// One MoE layer in one call (the <see cref="ExpertExchange.Shard"/> walk): runs the routed experts of the owner's
+    /// MoE layers in one call (the <see cref="ExpertExchange.Shard"/> walk): runs the routed experts of the owner's
     /// pending MoE layer <paramref name="layer"/> (the groups this silo holds in place, the others on their
     /// expert-group grains, retried there when a group's silo leaves), folds their sum in and runs on to the next
-    /// MoE layer or the end of the step.
+    /// MoE layer; repeats for up to <paramref name="layers"/> MoE layers (0: to the end of the step).
     /// </summary>
-    Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, CancellationToken cancellationToken = default);
+    [ResponseTimeout("00:30:00")]
+    Task<StepProgress> ExchangeStepAsync(Guid owner, long stepId, int layer, int layers, CancellationToken cancellationToken = default);
 
     /// <summary>Frees the latent caches of the owner's given sequences (ended or cancelled).</summary>
     Task ReleaseAsync(Guid owner, long[] sequenceIds, CancellationToken cancellationToken = default);

@@ -48,6 +48,12 @@ public sealed class GridClusterOptions
     /// bytes; converted at the edges of each call, sums taken in the compute dtype; moves logits slightly). Read by the gateway.
     /// </summary>
     public string WireDtype { get; set; } = "float32";
+    /// <summary>
+    /// With the shard exchange, how many MoE layers an attention shard walks per gateway call: 0 (the default) walks the
+    /// whole step in one call (the shard calls the other silos' groups layer by layer itself, no gateway round trip per
+    /// layer); 1 stops at every MoE layer for the gateway's next call (the walk before). Read by the gateway.
+    /// </summary>
+    public int LayersPerCall { get; set; }
     /// <summary>Orchestrator deadline per grain call, seconds.</summary>
     public double CallTimeoutSeconds { get; set; } = 20;
     /// <summary>

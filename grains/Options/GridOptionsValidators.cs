@@ -98,6 +98,8 @@ sealed class ClusterOptionsValidator : GridValidator
         AtLeast(fail, "Grid:Cluster:MaxGroupsPerToken", c.MaxGroupsPerToken, 0);
         if (c.ExpertExchange?.ToLowerInvariant() is not ("shard" or "gateway"))
             fail($"Grid:Cluster:ExpertExchange: '{c.ExpertExchange}' is not supported (shard, gateway)", null);
+        if (c.LayersPerCall < 0)
+            fail($"Grid:Cluster:LayersPerCall: {c.LayersPerCall} must be 0 (the whole step per call) or a positive number of MoE layers", null);
         if (c.WireDtype?.ToLowerInvariant() is not ("float32" or "float16" or "bfloat16"))
             fail($"Grid:Cluster:WireDtype: '{c.WireDtype}' is not supported (float32, float16, bfloat16)", null);
         if (!(c.CallTimeoutSeconds > 0)) fail($"Grid:Cluster:CallTimeoutSeconds must be positive, got {c.CallTimeoutSeconds}", null);

@@ -140,7 +140,7 @@ public static class GridOverheadBench
     }
 
     /// <summary>Another walk of the same grid: the connection's own topology with the given exchange and wire dtype.</summary>
-    static GridStepExecutor Variant(GridConnection grid, GridClusterOptions options, ExpertExchange exchange, PayloadDtype wire) =>
+    static GridStepExecutor Variant(GridConnection grid, GridClusterOptions options, ExpertExchange exchange, PayloadDtype wire, int layersPerCall = 0) =>
         new(grid.Services.GetRequiredService<IGrainFactory>(), grid.Executor.Config, new GridTopology
         {
             AttentionShards = options.AttentionShards,
@@ -148,6 +148,7 @@ public static class GridOverheadBench
             CallTimeout = TimeSpan.FromSeconds(options.CallTimeoutSeconds),
             Exchange = exchange,
             WireDtype = wire,
+            LayersPerCall = layersPerCall,
         }, NullLogger<GridStepExecutor>.Instance);
 
     /// <summary>Every batch through the engines interleaved; per engine its runs, and the model-core runs of the same rounds.</summary>
@@ -160,7 +161,7 @@ public static class GridOverheadBench
         foreach (var b in batches)
         {
             // Batch-1 steps are short: many more of them make the medians hold on a shared machine.
-            int n = b == 1 ? Math.Max(steps, 24) : steps;
+            int n = b == 1 ? Math.Max(steps, Environment.GetEnvironmentVariable("GRID_BENCH_CLUSTER_ONLY") == "1" ? 48 : 24) : steps;
             c.Log($"{string.Join(" | ", all.Select(e => e.Item1))}: decode batch {b}, {n} steps interleaved");
             var runs = await InterleavedAsync(c, all, b, prompt, n, idBase, ct, compute, splits);
             idBase += 100_000;
@@ -186,7 +187,9 @@ public static class GridOverheadBench
         c.Log("model-core in process: loading");
         await using var local = await EngineFactory.LoadLocalAsync(c.ModelDir, TorchSharp.torch.ScalarType.Float32, null, ct);
 
-        try
+        bool only = Environment.GetEnvironmentVariable("GRID_BENCH_CLUSTER_ONLY") == "1";
+        if (only) batches = [1, 32];
+        if (!only) try
         {
             c.Log("embedded grid: starting (one silo in this process, 4 expert groups)");
             var options = new GridClusterOptions { Clustering = "embedded", ExpertGroups = 4 };
@@ -209,8 +212,10 @@ public static class GridOverheadBench
             await using var client = await GridConnection.StartAsync(c.ModelDir, "float32", cluster.Options, null, m => c.Log("cluster: " + m), ct);
             await using var half = Variant(client, cluster.Options, ExpertExchange.Shard, PayloadDtype.Float16);
             await using var gatewayWalk = Variant(client, cluster.Options, ExpertExchange.Gateway, PayloadDtype.Float32);
-            await MeasureRoundAsync(c, local, [("cluster", client.Executor), ("cluster, f16 wire", half), ("cluster, gateway walk", gatewayWalk)],
+            await using var perLayer = Variant(client, cluster.Options, ExpertExchange.Shard, PayloadDtype.Float32, layersPerCall: 1);
+            await MeasureRoundAsync(c, local, only ? [("cluster", client.Executor), ("cluster, call per layer", perLayer)] : [("cluster", client.Executor), ("cluster, f16 wire", half), ("cluster, gateway walk", gatewayWalk)],
                 batches, prompt, steps, engines, baselines, ct);
+            if (only) return s;
             var clusterWire = new List<(string, List<WireBytesBench.Row>)>();
             foreach (var (name, executor) in new[] { ("shard exchange", client.Executor), ("shard exchange, f16", half), ("gateway walk", gatewayWalk) })
                 clusterWire.Add((name, await WireBytesBench.MeasureAsync(c, executor, client.Services, [1, batches[^1]], prompt, ct)));

@@ -221,24 +221,47 @@ public sealed class FullGridTests(FullCluster cluster) : GridClusterTestsBase<Fu
     public async Task GrainCallsPerDecodeStepDoNotGrowWithSequences()
     {
         int moeLayers = Grid.Config.MoeLayers.Count();
-        // One attention shard, on the silo that holds group 0: one start call and one exchange call per MoE layer from the
-        // gateway, and from the shard one call per other expert group reached per MoE layer (group 0 runs in place).
+        // One attention shard, on the silo that holds group 0: from the gateway one start call that walks the whole step
+        // (Grid:Cluster:LayersPerCall 0, the default), and from the shard one call per other expert group reached per MoE
+        // layer (group 0 runs in place).
         int remoteGroups = GridTestCluster.Groups - GridTestCluster.GroupsOfSilo[0].Length;
-        long bound = (1 + moeLayers) + moeLayers * remoteGroups;
+        long bound = 1 + moeLayers * remoteGroups;
         var one = await CallsInOneDecodeStepAsync(1, 5000);
         var sixteen = await CallsInOneDecodeStepAsync(16, 6000);
         var thirtyTwo = await CallsInOneDecodeStepAsync(32, 7000);
-        Assert.InRange(one.All, 1 + moeLayers, bound);
-        Assert.Equal(moeLayers, one.Exchanges);                      // one round trip per MoE layer
+        Assert.InRange(one.All, 1, bound);
+        Assert.Equal(0, one.Exchanges);                              // no gateway round trip per MoE layer
         Assert.Equal(0, one.Continues);
         Assert.Equal(bound, sixteen.All);                            // 16 sequences reach every group: the fixed maximum
         Assert.Equal(moeLayers * remoteGroups, sixteen.Forwards);
         Assert.Equal(sixteen, thirtyTwo);                            // doubling the sequences adds no call
     }
 
-    GridStepExecutor WalkedBy(ExpertExchange exchange, PayloadDtype wire) =>
-        new(Grid.Cluster.Client, Grid.Config, new GridTopology { AttentionShards = 1, ExpertGroups = GridTestCluster.Groups, Exchange = exchange, WireDtype = wire },
-            Microsoft.Extensions.Logging.Abstractions.NullLogger<GridStepExecutor>.Instance);
+    /// <summary>
+    /// Grid:Cluster:LayersPerCall n > 0: the start call stops at the first MoE layer and every gateway call walks n MoE
+    /// layers; the shard's own calls to the groups do not change, nor do the golden tokens and logprobs.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task GatewayCallsEveryFewLayersWhenAsked(int layersPerCall)
+    {
+        await using var executor = WalkedBy(ExpertExchange.Shard, PayloadDtype.Float32, layersPerCall);
+        await MatchesGoldenAsync("full_f32", executor);
+        int moeLayers = Grid.Config.MoeLayers.Count();
+        int remoteGroups = GridTestCluster.Groups - GridTestCluster.GroupsOfSilo[0].Length;
+        var sixteen = await CallsInOneDecodeStepAsync(16, 40_000 + 1000 * layersPerCall, executor);
+        int exchanges = (moeLayers + layersPerCall - 1) / layersPerCall;
+        Assert.Equal(exchanges, sixteen.Exchanges);
+        Assert.Equal(moeLayers * remoteGroups, sixteen.Forwards);
+        Assert.Equal(1 + exchanges + moeLayers * remoteGroups, sixteen.All);
+    }
+
+    GridStepExecutor WalkedBy(ExpertExchange exchange, PayloadDtype wire, int layersPerCall = 0) =>
+        new(Grid.Cluster.Client, Grid.Config, new GridTopology
+        {
+            AttentionShards = 1, ExpertGroups = GridTestCluster.Groups, Exchange = exchange, WireDtype = wire, LayersPerCall = layersPerCall,
+        }, Microsoft.Extensions.Logging.Abstractions.NullLogger<GridStepExecutor>.Instance);
 
     /// <summary>The earlier walk (the gateway calls the groups and hands their sum back) stays exact, at two round trips per MoE layer.</summary>
     [Fact]
