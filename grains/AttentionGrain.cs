@@ -217,23 +217,42 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
         }
     }
 
-    /// <summary>One call to another silo's expert group, retried (see <see cref="GroupRetry"/>), each try under the gateway's per-call deadline.</summary>
-    async Task<TensorPayload> CallGroupAsync(int group, ExpertRequest request, TimeSpan timeout, CancellationToken cancellationToken) =>
-        await GroupRetry.ExecuteAsync(async ct =>
+    /// <summary>
+    /// One call to another silo's expert group, retried (see <see cref="GroupRetry"/>), each try under the gateway's
+    /// per-call deadline. The retries continue on this activation's scheduler (a retry after Polly's delay on a pool
+    /// thread would be a call from outside the grain: Orleans refuses it).
+    /// </summary>
+    async Task<TensorPayload> CallGroupAsync(int group, ExpertRequest request, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var grain = GrainFactory.GetGrain<IExpertGroupGrain>(group);
+        var context = ResilienceContextPool.Shared.Get(continueOnCapturedContext: true, cancellationToken);
+        try
         {
-            if (timeout <= TimeSpan.Zero)
-                return await GrainFactory.GetGrain<IExpertGroupGrain>(group).ForwardAsync(request, ct).WaitAsync(ct);
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            deadline.CancelAfter(timeout);
-            try
+            return await GroupRetry.ExecuteAsync(async (ctx, _) =>
             {
-                return await GrainFactory.GetGrain<IExpertGroupGrain>(group).ForwardAsync(request, deadline.Token).WaitAsync(deadline.Token);
-            }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-            {
-                throw new TimeoutException($"expert group {group} did not answer within {timeout.TotalSeconds:F0} s");
-            }
-        }, cancellationToken);
+                var ct = ctx.CancellationToken;
+                if (timeout <= TimeSpan.Zero)
+                    return await grain.ForwardAsync(request, ct).WaitAsync(ct);
+                using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+                deadline.CancelAfter(timeout);
+                try
+                {
+                    return await grain.ForwardAsync(request, deadline.Token).WaitAsync(deadline.Token);
+                }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+                {
+                    logger.LogWarning("expert group {Group}: no answer within {Seconds:F0} s; the step fails", group, timeout.TotalSeconds);
+                    throw new TimeoutException($"expert group {group} did not answer within {timeout.TotalSeconds:F0} s");
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    logger.LogWarning("expert group {Group}: call failed ({Error}); retried unless it cannot be", group, e.GetType().Name + ": " + e.Message.Split('\n')[0]);
+                    throw;
+                }
+            }, context, 0);
+        }
+        finally { ResilienceContextPool.Shared.Return(context); }
+    }
 
     StepProgress LostProgress(string why) => new(-1, null, 0, null, null, null) { Lost = why, Silo = RuntimeIdentity };
 

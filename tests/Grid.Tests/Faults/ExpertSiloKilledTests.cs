@@ -46,6 +46,34 @@ public sealed class ExpertSiloKilledTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// The expert silo freezes instead (SIGSTOP: its sockets stay open, nothing answers). The attention shard walks each
+    /// whole step in one gateway call and is waiting on the frozen silo's groups inside it; membership votes the silo
+    /// dead, the gateway interrupts the step, the groups re-activate on the elastic silo, and every stream finishes
+    /// identical to its solo run.
+    /// </summary>
+    [Fact]
+    public async Task FrozenExpertSiloWithElasticSiloStreamsFinishIdenticalToSolo()
+    {
+        await using var cluster = NewCluster(output);
+        await cluster.StartRedisAsync();
+        cluster.StartSilo("attention", attention: true, groups: [0]);
+        cluster.StartSilo("experts", attention: false, groups: [1, 2, 3]);
+        cluster.StartSilo("elastic", attention: false, groups: [], elastic: true);
+        await Task.WhenAll(cluster.WaitSiloReadyAsync("attention"), cluster.WaitSiloReadyAsync("experts"), cluster.WaitSiloReadyAsync("elastic"));
+        var gateway = await cluster.StartGatewayAsync("gateway", attentionShards: 1);
+
+        var specs = Specs(Streams / 2, MaxTokens, seeded: false).Concat(Specs(Streams / 2, MaxTokens, seeded: true, salt: Streams / 2)).ToArray();
+        var expected = await ReferencesAsync(output, cluster, gateway, specs);
+
+        var streams = StreamClient.StartAll(gateway.Http, specs);
+        await StreamClient.WaitAllTokensAsync(streams, KillAfterTokens, StateLimit);
+        cluster.Freeze("experts");
+        var runs = await Task.WhenAll(streams.Select(s => s.Completion));
+        ReportGaps(output, "experts frozen, elastic silo present", runs);
+        AssertSameAsSolo(cluster, expected, runs, "the expert silo frozen with an elastic silo present");
+    }
+
+    /// <summary>
     /// Also the probes: every silo answers /health and /ready on its metrics port (200 once it is an active member with
     /// its model part loaded); the gateway's /ready turns 503 <c>expert_group_unavailable</c> before a 15 s deadline
     /// from the kill (polled), and 200 again once a silo serving the groups joined.

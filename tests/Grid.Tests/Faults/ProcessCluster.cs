@@ -262,6 +262,20 @@ public sealed class ProcessCluster : IAsyncDisposable
         child.Process.Dispose();
     }
 
+    /// <summary>
+    /// SIGSTOPs the process <paramref name="name"/> started: it stays in the process table with its sockets open and
+    /// answers nothing (a hung machine, not a crashed one) until disposal kills it.
+    /// </summary>
+    public void Freeze(string name)
+    {
+        Child child;
+        lock (_children) child = _children[name];
+        _log($"kill -STOP {name} (pid {child.Process.Id})");
+        using var kill = System.Diagnostics.Process.Start("kill", ["-STOP", child.Process.Id.ToString()]);
+        kill.WaitForExit();
+        if (kill.ExitCode != 0) throw new InvalidOperationException($"kill -STOP {child.Process.Id} exited with {kill.ExitCode}");
+    }
+
     /// <summary>Waits until process <paramref name="name"/> exits by itself (within <paramref name="limit"/>, default <see cref="StartLimit"/>); returns its exit code.</summary>
     public async Task<int> WaitForExitAsync(string name, TimeSpan? limit = null)
     {
