@@ -87,6 +87,8 @@ public sealed class GridConnection : IAsyncDisposable
                 Exchange = string.Equals(cluster.ExpertExchange, "gateway", StringComparison.OrdinalIgnoreCase) ? ExpertExchange.Gateway : ExpertExchange.Shard,
                 WireDtype = cluster.WireDtype.ToLowerInvariant() switch { "float16" => PayloadDtype.Float16, "bfloat16" => PayloadDtype.BFloat16, _ => PayloadDtype.Float32 },
                 LayersPerCall = cluster.LayersPerCall,
+                GatewaySettle = cluster.Clustering.Equals("embedded", StringComparison.OrdinalIgnoreCase) ? TimeSpan.Zero
+                    : TimeSpan.FromSeconds(2 * cluster.GatewayListRefreshSeconds),
             };
             var loggers = loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
             var grains = host.Services.GetRequiredService<IGrainFactory>();

@@ -26,6 +26,9 @@ public sealed class ClusterWatch : IAsyncDisposable
     /// <summary>Silos seen in the last poll (every status).</summary>
     public IReadOnlyList<SiloView> Silos => _silos;
 
+    /// <summary>When a silo was last seen declared dead or leaving (null: never).</summary>
+    public DateTimeOffset? LastLoss { get; private set; }
+
     /// <summary>When the last poll answered.</summary>
     public DateTimeOffset LastAnswer { get; private set; }
 
@@ -78,6 +81,7 @@ public sealed class ClusterWatch : IAsyncDisposable
         foreach (var silo in gone)
         {
             lock (_lost) if (!_lost.Add(silo)) continue;
+            LastLoss = DateTimeOffset.UtcNow;
             _logger.LogWarning("silo {Silo} left the cluster (membership); interrupting steps that wait on it", silo);
             SiloLost?.Invoke(silo);
         }

@@ -35,6 +35,12 @@ public sealed record GridTopology
     /// walks the whole step in the start call; n > 0 stops at every n-th MoE layer for the gateway's next call.
     /// </summary>
     public int LayersPerCall { get; init; }
+    /// <summary>
+    /// How long after a silo is lost the gateway waits before its next step (twice Grid:Cluster:GatewayListRefreshSeconds):
+    /// until then the Orleans client may still route a call through the lost silo's gateway, and a silo that froze
+    /// (rather than died) keeps that connection open, so the call would wait out its whole deadline.
+    /// </summary>
+    public TimeSpan GatewaySettle { get; init; }
 }
 
 /// <summary>
@@ -187,6 +193,7 @@ public sealed class GridStepExecutor : IStepExecutor
         if (Watch is { } watch) watch.SiloLost += OnLost;
         try
         {
+            await SettleAfterLossAsync(step.Token);
             return await WalkAsync(stepId, chunks, step.Token);
         }
         catch (Exception e) when (lost is not null && !cancellationToken.IsCancellationRequested && e is not StepRefusedException)
@@ -201,6 +208,17 @@ public sealed class GridStepExecutor : IStepExecutor
         {
             if (Watch is { } w) w.SiloLost -= OnLost;
         }
+    }
+
+    /// <summary>Right after a silo was lost: waits until the client has re-read the live gateways (see <see cref="GridTopology.GatewaySettle"/>).</summary>
+    async Task SettleAfterLossAsync(CancellationToken cancellationToken)
+    {
+        if (Watch?.LastLoss is not { } lost || _topology.GatewaySettle <= TimeSpan.Zero) return;
+        var left = _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
+        if (left <= TimeSpan.Zero) return;
+        _logger.LogInformation("a silo was lost {Ago:F1} s ago: stepping again in {Wait:F1} s, once the client has dropped its gateway",
+            (DateTimeOffset.UtcNow - lost).TotalSeconds, left.TotalSeconds);
+        await Task.Delay(left, cancellationToken);
     }
 
     async Task<ChunkResult[]> WalkAsync(long stepId, IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)

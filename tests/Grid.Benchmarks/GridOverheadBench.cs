@@ -161,7 +161,7 @@ public static class GridOverheadBench
         foreach (var b in batches)
         {
             // Batch-1 steps are short: many more of them make the medians hold on a shared machine.
-            int n = b == 1 ? Math.Max(steps, Environment.GetEnvironmentVariable("GRID_BENCH_CLUSTER_ONLY") == "1" ? 48 : 24) : steps;
+            int n = b == 1 ? Math.Max(steps, 24) : steps;
             c.Log($"{string.Join(" | ", all.Select(e => e.Item1))}: decode batch {b}, {n} steps interleaved");
             var runs = await InterleavedAsync(c, all, b, prompt, n, idBase, ct, compute, splits);
             idBase += 100_000;
@@ -187,9 +187,7 @@ public static class GridOverheadBench
         c.Log("model-core in process: loading");
         await using var local = await EngineFactory.LoadLocalAsync(c.ModelDir, TorchSharp.torch.ScalarType.Float32, null, ct);
 
-        bool only = Environment.GetEnvironmentVariable("GRID_BENCH_CLUSTER_ONLY") == "1";
-        if (only) batches = [1, 32];
-        if (!only) try
+        try
         {
             c.Log("embedded grid: starting (one silo in this process, 4 expert groups)");
             var options = new GridClusterOptions { Clustering = "embedded", ExpertGroups = 4 };
@@ -213,9 +211,8 @@ public static class GridOverheadBench
             await using var half = Variant(client, cluster.Options, ExpertExchange.Shard, PayloadDtype.Float16);
             await using var gatewayWalk = Variant(client, cluster.Options, ExpertExchange.Gateway, PayloadDtype.Float32);
             await using var perLayer = Variant(client, cluster.Options, ExpertExchange.Shard, PayloadDtype.Float32, layersPerCall: 1);
-            await MeasureRoundAsync(c, local, only ? [("cluster", client.Executor), ("cluster, call per layer", perLayer)] : [("cluster", client.Executor), ("cluster, f16 wire", half), ("cluster, gateway walk", gatewayWalk)],
+            await MeasureRoundAsync(c, local, [("cluster", client.Executor), ("cluster, call per layer", perLayer), ("cluster, f16 wire", half), ("cluster, gateway walk", gatewayWalk)],
                 batches, prompt, steps, engines, baselines, ct);
-            if (only) return s;
             var clusterWire = new List<(string, List<WireBytesBench.Row>)>();
             foreach (var (name, executor) in new[] { ("shard exchange", client.Executor), ("shard exchange, f16", half), ("gateway walk", gatewayWalk) })
                 clusterWire.Add((name, await WireBytesBench.MeasureAsync(c, executor, client.Services, [1, batches[^1]], prompt, ct)));
@@ -271,8 +268,8 @@ public static class GridOverheadBench
         s.Table(header, rows);
         s.Notes.Add($"Greedy decode of {prompt}-token prompts, {steps} steps after one warm-up, every engine driven through IStepExecutor.StepAsync (model-core = LocalStepExecutor), the engines' steps interleaved one by one with model-core's (rotating order) and each taken as its median step time: on a shared machine the ratios hold where absolute times do not.");
         s.Notes.Add("Dispatch ms/step is derived: the engine's step time minus model-core's at the same batch (orchestration, grain calls, payload copies, serialization, and for the cluster loopback TCP and the silos' share of the cores). It is not instrumented per call.");
-        s.Notes.Add("Embedded and cluster use the shard exchange (Grid:Cluster:ExpertExchange=shard, the default); \"gateway walk\" is Grid:Cluster:ExpertExchange=gateway on the same grid, the walk before it; \"f16 wire\" is Grid:Cluster:WireDtype=float16.");
-        s.Notes.Add("Cluster: deploy/local/cluster.sh up --silos 3 (Redis membership; silo 0 attention + groups 0 and 3, silos 1 and 2 one group each; 1 torch thread per silo since 3 silos share 2 cores); this process connects as an Orleans client.");
+        s.Notes.Add("Embedded and cluster use the shard exchange (Grid:Cluster:ExpertExchange=shard, the default) walking the whole step per gateway call (Grid:Cluster:LayersPerCall=0, the default); \"call per layer\" is LayersPerCall=1 on the same grid; \"gateway walk\" is Grid:Cluster:ExpertExchange=gateway, the walk before both; \"f16 wire\" is Grid:Cluster:WireDtype=float16.");
+        s.Notes.Add("Cluster: deploy/local/cluster.sh up --silos 3 (Redis membership; silo 0 attention + groups 0 and 3, silos 1 and 2 one group each; the attention silo computes with both cores, the expert-only silos with one thread each); this process connects as an Orleans client.");
         foreach (var (k, v) in errors) s.Notes.Add($"{k} failed: {v}");
         if (wire is not null) WireBytesBench.Describe(s, wire, Grid.ModelCore.Config.ModelConfig.Load(Path.Combine(c.ModelDir, "config.json")).VocabSize);
 
@@ -297,9 +294,10 @@ public static class GridOverheadBench
                 string.Join(" / ", new[] { 0, mid, batches.Length - 1 }.Select(i => Pct(engines[name][i].TokensPerSecond / baselines[name][i].TokensPerSecond))),
                 name switch
                 {
-                    "embedded" => "one exchange call per MoE layer; every group runs in place on the silo's inference thread (no payloads)",
+                    "embedded" => "one gateway call per step (the shard walks every layer); every group runs in place on the silo's inference thread (no payloads)",
                     "embedded, gateway walk" => "the earlier walk: 7 MoE layers × (attention call + 4 expert-group calls), float copies of hidden states",
-                    "cluster" => "one exchange per MoE layer; 2 of 4 groups over loopback TCP from the attention silo; 3 silo processes time-share 2 cores",
+                    "cluster" => "one gateway call per step; per MoE layer the attention silo calls 2 of 4 groups over loopback TCP; 3 silo processes time-share 2 cores",
+                    "cluster, call per layer" => "as cluster, with Grid:Cluster:LayersPerCall 1: a gateway round trip per MoE layer as well (the walk before)",
                     "cluster, f16 wire" => "as cluster, hidden states in float16 on the wire (half the bytes, a conversion at each edge)",
                     _ => "the earlier walk: two round trips per MoE layer through the client, every group over loopback TCP",
                 }));
