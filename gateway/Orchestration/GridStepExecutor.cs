@@ -210,15 +210,31 @@ public sealed class GridStepExecutor : IStepExecutor
         }
     }
 
-    /// <summary>Right after a silo was lost: waits until the client has re-read the live gateways (see <see cref="GridTopology.GatewaySettle"/>).</summary>
+    /// <summary>
+    /// Right after a silo was lost: the step goes on at once if every attention shard answers a cheap call (the lease
+    /// renewal, on the same route as the step's), or else once the client has re-read the live gateways (see
+    /// <see cref="GridTopology.GatewaySettle"/>). A killed silo's connection is already reset, so the shards answer; a
+    /// frozen silo's gateway swallows the call and the step waits for the re-read instead of its own deadline.
+    /// </summary>
     async Task SettleAfterLossAsync(CancellationToken cancellationToken)
     {
         if (Watch?.LastLoss is not { } lost || _topology.GatewaySettle <= TimeSpan.Zero) return;
         var left = _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
         if (left <= TimeSpan.Zero) return;
-        _logger.LogInformation("a silo was lost {Ago:F1} s ago: stepping again in {Wait:F1} s, once the client has dropped its gateway",
-            (DateTimeOffset.UtcNow - lost).TotalSeconds, left.TotalSeconds);
-        await Task.Delay(left, cancellationToken);
+        using var probe = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        probe.CancelAfter(left);
+        try
+        {
+            await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetCacheAsync(Owner, probe.Token).WaitAsync(probe.Token)));
+            return;
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
+            left = _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
+            _logger.LogInformation("a silo was lost {Ago:F1} s ago and an attention shard did not answer ({Error}): stepping again in {Wait:F1} s, once the client has re-read the live gateways",
+                (DateTimeOffset.UtcNow - lost).TotalSeconds, e.GetType().Name, Math.Max(0, left.TotalSeconds));
+        }
+        if (left > TimeSpan.Zero) await Task.Delay(left, cancellationToken);
     }
 
     async Task<ChunkResult[]> WalkAsync(long stepId, IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
