@@ -231,10 +231,8 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
             return await GroupRetry.ExecuteAsync(async (ctx, _) =>
             {
                 var ct = ctx.CancellationToken;
-                if (timeout <= TimeSpan.Zero)
-                    return await grain.ForwardAsync(request, ct).WaitAsync(ct);
                 using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
-                deadline.CancelAfter(timeout);
+                if (timeout > TimeSpan.Zero) deadline.CancelAfter(timeout);
                 try
                 {
                     return await grain.ForwardAsync(request, deadline.Token).WaitAsync(deadline.Token);

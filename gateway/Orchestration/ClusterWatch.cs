@@ -26,8 +26,9 @@ public sealed class ClusterWatch : IAsyncDisposable
     /// <summary>Silos seen in the last poll (every status).</summary>
     public IReadOnlyList<SiloView> Silos => _silos;
 
-    /// <summary>When a silo was last seen declared dead or leaving (null: never).</summary>
-    public DateTimeOffset? LastLoss { get; private set; }
+    /// <summary>When a silo was last seen declared dead or leaving (null: never). Written by the poll, read by steps.</summary>
+    public DateTimeOffset? LastLoss => Interlocked.Read(ref _lastLossTicks) is var t and > 0 ? new DateTimeOffset(t, TimeSpan.Zero) : null;
+    long _lastLossTicks;
 
     /// <summary>When the last poll answered.</summary>
     public DateTimeOffset LastAnswer { get; private set; }
@@ -81,7 +82,7 @@ public sealed class ClusterWatch : IAsyncDisposable
         foreach (var silo in gone)
         {
             lock (_lost) if (!_lost.Add(silo)) continue;
-            LastLoss = DateTimeOffset.UtcNow;
+            Interlocked.Exchange(ref _lastLossTicks, DateTimeOffset.UtcNow.UtcTicks);
             _logger.LogWarning("silo {Silo} left the cluster (membership); interrupting steps that wait on it", silo);
             SiloLost?.Invoke(silo);
         }

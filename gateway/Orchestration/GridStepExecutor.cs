@@ -36,9 +36,10 @@ public sealed record GridTopology
     /// </summary>
     public int LayersPerCall { get; init; }
     /// <summary>
-    /// How long after a silo is lost the gateway waits before its next step (twice Grid:Cluster:GatewayListRefreshSeconds):
-    /// until then the Orleans client may still route a call through the lost silo's gateway, and a silo that froze
-    /// (rather than died) keeps that connection open, so the call would wait out its whole deadline.
+    /// How long after a silo is lost the Orleans client may still route a call through that silo's gateway (twice
+    /// Grid:Cluster:GatewayListRefreshSeconds); a silo that froze (rather than died) keeps that connection open, so a
+    /// step sent there would wait out its whole deadline. Within it, a step first checks the shards answer (see
+    /// <c>SettleAfterLossAsync</c>) and, when they do not, waits for the rest of it.
     /// </summary>
     public TimeSpan GatewaySettle { get; init; }
 }
@@ -219,10 +220,10 @@ public sealed class GridStepExecutor : IStepExecutor
     async Task SettleAfterLossAsync(CancellationToken cancellationToken)
     {
         if (Watch?.LastLoss is not { } lost || _topology.GatewaySettle <= TimeSpan.Zero) return;
-        var left = _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
-        if (left <= TimeSpan.Zero) return;
+        TimeSpan Left() => _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
+        if (Left() <= TimeSpan.Zero) return;
         using var probe = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        probe.CancelAfter(left);
+        probe.CancelAfter(Left());
         try
         {
             await Task.WhenAll(Enumerable.Range(0, _topology.AttentionShards).Select(s => Shard(s).GetCacheAsync(Owner, probe.Token).WaitAsync(probe.Token)));
@@ -230,11 +231,10 @@ public sealed class GridStepExecutor : IStepExecutor
         }
         catch (Exception e) when (!cancellationToken.IsCancellationRequested)
         {
-            left = _topology.GatewaySettle - (DateTimeOffset.UtcNow - lost);
             _logger.LogInformation("a silo was lost {Ago:F1} s ago and an attention shard did not answer ({Error}): stepping again in {Wait:F1} s, once the client has re-read the live gateways",
-                (DateTimeOffset.UtcNow - lost).TotalSeconds, e.GetType().Name, Math.Max(0, left.TotalSeconds));
+                (DateTimeOffset.UtcNow - lost).TotalSeconds, e.GetType().Name, Math.Max(0, Left().TotalSeconds));
         }
-        if (left > TimeSpan.Zero) await Task.Delay(left, cancellationToken);
+        if (Left() is { } rest && rest > TimeSpan.Zero) await Task.Delay(rest, cancellationToken);
     }
 
     async Task<ChunkResult[]> WalkAsync(long stepId, IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
