@@ -151,7 +151,7 @@ public static unsafe class PrefillAttention
     /// <summary>Row of raw scores s[0..count) -> e_j = exp(scale·s_j − max), zeros over [count, end); returns Σ e_j
     /// summed in 16 lanes (j mod 16), the lanes then added in order. The same bits on every path.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float Softmax(float* s, int count, int end, float scale, GemmPath path)
+    internal static float Softmax(float* s, int count, int end, float scale, GemmPath path)
     {
         int full = count & ~(Lanes - 1), j = 0;
         float max = float.NegativeInfinity;

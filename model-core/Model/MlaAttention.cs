@@ -46,8 +46,10 @@ public sealed class MlaAttention : IDisposable
     readonly LinearWeight _oProj;                  // [d, H*v]
     readonly Tensor? _oBias;
     readonly float _softmaxScaleFloat;
-    // Decode attention runs the C# kernel (AbsorbedDecodeAttention) over float32 weights when the kernels are on.
+    // Decode attention runs the C# kernel (AbsorbedDecodeAttention) over float32 weights when the kernels are on,
+    // with W_UK and W_UV packed per head for its GEMMs.
     readonly bool _decodeKernel;
+    readonly AbsorbedProjections? _absorbed;
     // Prefill attention (naive form) runs the C# kernel (PrefillAttention) over float32 weights when the kernels are on.
     readonly bool _prefillKernel;
     readonly ScalarType _dtype;
@@ -119,6 +121,16 @@ public sealed class MlaAttention : IDisposable
         _dtype = kvBProj.dtype;
         _kvBProj = LinearWeight.Create(kvBProj, WeightQuantization.None, w.Kernels && w.PrefillAttentionKernel);
         _decodeKernel = w.DecodeKernels && _dtype == ScalarType.Float32;
+        if (_decodeKernel)
+            using (NewDisposeScope())
+            {
+                var wUK = _wUK.transpose(1, 2).contiguous();                 // [H, kvr, nope]
+                var wUV = _wUVt.transpose(1, 2).contiguous();                // [H, v, kvr]
+                unsafe
+                {
+                    _absorbed = new AbsorbedProjections(TensorMemory.Pointer<float>(wUK), TensorMemory.Pointer<float>(wUV), _heads, _nope, _kvLoraRank, _v);
+                }
+            }
         _prefillKernel = w.Kernels && w.PrefillAttentionKernel && _kvBProj.IsFloat32;
     }
 
@@ -318,8 +330,7 @@ public sealed class MlaAttention : IDisposable
         unsafe
         {
             AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(pool),
-                rows, lengths, tmax, TensorMemory.Pointer<float>(_wUK), TensorMemory.Pointer<float>(_wUVt),
-                _heads, _nope, _rope, _kvLoraRank, _v, _softmaxScaleFloat, TensorMemory.Pointer<float>(output));
+                rows, lengths, tmax, _absorbed!, _heads, _rope, _softmaxScaleFloat, TensorMemory.Pointer<float>(output));
         }
         return output;
     }
@@ -345,7 +356,7 @@ public sealed class MlaAttention : IDisposable
 
     /// <summary>Bytes of its weights, as stored (kv_b_proj counted with its two absorbed copies).</summary>
     public long Bytes => _qkvA.Bytes + (_qBProj?.Bytes ?? 0) + _oProj.Bytes + _kvBProj.Bytes + (_qANorm?.Bytes ?? 0) + _kvANorm.Bytes
-        + new[] { _qkvABias, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of);
+        + new[] { _qkvABias, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of) + (_absorbed?.Bytes ?? 0);
 
     /// <summary>o_proj: [N, H*v] -> [N, d].</summary>
     public Tensor Output(Tensor attention) => _oProj.Forward(attention, _oBias);
@@ -358,6 +369,7 @@ public sealed class MlaAttention : IDisposable
             t?.Dispose();
         _qANorm?.Dispose();
         _kvANorm.Dispose();
+        _absorbed?.Dispose();
         _softmaxScale.Dispose();
     }
 }

@@ -82,18 +82,22 @@ public class DecodeKernelTests
     }
 
     [Fact]
-    public unsafe void AbsorbedDecodeAttentionMatchesLibtorchAndASequenceIsTheSameBitsAloneOrInABatch()
+    public unsafe void AbsorbedDecodeAttentionMatchesLibtorchAndASequenceIsTheSameBitsAloneOrInABatchOnEveryPath()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        const int heads = 4, nope = 24, rope = 8, kvr = 40, v = 12, tmax = 37;
+        // Nine heads: a tile of six and one of three; kvr 40 and v 12 cut their last panels; 37 positions cut a key panel.
+        const int heads = 9, nope = 24, rope = 8, kvr = 40, v = 12, tmax = 37;
         int latent = kvr + rope;
-        int[] lengths = [37, 1, 20, 5];
+        int[] lengths = [37, 1, 20, 5, 33, 2, 9];
         int batch = lengths.Length;
         var qNope = Random([batch, heads, nope], 6);
         var qRope = Random([batch, heads, rope], 7);
         var wUK = Random([heads, nope, kvr], 8) * 0.3;
         var wUVt = Random([heads, kvr, v], 9) * 0.3;
+        var packedUK = wUK.transpose(1, 2).contiguous();
+        var packedUV = wUVt.transpose(1, 2).contiguous();
+        using var projections = new AbsorbedProjections(TensorMemory.Pointer<float>(packedUK), TensorMemory.Pointer<float>(packedUV), heads, nope, kvr, v);
         // The pool holds the rows shuffled: sequence b's position t at rows[b * tmax + t].
         var pool = Random([batch * tmax + 3, latent], 10);
         var order = randperm(batch * tmax + 3, generator: new Generator(11)).data<long>().ToArray();
@@ -102,22 +106,26 @@ public class DecodeKernelTests
         var caches = pool.index_select(0, tensor(rows)).view(batch, tmax, latent);
         const double scale = 0.17;
 
-        Tensor Kernel(int first, int count)
+        Tensor Kernel(int first, int count, GemmPath path)
         {
             var output = zeros(count, heads * v);
             var qn = qNope.narrow(0, first, count).contiguous();
             var qr = qRope.narrow(0, first, count).contiguous();
             AbsorbedDecodeAttention.Run(TensorMemory.Pointer<float>(qn), TensorMemory.Pointer<float>(qr), TensorMemory.Pointer<float>(pool),
-                rows[(first * tmax)..((first + count) * tmax)], lengths[first..(first + count)], tmax, TensorMemory.Pointer<float>(wUK),
-                TensorMemory.Pointer<float>(wUVt), heads, nope, rope, kvr, v, (float)scale, TensorMemory.Pointer<float>(output));
+                rows[(first * tmax)..((first + count) * tmax)], lengths[first..(first + count)], tmax, projections, heads, rope, (float)scale,
+                TensorMemory.Pointer<float>(output), path);
             return output;
         }
 
-        var all = Kernel(0, batch);
+        var best = InvariantGemm.BestPath;
+        var all = Kernel(0, batch, best);
         var reference = LibtorchAbsorbed(qNope, qRope, caches, lengths, wUK, wUVt, kvr, scale);
         Assert.True(MaxDiff(all, reference) < 1e-4, $"max diff {MaxDiff(all, reference)}");
         for (int b = 0; b < batch; b++)
-            Assert.Equal(Values(all[b]), Values(Kernel(b, 1)[0]));
+            Assert.Equal(Values(all[b]), Values(Kernel(b, 1, best)[0]));
+        Assert.Equal(Values(all[2..5]), Values(Kernel(2, 3, best)));
+        foreach (var path in PrefillAttentionTests.Paths())
+            Assert.Equal(Values(all), Values(Kernel(0, batch, path)));
     }
 
     [Fact]

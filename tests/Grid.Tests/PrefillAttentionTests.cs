@@ -59,7 +59,7 @@ public class PrefillAttentionTests
         return probs.bmm(values).transpose(0, 1).reshape(n, s.Heads * s.V).to(ScalarType.Float32);
     }
 
-    static IEnumerable<GemmPath> Paths() => new[] { GemmPath.Avx512, GemmPath.Avx2, GemmPath.Scalar }.Where(p => p switch
+    internal static IEnumerable<GemmPath> Paths() => new[] { GemmPath.Avx512, GemmPath.Avx2, GemmPath.Scalar }.Where(p => p switch
     {
         GemmPath.Avx512 => System.Runtime.Intrinsics.X86.Avx512F.IsSupported,
         GemmPath.Avx2 => System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported,
