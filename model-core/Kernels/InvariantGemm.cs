@@ -14,8 +14,9 @@ public enum GemmPath { Avx512, Avx2, Scalar }
 /// c = fma(x[m, k], W[n, k], c) for k = 0, 1, .., K-1 in increasing k starting from c = +0, whatever the tile, the
 /// vector width or the batch. The micro-kernel keeps up to 6 input rows × one 32-wide panel in registers (AVX-512: 12
 /// zmm accumulators; AVX2: 6 rows × 16 outputs, each half-panel in turn; scalar: <see cref="MathF.FusedMultiplyAdd"/>)
-/// and for each k broadcasts x[m, k] and fuses it with the panel's row k. K is blocked (<see cref="BlockK"/> columns,
-/// so a panel slice stays in L1 while it serves every input row of a work item): the partial sums go to y and are
+/// and for each k broadcasts x[m, k] and fuses it with the panel's row k. For more than one tile of input rows K is
+/// blocked (<see cref="BlockK"/> columns, so a panel slice stays in L1 while it serves every input row of a work item;
+/// a single tile streams its panels whole, one sequential read per work item): the partial sums go to y and are
 /// reloaded for the next block, which leaves each element's chain of fused multiply-adds unchanged. Work items (blocks
 /// of input rows × groups of panels, over all jobs of a call) run on every core (<see cref="KernelParallel"/>); for a
 /// decode batch there is one block of rows, so each weight byte is read once per call. Plain memory only.
@@ -89,9 +90,12 @@ public static unsafe class InvariantGemm
         int k = job.K;
         long xs = k, ys = job.YStride;
         var scratch = stackalloc float[TileRows * Panel];   // a tile whose panel is cut by n0, n1
-        for (int k0 = 0; k0 < k; k0 += BlockK)
+        // One tile of rows reuses nothing across panels, so its panels stream whole: consecutive panels lie one after
+        // another, one sequential read the prefetcher follows (blocking K would jump between panels every 32 KiB).
+        int blockK = m1 - m0 <= TileRows ? k : BlockK;
+        for (int k0 = 0; k0 < k; k0 += blockK)
         {
-            int kc = Math.Min(BlockK, k - k0);
+            int kc = Math.Min(blockK, k - k0);
             bool accumulate = k0 > 0;
             for (int p = n0 / Panel; p * Panel < n1; p++)
             {
