@@ -59,7 +59,8 @@ public sealed unsafe class AbsorbedProjections : IDisposable
 /// </list>
 /// Every output element is one fused multiply-add chain in increasing order whatever the tile, so a sequence's result
 /// is the same bits alone or in any batch, padded or not, and on the AVX-512, AVX2 and scalar paths. The cached rows
-/// are read where they lie (a latent-cache pool and each position's row number) and packed once per sequence.
+/// are read where they lie (a latent-cache pool and each position's row number) and packed once per sequence (per
+/// group of heads), 256 positions at a time, so a worker's scratch grows with the context only by the heads' scores.
 /// </summary>
 public static unsafe class AbsorbedDecodeAttention
 {
@@ -154,66 +155,81 @@ public static unsafe class AbsorbedDecodeAttention
         }
     }
 
-    /// <summary>Heads [h0, h1) of one sequence of <paramref name="length"/> positions (row numbers at rows[first..]):
-    /// its cached rows packed as Kᵀ panels [T/32][kvr+rope][32] and value panels [kvr/32][T][32], then per tile of six
-    /// heads the scores, the softmax and the weighted c_KV rows, divided by the sum, into o_latent.</summary>
+    /// <summary>Heads [h0, h1) of one sequence of <paramref name="length"/> positions (row numbers at rows[first..]), its
+    /// cached rows taken in blocks of <see cref="KeyBlock"/> positions so the scratch does not grow with the context:
+    /// per block the rows packed as Kᵀ panels [block/32][kvr+rope][32] and every head's scores against them; each head's
+    /// softmax over all positions; per block the c_KV rows packed as value panels [kvr/32][block][32] and every head's
+    /// weighted sum continued (one fma chain over the positions in increasing order); the sums divided out into o_latent.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Sequence(GemmPath path, float* pool, long[] rows, long first, int length, float* qLatent, float* oLatent, int h0, int h1,
         int kvr, int rope, float scale)
     {
-        int latent = kvr + rope;
-        int keyPanels = (length + Panel - 1) / Panel, tPad = keyPanels * Panel;
+        int latent = kvr + rope, heads = h1 - h0;
+        int tPad = (length + Panel - 1) / Panel * Panel;
         int valuePanels = (kvr + Panel - 1) / Panel, vPad = valuePanels * Panel;
-        long keyFloats = (long)keyPanels * latent * Panel, valueFloats = (long)valuePanels * length * Panel;
-        long need = keyFloats + valueFloats + (long)TileRows * tPad + TileRows * vPad + TileRows;
+        long blockFloats = Math.Max((long)KeyBlock * latent, (long)valuePanels * KeyBlock * Panel);
+        long need = blockFloats + (long)heads * tPad + (long)heads * vPad + heads;
         var scratch = t_scratch is { } s && s.LongLength >= need ? s : t_scratch = GC.AllocateUninitializedArray<float>((int)Math.Max(need, 1 << 16), pinned: true);
         fixed (float* scratchBase = scratch)
         fixed (long* rowBase = rows)
         {
-            float* keysT = scratchBase, values = keysT + keyFloats, scores = values + valueFloats, tile = scores + (long)TileRows * tPad;
-            float* sums = tile + TileRows * vPad;
+            float* block = scratchBase, scores = block + blockFloats, sums = scores + (long)heads * tPad, tile = sums + heads;
             long* at = rowBase + first;
-            for (int kp = 0; kp < keyPanels; kp++)
-                for (int j = 0; j < Panel; j++)
-                {
-                    int t = kp * Panel + j;
-                    float* dst = keysT + (long)kp * latent * Panel + j;
-                    if (t < length)
-                    {
-                        float* src = pool + at[t] * latent;
-                        for (int d = 0; d < latent; d++) dst[d * Panel] = src[d];
-                    }
-                    else
-                        for (int d = 0; d < latent; d++) dst[d * Panel] = 0f;
-                }
-            for (int t = 0; t < length; t++)
+            // Scores: [heads, tPad], a block of key panels at a time.
+            for (int k0 = 0; k0 < length; k0 += KeyBlock)
             {
-                float* src = pool + at[t] * latent;
-                for (int vp = 0; vp < valuePanels; vp++)
+                int keyPanels = (Math.Min(KeyBlock, length - k0) + Panel - 1) / Panel;
+                for (int kp = 0; kp < keyPanels; kp++)
+                    for (int j = 0; j < Panel; j++)
+                    {
+                        int t = k0 + kp * Panel + j;
+                        float* dst = block + (long)kp * latent * Panel + j;
+                        if (t < length)
+                        {
+                            float* src = pool + at[t] * latent;
+                            for (int d = 0; d < latent; d++) dst[d * Panel] = src[d];
+                        }
+                        else
+                            for (int d = 0; d < latent; d++) dst[d * Panel] = 0f;
+                    }
+                for (int h = 0; h < heads; h += TileRows)
                 {
-                    float* dst = values + ((long)vp * length + t) * Panel;
-                    int width = Math.Min(Panel, kvr - vp * Panel);
-                    new ReadOnlySpan<float>(src + vp * Panel, width).CopyTo(new Span<float>(dst, width));
-                    for (int c = width; c < Panel; c++) dst[c] = 0f;
+                    int count = Math.Min(TileRows, heads - h);
+                    for (int kp = 0; kp < keyPanels; kp++)
+                        InvariantGemm.Tile(path, count, qLatent + (long)(h0 + h) * latent, latent, block + (long)kp * latent * Panel, latent,
+                            scores + (long)h * tPad + k0 + kp * Panel, tPad, false);
                 }
             }
-            for (int h = h0; h < h1; h += TileRows)
+            for (int h = 0; h < heads; h++)
+                sums[h] = PrefillAttention.Softmax(scores + (long)h * tPad, length, length, scale, path);
+            // Values: tile [heads, vPad] += weights [heads, block] x c_KV rows [block, kvr], a block at a time.
+            for (int k0 = 0; k0 < length; k0 += KeyBlock)
             {
-                int count = Math.Min(TileRows, h1 - h);
-                for (int kp = 0; kp < keyPanels; kp++)
-                    InvariantGemm.Tile(path, count, qLatent + (long)h * latent, latent, keysT + (long)kp * latent * Panel, latent, scores + kp * Panel, tPad, false);
-                for (int r = 0; r < count; r++)
-                    sums[r] = PrefillAttention.Softmax(scores + (long)r * tPad, length, length, scale, path);
-                for (int vp = 0; vp < valuePanels; vp++)
-                    for (int k0 = 0; k0 < length; k0 += KeyBlock)
-                        InvariantGemm.Tile(path, count, scores + k0, tPad, values + ((long)vp * length + k0) * Panel, Math.Min(KeyBlock, length - k0),
-                            tile + vp * Panel, vPad, k0 > 0);
-                for (int r = 0; r < count; r++)
+                int kc = Math.Min(KeyBlock, length - k0);
+                for (int t = 0; t < kc; t++)
                 {
-                    float* o = oLatent + (long)(h + r) * kvr;
-                    float sum = sums[r];
-                    for (int c = 0; c < kvr; c++) o[c] = tile[r * vPad + c] / sum;
+                    float* src = pool + at[k0 + t] * latent;
+                    for (int vp = 0; vp < valuePanels; vp++)
+                    {
+                        float* dst = block + ((long)vp * kc + t) * Panel;
+                        int width = Math.Min(Panel, kvr - vp * Panel);
+                        new ReadOnlySpan<float>(src + vp * Panel, width).CopyTo(new Span<float>(dst, width));
+                        for (int c = width; c < Panel; c++) dst[c] = 0f;
+                    }
                 }
+                for (int h = 0; h < heads; h += TileRows)
+                {
+                    int count = Math.Min(TileRows, heads - h);
+                    for (int vp = 0; vp < valuePanels; vp++)
+                        InvariantGemm.Tile(path, count, scores + (long)h * tPad + k0, tPad, block + (long)vp * kc * Panel, kc,
+                            tile + (long)h * vPad + vp * Panel, vPad, k0 > 0);
+                }
+            }
+            for (int h = 0; h < heads; h++)
+            {
+                float* o = oLatent + (long)(h0 + h) * kvr;
+                float sum = sums[h];
+                for (int c = 0; c < kvr; c++) o[c] = tile[(long)h * vPad + c] / sum;
             }
         }
     }

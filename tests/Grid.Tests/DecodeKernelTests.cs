@@ -86,10 +86,11 @@ public class DecodeKernelTests
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        // Nine heads: a tile of six and one of three; kvr 40 and v 12 cut their last panels; 37 positions cut a key panel.
-        const int heads = 9, nope = 24, rope = 8, kvr = 40, v = 12, tmax = 37;
+        // Nine heads: a tile of six and one of three; kvr 40 and v 12 cut their last panels; 37 positions cut a key
+        // panel; 257 and 300 positions take a second block of 256 keys.
+        const int heads = 9, nope = 24, rope = 8, kvr = 40, v = 12, tmax = 300;
         int latent = kvr + rope;
-        int[] lengths = [37, 1, 20, 5, 33, 2, 9];
+        int[] lengths = [37, 1, 300, 5, 257, 2, 9];
         int batch = lengths.Length;
         var qNope = Random([batch, heads, nope], 6);
         var qRope = Random([batch, heads, rope], 7);
