@@ -71,10 +71,6 @@ public static unsafe class AbsorbedDecodeAttention
     [ThreadStatic] static float[]? t_latents;   // the calling thread's latent queries and outputs
     [ThreadStatic] static float[]? t_scratch;   // a worker's packed rows, scores and output tile
 
-    /// <summary>Floating-point operations of one call: 2 multiply-adds per weight or cache element a query meets.</summary>
-    public static double Flops(int[] lengths, int heads, int nope, int rope, int kvr, int v) =>
-        2.0 * heads * lengths.Sum(t => (double)nope * kvr + (double)t * (kvr + rope) + (double)t * kvr + (double)kvr * v);
-
     /// <param name="qNope">[B, H, nope]</param>
     /// <param name="qRope">[B, H, rope], rotated</param>
     /// <param name="pool">cached [c_KV | k_R] rows of kvr + rope floats each</param>
