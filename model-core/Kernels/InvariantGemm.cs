@@ -14,9 +14,9 @@ public enum GemmPath { Avx512, Avx2, Scalar }
 /// c = fma(x[m, k], W[n, k], c) for k = 0, 1, .., K-1 in increasing k starting from c = +0, whatever the tile, the
 /// vector width or the batch. The micro-kernel keeps up to 6 input rows × one 32-wide panel in registers (AVX-512: 12
 /// zmm accumulators; AVX2: 6 rows × 16 outputs, each half-panel in turn; scalar: <see cref="MathF.FusedMultiplyAdd"/>)
-/// and for each k broadcasts x[m, k] and fuses it with the panel's row k. For more than one tile of input rows K is
+/// and for each k broadcasts x[m, k] and fuses it with the panel's row k. For more than two tiles of input rows K is
 /// blocked (<see cref="BlockK"/> columns, so a panel slice stays in L1 while it serves every input row of a work item;
-/// a single tile streams its panels whole, one sequential read per work item): the partial sums go to y and are
+/// up to two tiles stream their panels whole, one sequential read per work item): the partial sums go to y and are
 /// reloaded for the next block, which leaves each element's chain of fused multiply-adds unchanged. Work items (blocks
 /// of input rows × groups of panels, over all jobs of a call) run on every core (<see cref="KernelParallel"/>); for a
 /// decode batch there is one block of rows, so each weight byte is read once per call. Plain memory only.
@@ -25,6 +25,7 @@ public static unsafe class InvariantGemm
 {
     const int Panel = PackedWeight.PanelWidth;
     internal const int TileRows = 6; // input rows per micro-kernel call
+    const int StreamRows = 2 * TileRows;   // up to this many input rows per work item, K is not blocked
     /// <summary>Columns of x (rows of a panel) per K block: a 256 x 32 panel slice is 32 KiB.</summary>
     public const int BlockK = 256;
     const int MaxBlockRows = 192;    // input rows per work item (a block of x: 192 x 256 floats, in L2)
@@ -90,9 +91,10 @@ public static unsafe class InvariantGemm
         int k = job.K;
         long xs = k, ys = job.YStride;
         var scratch = stackalloc float[TileRows * Panel];   // a tile whose panel is cut by n0, n1
-        // One tile of rows reuses nothing across panels, so its panels stream whole: consecutive panels lie one after
-        // another, one sequential read the prefetcher follows (blocking K would jump between panels every 32 KiB).
-        int blockK = m1 - m0 <= TileRows ? k : BlockK;
+        // Up to two tiles of rows (a decode batch) stream their panels whole: consecutive panels lie one after another,
+        // one sequential read the prefetcher follows (blocking K would jump between panels every 32 KiB); a second
+        // tile reads the panel again from L2.
+        int blockK = m1 - m0 <= StreamRows ? k : BlockK;
         for (int k0 = 0; k0 < k; k0 += blockK)
         {
             int kc = Math.Min(blockK, k - k0);
