@@ -98,11 +98,23 @@ public sealed class GridClusterOptions
     /// </summary>
     public bool Dashboard { get; set; }
 
+    static readonly HashSet<int> s_portsHandedOut = [];
+
+    /// <summary>A loopback port free now that this process has not handed out before: the kernel may give the same
+    /// ephemeral port to two probes in a row once the first is closed, and a silo's ports must differ.</summary>
     public static int FreePort()
     {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
+        while (true)
+        {
+            int port;
+            using (var l = new TcpListener(IPAddress.Loopback, 0))
+            {
+                l.Start();
+                port = ((IPEndPoint)l.LocalEndpoint).Port;
+            }
+            lock (s_portsHandedOut)
+                if (s_portsHandedOut.Add(port)) return port;
+        }
     }
 
     public bool IsEmbedded => string.Equals(Clustering, "embedded", StringComparison.OrdinalIgnoreCase);

@@ -176,12 +176,7 @@ public sealed class AuthAndHostingTests(KeyedServer keyed)
         Assert.Equal("request_too_large", json!["error"]!["code"]!.GetValue<string>());
     }
 
-    static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
-    }
+    static int FreePort() => Grid.Configuration.GridClusterOptions.FreePort();
 
     [Fact]
     public async Task GridServeAnswersHealthAtOnceThenReadyAndStopsOnSigterm()
