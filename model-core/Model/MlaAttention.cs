@@ -354,7 +354,7 @@ public sealed class MlaAttention : IDisposable
         return p;
     }
 
-    /// <summary>Bytes of its weights, as stored (kv_b_proj counted with its two absorbed copies).</summary>
+    /// <summary>Bytes of its weights, as stored (kv_b_proj counted with its two absorbed copies, and their packed copies for the decode kernel).</summary>
     public long Bytes => _qkvA.Bytes + (_qBProj?.Bytes ?? 0) + _oProj.Bytes + _kvBProj.Bytes + (_qANorm?.Bytes ?? 0) + _kvANorm.Bytes
         + new[] { _qkvABias, _wUK, _wUVt, _oBias }.Sum(Runtime.WeightBytes.Of) + (_absorbed?.Bytes ?? 0);
 
