@@ -139,11 +139,12 @@ public static unsafe class AbsorbedDecodeAttention
             {
                 int count = Math.Min(TileRows, m - r0);
                 float* xr = x + r0 * xs, yr = y + r0 * ys + p * Panel;
+                bool first = r0 == 0;   // reads the weight panel from memory; later tiles find it in cache
                 if (width == Panel)
-                    InvariantGemm.Tile(path, count, xr, xs, panel, k, yr, ys, false);
+                    InvariantGemm.Tile(path, count, xr, xs, panel, k, yr, ys, false, first);
                 else
                 {
-                    InvariantGemm.Tile(path, count, xr, xs, panel, k, scratch, Panel, false);
+                    InvariantGemm.Tile(path, count, xr, xs, panel, k, scratch, Panel, false, first);
                     for (int r = 0; r < count; r++)
                         for (int c = 0; c < width; c++) yr[r * ys + c] = scratch[r * Panel + c];
                 }

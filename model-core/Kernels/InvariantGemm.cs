@@ -26,6 +26,10 @@ public static unsafe class InvariantGemm
     const int Panel = PackedWeight.PanelWidth;
     internal const int TileRows = 6; // input rows per micro-kernel call
     const int StreamRows = 2 * TileRows;   // up to this many input rows per work item, K is not blocked
+    /// <summary>How far ahead a tile streaming its panel from memory prefetches it: 4 panel rows (512 bytes). The
+    /// hardware prefetcher alone left a 3-row tile reading ~30% slower than a 1-row one: its FMAs, waiting on the
+    /// loads, fill the scheduler and stop further loads from issuing. Farther (2-4 KB) measured slower.</summary>
+    const int PrefetchFloats = 4 * Panel;
     /// <summary>Columns of x (rows of a panel) per K block: a 256 x 32 panel slice is 32 KiB.</summary>
     public const int BlockK = 256;
     const int MaxBlockRows = 192;    // input rows per work item (a block of x: 192 x 256 floats, in L2)
@@ -109,14 +113,15 @@ public static unsafe class InvariantGemm
                     int rows = Math.Min(TileRows, m1 - m);
                     float* x = job.X + m * xs + k0;
                     float* y = job.Y + m * ys + p * Panel;
+                    bool first = m == m0;   // the tile that reads this panel slice from memory; the rest find it in cache
                     if (whole)
-                        Tile(path, rows, x, xs, panel, kc, y, ys, accumulate);
+                        Tile(path, rows, x, xs, panel, kc, y, ys, accumulate, first);
                     else
                     {
                         if (accumulate)
                             for (int r = 0; r < rows; r++)
                                 for (int c = c0; c < c1; c++) scratch[r * Panel + c] = y[r * ys + c];
-                        Tile(path, rows, x, xs, panel, kc, scratch, Panel, accumulate);
+                        Tile(path, rows, x, xs, panel, kc, scratch, Panel, accumulate, first);
                         for (int r = 0; r < rows; r++)
                             for (int c = c0; c < c1; c++) y[r * ys + c] = scratch[r * Panel + c];
                     }
@@ -127,38 +132,59 @@ public static unsafe class InvariantGemm
 
     /// <summary>The micro-kernel: y[r, 0..32) (+)= Σ_i x[r, i] · panel[i, 0..32) for r &lt; <paramref name="rows"/> (1..6) and
     /// i &lt; <paramref name="kc"/>, one fused multiply-add chain per output in increasing i (starting from y with
-    /// <paramref name="accumulate"/>, else +0); panel rows 32 floats apart. Also <see cref="PrefillAttention"/>'s.</summary>
+    /// <paramref name="accumulate"/>, else +0); panel rows 32 floats apart. Also <see cref="PrefillAttention"/>'s.
+    /// <paramref name="prefetch"/>: the panel comes from memory, so prefetch it <see cref="PrefetchFloats"/> ahead (no
+    /// effect on the arithmetic).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Tile(GemmPath path, int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate)
+    internal static void Tile(GemmPath path, int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate, bool prefetch = false)
     {
+        prefetch &= rows > 1;   // one row's two FMAs per panel row leave the loads free to run ahead without help
         switch (path)
         {
             case GemmPath.Avx512:
-                switch (rows)
-                {
-                    case 1: Tile512<R1>(x, xs, panel, kc, y, ys, accumulate); break;
-                    case 2: Tile512<R2>(x, xs, panel, kc, y, ys, accumulate); break;
-                    case 3: Tile512<R3>(x, xs, panel, kc, y, ys, accumulate); break;
-                    case 4: Tile512<R4>(x, xs, panel, kc, y, ys, accumulate); break;
-                    case 5: Tile512<R5>(x, xs, panel, kc, y, ys, accumulate); break;
-                    default: Tile512<R6>(x, xs, panel, kc, y, ys, accumulate); break;
-                }
+                if (prefetch) Tile512<Ahead>(rows, x, xs, panel, kc, y, ys, accumulate);
+                else Tile512<InCache>(rows, x, xs, panel, kc, y, ys, accumulate);
                 break;
             case GemmPath.Avx2:
                 for (int half = 0; half < Panel; half += 16)
-                    switch (rows)
-                    {
-                        case 1: Tile256<R1>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                        case 2: Tile256<R2>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                        case 3: Tile256<R3>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                        case 4: Tile256<R4>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                        case 5: Tile256<R5>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                        default: Tile256<R6>(x, xs, panel + half, kc, y + half, ys, accumulate); break;
-                    }
+                    if (prefetch) Tile256<Ahead>(rows, x, xs, panel + half, kc, y + half, ys, accumulate);
+                    else Tile256<InCache>(rows, x, xs, panel + half, kc, y + half, ys, accumulate);
                 break;
             default: ScalarTile(rows, x, xs, panel, kc, y, ys, accumulate); break;
         }
     }
+
+    static void Tile512<TFetch>(int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TFetch : struct, IFetch
+    {
+        switch (rows)
+        {
+            case 1: Tile512<R1, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 2: Tile512<R2, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 3: Tile512<R3, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 4: Tile512<R4, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 5: Tile512<R5, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            default: Tile512<R6, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+        }
+    }
+
+    static void Tile256<TFetch>(int rows, float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TFetch : struct, IFetch
+    {
+        switch (rows)
+        {
+            case 1: Tile256<R1, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 2: Tile256<R2, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 3: Tile256<R3, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 4: Tile256<R4, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            case 5: Tile256<R5, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+            default: Tile256<R6, TFetch>(x, xs, panel, kc, y, ys, accumulate); break;
+        }
+    }
+
+    /// <summary>Whether a tile prefetches its panel <see cref="PrefetchFloats"/> ahead (a panel streamed from memory) or not
+    /// (a panel already in cache: attention's packed keys and values, the later tiles of a K block).</summary>
+    interface IFetch { static abstract bool Prefetches { get; } }
+    readonly struct Ahead : IFetch { public static bool Prefetches => true; }
+    readonly struct InCache : IFetch { public static bool Prefetches => false; }
 
     interface IRows { static abstract int Count { get; } }
     readonly struct R1 : IRows { public static int Count => 1; }
@@ -174,7 +200,7 @@ public static unsafe class InvariantGemm
     /// <summary>TRows.Count input rows (<paramref name="xs"/> floats apart) x one 32-wide panel for <paramref name="kc"/>
     /// values of k: per k, the panel row as two zmm and each row's x[m, k] broadcast, twelve accumulators at most.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile512<TRows>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows
+    static void Tile512<TRows, TFetch>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows where TFetch : struct, IFetch
     {
         int rows = TRows.Count;
         float* x0 = x, x1 = x + (rows > 1 ? xs : 0), x2 = x + (rows > 2 ? 2 * xs : 0);
@@ -190,6 +216,7 @@ public static unsafe class InvariantGemm
         float* w = panel;
         for (int i = 0; i < kc; i++, w += Panel)
         {
+            if (TFetch.Prefetches) { Sse.Prefetch0(w + PrefetchFloats); Sse.Prefetch0(w + PrefetchFloats + 16); }
             var wa = Vector512.Load(w);
             var wb = Vector512.Load(w + 16);
             var v = Vector512.Create(x0[i]);
@@ -214,7 +241,7 @@ public static unsafe class InvariantGemm
     /// <summary>TRows.Count input rows x 16 outputs of a panel (<paramref name="panel"/> points at the half; its rows
     /// stay 32 floats apart) on AVX2: the AVX-512 path's fused multiply-adds, eight lanes at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile256<TRows>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows
+    static void Tile256<TRows, TFetch>(float* x, long xs, float* panel, int kc, float* y, long ys, bool accumulate) where TRows : struct, IRows where TFetch : struct, IFetch
     {
         int rows = TRows.Count;
         float* x0 = x, x1 = x + (rows > 1 ? xs : 0), x2 = x + (rows > 2 ? 2 * xs : 0);
@@ -230,6 +257,7 @@ public static unsafe class InvariantGemm
         float* w = panel;
         for (int i = 0; i < kc; i++, w += Panel)
         {
+            if (TFetch.Prefetches) Sse.Prefetch0(w + PrefetchFloats);   // this half's line of the panel row
             var wa = Avx.LoadVector256(w);
             var wb = Avx.LoadVector256(w + 8);
             var v = Vector256.Create(x0[i]);
