@@ -138,34 +138,35 @@ public static class QuantBench
         }
         s.Data["int8_block_speed"] = blockJson;
 
-        int context = c.Quick ? 64 : 128, steps1 = c.Quick ? 8 : 24, steps32 = c.Quick ? 3 : 8;
+        int context = c.Quick ? 64 : 128, steps1 = c.Quick ? 16 : 24, steps32 = c.Quick ? 3 : 8;
         var decode = new JsonArray();
         var rows = new List<string[]>();
         var tokPerSecond = new Dictionary<string, double>();
-        void Measure(string name, DeepseekV2Model model, WeightQuantization q)
+        // Batch 1 runs in rounds with the weights alternating (a slow moment of a shared machine lands in one round of
+        // each); the 8-bit goals are the medians of the ratios within a round. Batch 32 and prefill run once each.
+        void Measure(string name, DeepseekV2Model model, WeightQuantization q, IReadOnlyList<ModelCoreBench.DecodeResult> b1Rounds)
         {
+            var b1 = b1Rounds.OrderBy(r => r.TokensPerSecond).ElementAt(b1Rounds.Count / 2);
+            var b32 = ModelCoreBench.Decode(model, 32, context, steps32);
+            var prefill = ModelCoreBench.Prefill(model, c.Quick ? 128 : 256, c.Quick ? 2 : 4);
+            double bytes = ActivatedWeightBytes(model.Config, q);
+            double gbs = b1.TokensPerSecond * bytes / 1e9;
+            tokPerSecond[name] = b1.TokensPerSecond;
+            c.Log($"{name}: batch 1 {b1.TokensPerSecond:F1} tok/s (median of {b1Rounds.Count} rounds: {string.Join(", ", b1Rounds.Select(r => r.TokensPerSecond.ToString("F1")))}; {gbs:F1} GB/s of weights = {gbs / read:P0} of read bandwidth), batch 32 {b32.TokensPerSecond:F1} tok/s, prefill {prefill.TokensPerSecond:F1} tok/s ({prefill.Tokens} tokens); load average {File.ReadAllText("/proc/loadavg").Trim()}");
+            decode.Add(new JsonObject
             {
-                var b1 = ModelCoreBench.Decode(model, 1, context, steps1);
-                var b32 = ModelCoreBench.Decode(model, 32, context, steps32);
-                var prefill = ModelCoreBench.Prefill(model, c.Quick ? 128 : 256, c.Quick ? 2 : 4);
-                double bytes = ActivatedWeightBytes(model.Config, q);
-                double gbs = b1.TokensPerSecond * bytes / 1e9;
-                tokPerSecond[name] = b1.TokensPerSecond;
-                c.Log($"{name}: batch 1 {b1.TokensPerSecond:F1} tok/s ({gbs:F1} GB/s of weights = {gbs / read:P0} of read bandwidth), batch 32 {b32.TokensPerSecond:F1} tok/s, prefill {prefill.TokensPerSecond:F1} tok/s ({prefill.Tokens} tokens); load average {File.ReadAllText("/proc/loadavg").Trim()}");
-                decode.Add(new JsonObject
-                {
-                    ["weights"] = name,
-                    ["context"] = context,
-                    ["batch1_tokens_per_second"] = Num(b1.TokensPerSecond, 2),
-                    ["batch32_tokens_per_second"] = Num(b32.TokensPerSecond, 2),
-                    ["prefill_tokens"] = prefill.Tokens,
-                    ["prefill_tokens_per_second"] = Num(prefill.TokensPerSecond, 2),
-                    ["weight_bytes_per_token"] = Num(bytes, 0),
-                    ["batch1_weight_gbs"] = Num(gbs, 2),
-                    ["batch1_fraction_of_read_bandwidth"] = Num(gbs / read, 3),
-                });
-                rows.Add([name, F(b1.TokensPerSecond), F(b32.TokensPerSecond), F(prefill.TokensPerSecond), F(bytes / 1e6), $"{F(gbs)} ({Pct(gbs / read)})"]);
-            }
+                ["weights"] = name,
+                ["context"] = context,
+                ["batch1_tokens_per_second"] = Num(b1.TokensPerSecond, 2),
+                ["batch1_tokens_per_second_rounds"] = new JsonArray(b1Rounds.Select(r => (JsonNode?)Num(r.TokensPerSecond, 2)).ToArray()),
+                ["batch32_tokens_per_second"] = Num(b32.TokensPerSecond, 2),
+                ["prefill_tokens"] = prefill.Tokens,
+                ["prefill_tokens_per_second"] = Num(prefill.TokensPerSecond, 2),
+                ["weight_bytes_per_token"] = Num(bytes, 0),
+                ["batch1_weight_gbs"] = Num(gbs, 2),
+                ["batch1_fraction_of_read_bandwidth"] = Num(gbs / read, 3),
+            });
+            rows.Add([name, F(b1.TokensPerSecond), F(b32.TokensPerSecond), F(prefill.TokensPerSecond), F(bytes / 1e6), $"{F(gbs)} ({Pct(gbs / read)})"]);
         }
 
         var reference = c.Model;
@@ -213,15 +214,27 @@ public static class QuantBench
             Accuracy($"{kv.Name()} latent cache", model);
         }
         using (var libtorchOnly = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { UseKernels = false }))
-            Measure("float32, libtorch only (before)", libtorchOnly, WeightQuantization.None);
-        Measure("float32 + kernels", reference, WeightQuantization.None);
+            Measure("float32, libtorch only (before)", libtorchOnly, WeightQuantization.None, [ModelCoreBench.Decode(libtorchOnly, 1, context, steps1)]);
+        var speed = new List<(string Name, DeepseekV2Model Model, WeightQuantization Q)> { ("float32 + kernels", reference, WeightQuantization.None) };
         foreach (var q in new[] { WeightQuantization.Int8, WeightQuantization.Fp8 })
         {
             c.Log($"loading {q.Name()} weights");
             var sw = Stopwatch.StartNew();
-            using var model = DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q });
+            speed.Add(($"{q.Name()} weights", DeepseekV2Model.Load(c.ModelDir, new ModelLoadOptions { Quantization = q }), q));
             c.Log($"{q.Name()}: loaded and quantized in {sw.Elapsed.TotalSeconds:F1} s");
-            Measure($"{q.Name()} weights", model, q);
+        }
+        try
+        {
+            int rounds = 5;
+            var b1Rounds = speed.ToDictionary(m => m.Name, _ => new List<ModelCoreBench.DecodeResult>());
+            for (int round = 0; round < rounds; round++)
+                foreach (var (name, model, _) in round % 2 == 0 ? speed : Enumerable.Reverse(speed))
+                    b1Rounds[name].Add(ModelCoreBench.Decode(model, 1, context, steps1));
+            foreach (var (name, model, q) in speed) Measure(name, model, q, b1Rounds[name]);
+        }
+        finally
+        {
+            foreach (var (_, model, _) in speed.Skip(1)) model.Dispose();
         }
         latent.Add(new JsonObject { ["kv_cache_dtype"] = "MHA equivalent, bfloat16", ["bytes_per_token"] = mhaBf16 });
         latentRows.Add(["MHA equivalent (bf16 K and V per head)", mhaBf16.ToString("N0"), F((double)mhaBf16 / f32Bytes, 2), "-"]);
