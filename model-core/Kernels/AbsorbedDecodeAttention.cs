@@ -59,8 +59,10 @@ public sealed unsafe class AbsorbedProjections : IDisposable
 /// </list>
 /// Every output element is one fused multiply-add chain in increasing order whatever the tile, so a sequence's result
 /// is the same bits alone or in any batch, padded or not, and on the AVX-512, AVX2 and scalar paths. The cached rows
-/// are read where they lie (a latent-cache pool and each position's row number) and packed once per sequence (per
-/// group of heads), 256 positions at a time, so a worker's scratch grows with the context only by the heads' scores.
+/// are read where they lie (a latent-cache pool and each position's row number) and packed once per sequence, 256
+/// positions at a time, so a worker's scratch grows with the context only by the heads' scores. A batch as large as the
+/// cores runs a sequence per work item; a smaller one spreads each sequence over the cores: its key blocks, heads and
+/// value panels in three passes (the same chains), or for one key block its heads in a group per core.
 /// </summary>
 public static unsafe class AbsorbedDecodeAttention
 {
@@ -69,7 +71,8 @@ public static unsafe class AbsorbedDecodeAttention
     const int KeyBlock = InvariantGemm.BlockK;
 
     [ThreadStatic] static float[]? t_latents;   // the calling thread's latent queries and outputs
-    [ThreadStatic] static float[]? t_scratch;   // a worker's packed rows, scores and output tile
+    [ThreadStatic] static float[]? t_scratch;   // a worker's packed rows (and, for a whole sequence, its scores and output tile)
+    [ThreadStatic] static float[]? t_shared;    // the calling thread's scores and output tile of a sequence split over the cores
 
     /// <param name="qNope">[B, H, nope]</param>
     /// <param name="qRope">[B, H, rope], rotated</param>
@@ -110,17 +113,32 @@ public static unsafe class AbsorbedDecodeAttention
                     for (int i = 0; i < rope; i++) dst[i] = src[i];
                 }
             });
-            // 2. Per sequence (and group of heads when the batch is smaller than the cores): scores, softmax, values.
-            // (Each group packs the sequence's rows again, so a batch as large as the cores keeps every sequence whole.)
-            int groups = Math.Clamp((KernelParallel.Threads + batch - 1) / batch, 1, heads);
-            int groupHeads = (heads + groups - 1) / groups;
-            groups = (heads + groupHeads - 1) / groupHeads;
-            KernelParallel.For(batch * groups, item =>
-            {
-                int b = item / groups, h0 = item % groups * groupHeads;
-                Sequence(path, pool, rows, (long)b * tmax, lengths[b], qL + (long)b * heads * latent, oL + (long)b * heads * kvr,
-                    h0, Math.Min(heads, h0 + groupHeads), kvr, rope, scale);
-            });
+            // 2. Scores, softmax and values. A batch as large as the cores: a sequence per work item, whole. A smaller
+            // batch, a sequence at a time: longer than one key block, in three parallel passes (key blocks, heads,
+            // value panels) so its rows are packed once; shorter, its heads split into a group per core (each group
+            // packs the rows, which is cheaper than three passes for one block).
+            if (batch >= KernelParallel.Threads)
+                KernelParallel.For(batch, b =>
+                    Sequence(path, pool, rows, (long)b * tmax, lengths[b], qL + (long)b * heads * latent, oL + (long)b * heads * kvr,
+                        heads, kvr, rope, scale));
+            else
+                for (int b = 0; b < batch; b++)
+                {
+                    long first = (long)b * tmax;
+                    float* q = qL + (long)b * heads * latent, o = oL + (long)b * heads * kvr;
+                    int length = lengths[b];
+                    if (length > KeyBlock)
+                    {
+                        SequenceSplit(path, pool, rows, first, length, q, o, heads, kvr, rope, scale);
+                        continue;
+                    }
+                    int groupHeads = (heads + KernelParallel.Threads - 1) / KernelParallel.Threads;
+                    KernelParallel.For((heads + groupHeads - 1) / groupHeads, g =>
+                    {
+                        int h0 = g * groupHeads;
+                        Sequence(path, pool, rows, first, length, q + (long)h0 * latent, o + (long)h0 * kvr, Math.Min(heads, h0 + groupHeads) - h0, kvr, rope, scale);
+                    });
+                }
             // 3. out[b, h] = o_latent[b, h] W_UV[h] (a GEMM over the batch per head).
             KernelParallel.For(heads, h =>
                 Project(path, batch, oL + (long)h * kvr, (long)heads * kvr, projections.UV(h), kvr, v, output + (long)h * v, (long)heads * v));
@@ -152,82 +170,146 @@ public static unsafe class AbsorbedDecodeAttention
         }
     }
 
-    /// <summary>Heads [h0, h1) of one sequence of <paramref name="length"/> positions (row numbers at rows[first..]), its
-    /// cached rows taken in blocks of <see cref="KeyBlock"/> positions so the scratch does not grow with the context:
-    /// per block the rows packed as Kᵀ panels [block/32][kvr+rope][32] and every head's scores against them; each head's
-    /// softmax over all positions; per block the c_KV rows packed as value panels [kvr/32][block][32] and every head's
-    /// weighted sum continued (one fma chain over the positions in increasing order); the sums divided out into o_latent.</summary>
+    /// <summary>Every head of one sequence of <paramref name="length"/> positions (row numbers at rows[first..]) on this
+    /// thread, its cached rows taken in blocks of <see cref="KeyBlock"/> positions so the scratch does not grow with the
+    /// context: per block the rows packed as Kᵀ panels and every head's scores against them; each head's softmax over
+    /// all positions; per block the c_KV rows packed as value panels and every head's weighted sum continued (one fma
+    /// chain over the positions in increasing order); the sums divided out into o_latent.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Sequence(GemmPath path, float* pool, long[] rows, long first, int length, float* qLatent, float* oLatent, int h0, int h1,
-        int kvr, int rope, float scale)
+    static void Sequence(GemmPath path, float* pool, long[] rows, long first, int length, float* qLatent, float* oLatent,
+        int heads, int kvr, int rope, float scale)
     {
-        int latent = kvr + rope, heads = h1 - h0;
-        int tPad = (length + Panel - 1) / Panel * Panel;
-        int valuePanels = (kvr + Panel - 1) / Panel, vPad = valuePanels * Panel;
-        long blockFloats = Math.Max((long)KeyBlock * latent, (long)valuePanels * KeyBlock * Panel);
-        long need = blockFloats + (long)heads * tPad + (long)heads * vPad + heads;
-        var scratch = t_scratch is { } s && s.LongLength >= need ? s : t_scratch = GC.AllocateUninitializedArray<float>((int)Math.Max(need, 1 << 16), pinned: true);
+        var shape = new Shape(heads, kvr, rope, length);
+        var scratch = Scratch(ref t_scratch, shape.BlockFloats + shape.SharedFloats);
         fixed (float* scratchBase = scratch)
         fixed (long* rowBase = rows)
         {
-            float* block = scratchBase, scores = block + blockFloats, sums = scores + (long)heads * tPad, tile = sums + heads;
+            float* block = scratchBase, scores = block + shape.BlockFloats, sums = scores + (long)heads * shape.TPad, tile = sums + heads;
             long* at = rowBase + first;
-            // Scores: [heads, tPad], a block of key panels at a time.
-            for (int k0 = 0; k0 < length; k0 += KeyBlock)
-            {
-                int keyPanels = (Math.Min(KeyBlock, length - k0) + Panel - 1) / Panel;
-                for (int kp = 0; kp < keyPanels; kp++)
-                    for (int j = 0; j < Panel; j++)
-                    {
-                        int t = k0 + kp * Panel + j;
-                        float* dst = block + (long)kp * latent * Panel + j;
-                        if (t < length)
-                        {
-                            float* src = pool + at[t] * latent;
-                            for (int d = 0; d < latent; d++) dst[d * Panel] = src[d];
-                        }
-                        else
-                            for (int d = 0; d < latent; d++) dst[d * Panel] = 0f;
-                    }
-                for (int h = 0; h < heads; h += TileRows)
-                {
-                    int count = Math.Min(TileRows, heads - h);
-                    for (int kp = 0; kp < keyPanels; kp++)
-                        InvariantGemm.Tile(path, count, qLatent + (long)(h0 + h) * latent, latent, block + (long)kp * latent * Panel, latent,
-                            scores + (long)h * tPad + k0 + kp * Panel, tPad, false);
-                }
-            }
+            for (int k0 = 0; k0 < length; k0 += KeyBlock) ScoreBlock(path, pool, at, k0, shape, qLatent, block, scores);
             for (int h = 0; h < heads; h++)
-                sums[h] = PrefillAttention.Softmax(scores + (long)h * tPad, length, length, scale, path);
-            // Values: tile [heads, vPad] += weights [heads, block] x c_KV rows [block, kvr], a block at a time.
-            for (int k0 = 0; k0 < length; k0 += KeyBlock)
+                sums[h] = PrefillAttention.Softmax(scores + (long)h * shape.TPad, length, length, scale, path);
+            for (int k0 = 0; k0 < length; k0 += KeyBlock) ValueBlock(path, pool, at, k0, shape, 0, shape.ValuePanels, block, scores, tile);
+            DivideOut(shape, tile, sums, oLatent);
+        }
+    }
+
+    /// <summary><see cref="Sequence"/>'s arithmetic for a batch smaller than the cores, spread over them without packing a
+    /// row twice: the scores a key block per work item, the softmax a head per item, the values a value panel per item
+    /// (its column of every block, in block order). Every output element gets the same chain as in <see cref="Sequence"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void SequenceSplit(GemmPath path, float* pool, long[] rows, long first, int length, float* qLatent, float* oLatent,
+        int heads, int kvr, int rope, float scale)
+    {
+        var shape = new Shape(heads, kvr, rope, length);
+        var shared = Scratch(ref t_shared, shape.SharedFloats);
+        fixed (float* sharedBase = shared)
+        fixed (long* rowBase = rows)
+        {
+            float* scores = sharedBase, sums = scores + (long)heads * shape.TPad, tile = sums + heads;
+            long* at = rowBase + first;
+            int blocks = (length + KeyBlock - 1) / KeyBlock;
+            KernelParallel.For(blocks, i =>
             {
-                int kc = Math.Min(KeyBlock, length - k0);
-                for (int t = 0; t < kc; t++)
-                {
-                    float* src = pool + at[k0 + t] * latent;
-                    for (int vp = 0; vp < valuePanels; vp++)
-                    {
-                        float* dst = block + ((long)vp * kc + t) * Panel;
-                        int width = Math.Min(Panel, kvr - vp * Panel);
-                        new ReadOnlySpan<float>(src + vp * Panel, width).CopyTo(new Span<float>(dst, width));
-                        for (int c = width; c < Panel; c++) dst[c] = 0f;
-                    }
-                }
-                for (int h = 0; h < heads; h += TileRows)
-                {
-                    int count = Math.Min(TileRows, heads - h);
-                    for (int vp = 0; vp < valuePanels; vp++)
-                        InvariantGemm.Tile(path, count, scores + (long)h * tPad + k0, tPad, block + (long)vp * kc * Panel, kc,
-                            tile + (long)h * vPad + vp * Panel, vPad, k0 > 0);
-                }
-            }
-            for (int h = 0; h < heads; h++)
+                fixed (float* block = Scratch(ref t_scratch, shape.BlockFloats))
+                    ScoreBlock(path, pool, at, i * KeyBlock, shape, qLatent, block, scores);
+            });
+            KernelParallel.For(heads, h => sums[h] = PrefillAttention.Softmax(scores + (long)h * shape.TPad, length, length, scale, path));
+            KernelParallel.For(shape.ValuePanels, vp =>
             {
-                float* o = oLatent + (long)(h0 + h) * kvr;
-                float sum = sums[h];
-                for (int c = 0; c < kvr; c++) o[c] = tile[(long)h * vPad + c] / sum;
+                fixed (float* block = Scratch(ref t_scratch, shape.BlockFloats))
+                    for (int k0 = 0; k0 < length; k0 += KeyBlock) ValueBlock(path, pool, at, k0, shape, vp, vp + 1, block, scores, tile);
+            });
+            DivideOut(shape, tile, sums, oLatent);
+        }
+    }
+
+    /// <summary>One sequence's sizes: [heads, tPad] scores, [heads] sums and a [heads, vPad] output tile (shared by the
+    /// passes), and a block scratch that holds one key block as Kᵀ panels or its value panels.</summary>
+    readonly struct Shape
+    {
+        public readonly int Heads, KvRank, Latent, Length, TPad, ValuePanels, VPad;
+        public readonly long BlockFloats, SharedFloats;
+
+        public Shape(int heads, int kvr, int rope, int length)
+        {
+            Heads = heads;
+            KvRank = kvr;
+            Latent = kvr + rope;
+            Length = length;
+            TPad = (length + Panel - 1) / Panel * Panel;
+            ValuePanels = (kvr + Panel - 1) / Panel;
+            VPad = ValuePanels * Panel;
+            BlockFloats = Math.Max((long)KeyBlock * Latent, (long)ValuePanels * KeyBlock * Panel);
+            SharedFloats = (long)heads * TPad + heads + (long)heads * VPad;
+        }
+    }
+
+    static float[] Scratch(ref float[]? buffer, long need) =>
+        buffer is { } s && s.LongLength >= need ? s : buffer = GC.AllocateUninitializedArray<float>((int)Math.Max(need, 1 << 16), pinned: true);
+
+    /// <summary>Positions [k0, k0 + <see cref="KeyBlock"/>) packed as Kᵀ panels [block/32][kvr+rope][32] (zeros past the
+    /// length), and every head's scores against them into scores[h, k0..].</summary>
+    static void ScoreBlock(GemmPath path, float* pool, long* at, int k0, in Shape shape, float* qLatent, float* block, float* scores)
+    {
+        int latent = shape.Latent, length = shape.Length;
+        int keyPanels = (Math.Min(KeyBlock, length - k0) + Panel - 1) / Panel;
+        for (int kp = 0; kp < keyPanels; kp++)
+            for (int j = 0; j < Panel; j++)
+            {
+                int t = k0 + kp * Panel + j;
+                float* dst = block + (long)kp * latent * Panel + j;
+                if (t < length)
+                {
+                    float* src = pool + at[t] * latent;
+                    for (int d = 0; d < latent; d++) dst[d * Panel] = src[d];
+                }
+                else
+                    for (int d = 0; d < latent; d++) dst[d * Panel] = 0f;
             }
+        for (int h = 0; h < shape.Heads; h += TileRows)
+        {
+            int count = Math.Min(TileRows, shape.Heads - h);
+            for (int kp = 0; kp < keyPanels; kp++)
+                InvariantGemm.Tile(path, count, qLatent + (long)h * latent, latent, block + (long)kp * latent * Panel, latent,
+                    scores + (long)h * shape.TPad + k0 + kp * Panel, shape.TPad, false);
+        }
+    }
+
+    /// <summary>Value panels [vp0, vp1) of positions [k0, k0 + <see cref="KeyBlock"/>): the c_KV rows' columns packed as
+    /// [vp1-vp0][block][32], then tile[h, panel] += weights[h, block] x the panel, continuing each output's chain.</summary>
+    static void ValueBlock(GemmPath path, float* pool, long* at, int k0, in Shape shape, int vp0, int vp1, float* block, float* scores, float* tile)
+    {
+        int latent = shape.Latent, kvr = shape.KvRank;
+        int kc = Math.Min(KeyBlock, shape.Length - k0);
+        for (int t = 0; t < kc; t++)
+        {
+            float* src = pool + at[k0 + t] * latent;
+            for (int vp = vp0; vp < vp1; vp++)
+            {
+                float* dst = block + ((long)(vp - vp0) * kc + t) * Panel;
+                int width = Math.Min(Panel, kvr - vp * Panel);
+                new ReadOnlySpan<float>(src + vp * Panel, width).CopyTo(new Span<float>(dst, width));
+                for (int c = width; c < Panel; c++) dst[c] = 0f;
+            }
+        }
+        for (int h = 0; h < shape.Heads; h += TileRows)
+        {
+            int count = Math.Min(TileRows, shape.Heads - h);
+            for (int vp = vp0; vp < vp1; vp++)
+                InvariantGemm.Tile(path, count, scores + (long)h * shape.TPad + k0, shape.TPad, block + (long)(vp - vp0) * kc * Panel, kc,
+                    tile + (long)h * shape.VPad + vp * Panel, shape.VPad, k0 > 0);
+        }
+    }
+
+    /// <summary>o_latent[h] = tile[h] / sum[h] for every head.</summary>
+    static void DivideOut(in Shape shape, float* tile, float* sums, float* oLatent)
+    {
+        for (int h = 0; h < shape.Heads; h++)
+        {
+            float* o = oLatent + (long)h * shape.KvRank;
+            float sum = sums[h];
+            for (int c = 0; c < shape.KvRank; c++) o[c] = tile[(long)h * shape.VPad + c] / sum;
         }
     }
 }

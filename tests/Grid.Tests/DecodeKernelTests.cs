@@ -122,9 +122,21 @@ public class DecodeKernelTests
         var all = Kernel(0, batch, best);
         var reference = LibtorchAbsorbed(qNope, qRope, caches, lengths, wUK, wUVt, kvr, scale);
         Assert.True(MaxDiff(all, reference) < 1e-4, $"max diff {MaxDiff(all, reference)}");
-        for (int b = 0; b < batch; b++)
-            Assert.Equal(Values(all[b]), Values(Kernel(b, 1, best)[0]));
-        Assert.Equal(Values(all[2..5]), Values(Kernel(2, 3, best)));
+        // A sequence alone or in a sub-batch, with 1-4 kernel threads: smaller batches than threads run a sequence over
+        // the cores (three passes beyond one key block of 256 positions, a head split below), larger ones a sequence
+        // per thread; all the same bits. (Threads only decides the split, so other tests running meanwhile are unaffected.)
+        int threadsBefore = KernelParallel.Threads;
+        try
+        {
+            foreach (var threads in new[] { 1, 2, 3, 4 })
+            {
+                KernelParallel.Threads = threads;
+                for (int b = 0; b < batch; b++)
+                    Assert.Equal(Values(all[b]), Values(Kernel(b, 1, best)[0]));
+                Assert.Equal(Values(all[2..5]), Values(Kernel(2, 3, best)));
+            }
+        }
+        finally { KernelParallel.Threads = threadsBefore; }
         foreach (var path in PrefillAttentionTests.Paths())
             Assert.Equal(Values(all), Values(Kernel(0, batch, path)));
     }
