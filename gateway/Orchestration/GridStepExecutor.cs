@@ -400,14 +400,29 @@ public sealed class GridStepExecutor : IStepExecutor
     public async Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken)
     {
         var matched = new int[lookups.Count];
-        // One call per shard that admits sequences, never one per sequence.
-        await Task.WhenAll(lookups.Select((l, i) => (l, i)).GroupBy(x => x.l.Shard).Select(async g =>
+        var groups = lookups.Select((l, i) => (l, i)).GroupBy(x => x.l.Shard).ToList();
+        Exception? failure = null;
+        int failed = 0;
+        // One call per shard that admits sequences, never one per sequence. A shard that fails (its silo just died)
+        // leaves -1 for its sequences, and the others' answers stand: those shards did attach their prefixes, and a
+        // gateway that dropped their answers would step them from 0 against caches that hold more (refused, again).
+        await Task.WhenAll(groups.Select(async g =>
         {
             var queries = g.Select(x => new PrefixQuery(x.l.Lookup.SequenceId, x.l.Lookup.Tokens)).ToArray();
-            var held = await CallAsync("attention.prefix", ct => Shard(g.Key).AttachPrefixAsync(Owner, queries, ct), cancellationToken);
-            int k = 0;
-            foreach (var x in g) matched[x.i] = held[k++];
+            try
+            {
+                var held = await CallAsync("attention.prefix", ct => Shard(g.Key).AttachPrefixAsync(Owner, queries, ct), cancellationToken);
+                int k = 0;
+                foreach (var x in g) matched[x.i] = held[k++];
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+            {
+                foreach (var x in g) matched[x.i] = -1;
+                Interlocked.CompareExchange(ref failure, e, null);
+                Interlocked.Increment(ref failed);
+            }
         }));
+        if (failure is not null && failed == groups.Count) throw failure;   // no shard answered: the caller's fallback
         return matched;
     }
 

@@ -296,6 +296,12 @@ public sealed class EngineLoop : IAsyncDisposable
         for (int i = 0; i < fresh.Count; i++)
         {
             var s = fresh[i];
+            if (matched[i] < 0)
+            {
+                // Its shard did not answer (the others did): computed from its first token, as above.
+                s.InCache = true;
+                continue;
+            }
             int m = Math.Clamp(matched[i], 0, s.Tokens.Count - 1);
             s.InCache = true;
             s.Computed = s.CacheStart = m;

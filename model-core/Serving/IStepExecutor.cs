@@ -111,7 +111,8 @@ public interface IStepExecutor : IAsyncDisposable
 
     /// <summary>
     /// Starts new sequences on their shards from the longest cached prefix of their tokens (prefix caching); per lookup,
-    /// the positions its shard now holds (0: none, or prefix caching off): its first chunk continues there. Deliberately
+    /// the positions its shard now holds (0: none, or prefix caching off): its first chunk continues there; -1 where its
+    /// shard did not answer while others did (it is computed from its first token; throws when no shard answered). Deliberately
     /// without a default body: a wrapper that forgot to forward it would silently turn prefix caching off.
     /// </summary>
     Task<int[]> AttachPrefixAsync(IReadOnlyList<(int Shard, PrefixLookup Lookup)> lookups, CancellationToken cancellationToken);
