@@ -8,8 +8,8 @@ namespace Grid.ModelCore.Kernels;
 /// <para>A decode step makes ~10 parallel calls per layer with libtorch work or other kernels' set-up in between.
 /// Through the thread pool each call woke a sleeping worker: an empty two-thread call measured ~9 µs after a 100 µs gap
 /// and ~100 µs after a 500 µs one (a halted vCPU takes that long to wake). So the kernel threads poll for the next
-/// call for <see cref="SpinMicroseconds"/> after each one before they block, and items are handed out by one atomic
-/// counter. Which thread runs an item never changes its result: the kernels give the same bits for any split.</para>
+/// call for <see cref="SpinMicroseconds"/> after each one before they block, and items are handed out in contiguous,
+/// shrinking chunks (<see cref="Call"/>). Which thread runs an item never changes its result: the kernels give the same bits for any split.</para>
 /// <para>One call runs at a time; a call made while another is running (a second inference thread in the process, or
 /// a kernel calling back in) runs its items on its own thread.</para>
 /// </summary>
@@ -82,7 +82,7 @@ public static class KernelParallel
             Volatile.Write(ref s_current, call);
             for (int w = 0; w < helpers; w++) s_workers[w].Wake();
             call.Work();
-            // Wait for items still running on the kernel threads (each one is at most one item's work).
+            // Wait for items still running on the kernel threads (each one at most the rest of its chunk).
             var spin = new SpinWait();
             while (call.Done < items) spin.SpinOnce(sleep1Threshold: -1);
         }
