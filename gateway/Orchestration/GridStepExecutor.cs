@@ -264,7 +264,8 @@ public sealed class GridStepExecutor : IStepExecutor
         var progress = await Task.WhenAll(shards.Select((s, k) => CallAsync("attention.start", ct => Shard(s).StartStepAsync(starts[k], ct), cancellationToken,
             walks: wholeStep ? 1 + moeLayers : 1)));
         if (Wire is { } wire) foreach (var start in starts) wire.Chunks(start);
-        // A shard that refused changed nothing; the others' walks are abandoned by this gateway's next step.
+        // A shard that refused changed nothing. The others may have walked the whole step and committed it: the same
+        // chunks stepped again rewind them there (AttentionShard.Rewinds), so only the refused sequences are recomputed.
         if (progress.Any(p => p.Refused is not null))
             throw new StepRefusedException(progress.Where(p => p.Refused is not null).SelectMany(p => p.Refused!)
                 .Select(r => new ChunkRefusal(r.SequenceId, r.NoRoom ? RefusalReason.NoRoom : RefusalReason.Mismatch, r.Position, r.Held)).ToList());

@@ -234,12 +234,19 @@ public sealed class EngineLoop : IAsyncDisposable
             catch (StepRefusedException e)
             {
                 // The shard changed nothing: recompute the sequences whose caches it does not hold, re-queue those it has no room for.
-                await RecoverAsync(e);
+                try { await RecoverAsync(e); }
+                catch (Exception failure)
+                {
+                    // Recovery must never end the loop (every stream of this gateway would stop): fail the sequences instead.
+                    _logger.LogError(failure, "recovering from a refused step failed; failing {Count} sequences", _running.Count);
+                    foreach (var s in _running.ToArray()) await FinishAsync(s, "error", failure);
+                }
             }
             catch (StepInterruptedException e)
             {
-                // A silo the step needed is gone: nothing was committed. Step again (shards and groups re-place
-                // themselves; lost caches come back as refusals and are recomputed), up to the recovery deadline.
+                // A silo the step needed is gone. Step again (shards and groups re-place themselves; lost caches come
+                // back as refusals and are recomputed; a surviving shard that had committed its part rewinds it), up to
+                // the recovery deadline.
                 Interruptions++;
                 _interruptedSince ??= DateTime.UtcNow;
                 _interruptions++;
@@ -359,7 +366,8 @@ public sealed class EngineLoop : IAsyncDisposable
         var noRoom = new List<Sequence>();
         foreach (var r in e.Refusals)
             if (byId.TryGetValue(r.SequenceId, out var s)) (r.Reason == RefusalReason.NoRoom ? noRoom : lost).Add(s);
-        foreach (var s in lost.Concat(noRoom).Distinct())
+        // A copy: a sequence past the limit leaves the lists inside the loop (enumerating them there threw and ended the engine loop).
+        foreach (var s in lost.Concat(noRoom).Distinct().ToList())
         {
             if (++s.Recomputes > MaxRecomputes)
             {

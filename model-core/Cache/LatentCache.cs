@@ -323,17 +323,7 @@ public sealed class LatentCache : IDisposable
         if (seq.Released) return;
         seq.Released = true;
         // Last block first: within a chain the later blocks become the older entries, so eviction takes a chain from its end.
-        for (int i = seq.Blocks.Count - 1; i >= 0; i--)
-        {
-            int b = seq.Blocks[i];
-            if (--_refs[b] > 0) continue;
-            if (_hashOf.ContainsKey(b) && PrefixCaching) _evictableNode[b] = _evictable.AddLast(b);
-            else
-            {
-                if (_hashOf.Remove(b, out var hash)) _blockOf.Remove(hash);
-                _freeBlocks.Add(b);
-            }
-        }
+        for (int i = seq.Blocks.Count - 1; i >= 0; i--) Drop(seq.Blocks[i]);
         seq.Blocks.Clear();
         seq.HashedBlocks = 0;
         seq.ChainHash = BlockHash.Root;
@@ -341,6 +331,58 @@ public sealed class LatentCache : IDisposable
         seq.Length = 0;
         _live.Remove(seq.Id);
         if (AutoTrim) Trim();
+    }
+
+    /// <summary>One sequence lets go of a block: freed when no other holds it, or kept as evictable cache when indexed.</summary>
+    void Drop(int block)
+    {
+        if (--_refs[block] > 0) return;
+        if (_hashOf.ContainsKey(block) && PrefixCaching) _evictableNode[block] = _evictable.AddLast(block);
+        else
+        {
+            if (_hashOf.Remove(block, out var hash)) _blockOf.Remove(hash);
+            _freeBlocks.Add(block);
+        }
+    }
+
+    /// <summary>
+    /// Whether <see cref="Rewind"/> can take the sequence back to <paramref name="position"/> (0 &lt; position &lt;=
+    /// its length): its token ids must be known, and the positions to rewrite must not lie in a full block another
+    /// sequence shares (a block is rewritten only while this sequence alone holds it).
+    /// </summary>
+    public bool CanRewind(LatentSequence seq, int position)
+    {
+        if (seq.Released || position <= 0 || position > seq.Length || seq.TokenIds.Count != seq.Length) return false;
+        int b = position / BlockSize;
+        return position % BlockSize == 0 || b >= seq.HashedBlocks || _refs[seq.Blocks[b]] == 1;
+    }
+
+    /// <summary>
+    /// Takes the sequence back to its first <paramref name="position"/> positions, as if the steps past them had not
+    /// run (a step that one shard committed and the gateway never saw, run again): blocks wholly past it are let go
+    /// (indexed ones stay as evictable cache), the block it ends in leaves the prefix index when it was full (its
+    /// rows past the position will be written again), and the token history is cut to match.
+    /// </summary>
+    public void Rewind(LatentSequence seq, int position)
+    {
+        if (!CanRewind(seq, position))
+            throw new InvalidOperationException($"latent sequence {seq.Id} cannot be rewound from {seq.Length} to position {position}");
+        int keep = (position + BlockSize - 1) / BlockSize, full = position / BlockSize;
+        for (int i = seq.Blocks.Count - 1; i >= keep; i--) Drop(seq.Blocks[i]);
+        seq.Blocks.RemoveRange(keep, seq.Blocks.Count - keep);
+        if (seq.HashedBlocks > full)
+        {
+            // The block the position ends in (when partial now) is rewritten: out of the index, the chain one block shorter.
+            if (keep > full && _hashOf.Remove(seq.Blocks[full], out var hash)) _blockOf.Remove(hash);
+            var chain = BlockHash.Root;
+            var ids = seq.Tokens;
+            for (int b = 0; b < full; b++) chain = BlockHash.Next(chain, ids.Slice(b * BlockSize, BlockSize));
+            seq.HashedBlocks = full;
+            seq.ChainHash = chain;
+        }
+        seq.TokenIds.RemoveRange(position, seq.TokenIds.Count - position);
+        seq.Length = position;
+        seq.CachedPrefix = Math.Min(seq.CachedPrefix, position);
     }
 
     int _openBatches;

@@ -90,7 +90,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
     /// Starts <paramref name="owner"/>'s step <paramref name="stepId"/> (abandoning that owner's unfinished one):
     /// checks that every chunk continues its sequence's cache exactly and fits in the cache, then runs up to the first
     /// MoE dispatch; null means the step is done (<see cref="Finish"/>). A chunk at position 0 (re)starts its sequence
-    /// from nothing. When any chunk does not fit, <see cref="StepRefusedException"/> names them all and nothing changes.
+    /// from nothing; a chunk that runs again what the shard already committed rewinds the sequence to it (see <see cref="Rewinds"/>). When any chunk does not fit, <see cref="StepRefusedException"/> names them all and nothing changes.
     /// </summary>
     public MoeDispatch? Start(IReadOnlyList<StepChunk> chunks, DeviceLimit? limit = null, AttentionMode mode = AttentionMode.Auto,
         Guid? owner = null, long stepId = 0, DateTimeOffset? now = null)
@@ -101,6 +101,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         var cache = Cache;
         var seen = new HashSet<long>();
         var refusals = new List<ChunkRefusal>();
+        var rewinds = new List<(LatentSequence Sequence, int Position)>();
         int freeBlocks = cache.MaxBlocks - cache.BlocksInUse;
         foreach (var c in chunks)
         {
@@ -108,13 +109,15 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
             if (!seen.Add(c.SequenceId)) throw new ArgumentException($"sequence {c.SequenceId} appears twice in one step");
             var held = _sequences.GetValueOrDefault(new SequenceKey(who, c.SequenceId));
             int length = held?.Length ?? 0;
-            if (c.Position != 0 && c.Position != length)
+            bool rewind = c.Position != 0 && c.Position < length && Rewinds(who, held!, c);
+            if (c.Position != 0 && c.Position != length && !rewind)
             {
                 refusals.Add(new ChunkRefusal(c.SequenceId, RefusalReason.Mismatch, c.Position, length));
                 continue;
             }
-            // A chunk at 0 restarts the sequence: its old blocks come back first.
-            int blocksNow = c.Position == 0 ? 0 : held?.BlockCount ?? 0;
+            if (rewind) rewinds.Add((held!, c.Position));
+            // A chunk at 0 restarts the sequence: its old blocks come back first (a rewind gives back those past its position).
+            int blocksNow = c.Position == 0 ? 0 : rewind ? (c.Position + cache.BlockSize - 1) / cache.BlockSize : held?.BlockCount ?? 0;
             int blocksHeld = held?.BlockCount ?? 0;
             int need = (c.Position + c.Tokens.Length + cache.BlockSize - 1) / cache.BlockSize - blocksNow;
             freeBlocks += blocksHeld - blocksNow;
@@ -122,6 +125,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
             else freeBlocks -= need;
         }
         if (refusals.Count > 0) throw new StepRefusedException(refusals);
+        foreach (var (seq, position) in rewinds) cache.Rewind(seq, position);
 
         var batch = chunks.Select(c =>
         {
@@ -137,6 +141,24 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         }).ToList();
         _walks[who] = new Walk(new LayerWalk(model, batch, mode, limit), chunks, stepId);
         return Advance(who, null);
+    }
+
+    /// <summary>
+    /// Whether a chunk that starts before the end of what the shard holds is the same work run again, so the sequence
+    /// goes back to the chunk's position instead of being refused: a step of several shards fails as a whole when one
+    /// of them fails (its silo died, it refused its own chunks) after this shard walked the step to the end and
+    /// committed it, and the gateway then steps the same chunks again. It is the same work when the token ids the shard
+    /// holds from the chunk's position on are the chunk's own (a late or stray chunk with other tokens is refused), and
+    /// a sequence with structured output rewinds only a chunk that ends where the shard's tokens end (its decoder has
+    /// been fed exactly those; it is not rewound).
+    /// </summary>
+    bool Rewinds(Guid owner, LatentSequence held, StepChunk c)
+    {
+        if (!Cache.CanRewind(held, c.Position)) return false;
+        var tokens = held.Tokens;
+        int overlap = Math.Min(tokens.Length, c.Position + c.Tokens.Length) - c.Position;
+        if (!tokens.Slice(c.Position, overlap).SequenceEqual(c.Tokens.AsSpan(0, overlap))) return false;
+        return !_constrained.ContainsKey(new SequenceKey(owner, c.SequenceId)) || c.Position + c.Tokens.Length == tokens.Length;
     }
 
     /// <summary>

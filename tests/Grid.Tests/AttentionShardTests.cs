@@ -103,6 +103,41 @@ public sealed class AttentionShardTests
     }
 
     [Fact]
+    public void ChunksRunAgainAfterTheShardCommittedThemRewindItAndGiveTheSameAnswer()
+    {
+        // A step of several shards fails as a whole when one of them fails, after this shard walked it to the end: the
+        // gateway steps the same chunks again, and they must not be refused (two shards would otherwise keep refusing
+        // each other's sequences, one step each, and recompute them forever).
+        var expected = Golden.Load("full_f32", "text");
+        using var model = DeepseekV2Model.Load(Golden.Dir("full_f32"));
+        using var shard = new AttentionShard(model);
+        var owner = Guid.NewGuid();
+        int p = expected.PromptIds.Length;
+        var prefill = Step(model, shard, owner, 1, new StepChunk(1, 0, expected.PromptIds) { Sample = Greedy })[0].Next!;
+        var decode = Step(model, shard, owner, 2, new StepChunk(1, p, [prefill.Token]) { Sample = Greedy })[0].Next!;
+        var held = shard.Stats();
+
+        // The decode step again: same token, same logprob bits, and the shard holds what it held.
+        var again = Step(model, shard, owner, 3, new StepChunk(1, p, [prefill.Token]) { Sample = Greedy })[0].Next!;
+        Assert.Equal((decode.Token, decode.Logprob), (again.Token, again.Logprob));
+        Assert.Equal(held, shard.Stats());
+        // Further back, over the prompt's tail and the first generated token: rewound to 3, recomputed, same next token.
+        var tail = expected.PromptIds[3..].Append(prefill.Token).ToArray();
+        var rerun = Step(model, shard, owner, 4, new StepChunk(1, 3, tail) { Sample = Greedy })[0].Next!;
+        Assert.Equal(decode.Token, rerun.Token);
+        Assert.Equal(decode.Logprob, rerun.Logprob, 1e-3);
+        Assert.Equal(held.Tokens, shard.Stats().Tokens);
+
+        // Other token ids at a held position are not the same work: refused, nothing changes.
+        var other = Assert.Throws<StepRefusedException>(() => shard.Start([new StepChunk(1, p, [prefill.Token + 1]) { Sample = Greedy }], owner: owner, stepId: 5));
+        Assert.Equal((1L, RefusalReason.Mismatch, p, p + 1), other.Refusals.Select(r => (r.SequenceId, r.Reason, r.Position, r.Held)).Single());
+        Assert.Equal(held.Tokens, shard.Stats().Tokens);
+        // And the sequence goes on as the golden run did.
+        var third = Step(model, shard, owner, 6, new StepChunk(1, p + 1, [decode.Token]) { Sample = Greedy })[0].Next!.Token;
+        Assert.Equal(expected.GeneratedIds.Take(3), [prefill.Token, decode.Token, third]);
+    }
+
+    [Fact]
     public void ExpiredLeasesFreeTheirCachesAndLiveOnesKeepThem()
     {
         var prompt = Golden.Load("full_f32", "text").PromptIds;

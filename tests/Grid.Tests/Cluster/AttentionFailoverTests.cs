@@ -58,10 +58,13 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         /// <summary>Holds the engine before its <paramref name="steps"/>-th step from now; the task completes once it holds.</summary>
         public Task HoldBeforeStepAsync(int steps) { Volatile.Write(ref _countdown, steps); return _held.Task; }
         public void Resume() => _resume.TrySetResult();
+        /// <summary>The chunks of the step being held (set when it holds).</summary>
+        public IReadOnlyList<StepChunk> HeldChunks { get; private set; } = [];
         public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
         {
             if (Interlocked.Decrement(ref _countdown) == 0)
             {
+                HeldChunks = chunks;
                 _held.TrySetResult();
                 await _resume.Task.WaitAsync(cancellationToken);
             }
@@ -141,5 +144,42 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         var after = await Task.WhenAll(Enumerable.Range(0, 2).Select(s => _cluster.Client.GetGrain<IAttentionGrain>(s).GetStatusAsync()));
         Assert.All(after, s => Assert.Equal(_cluster.Primary!.SiloAddress.ToString(), s.Silo));
         Assert.Equal(solo[0], (await RunAsync(loop, requests[0])).Tokens);
+    }
+    [Fact]
+    public async Task AShardThatRefusesPartOfAStepDoesNotCostTheOtherShardsSequences()
+    {
+        // A step spans both shards; each walks its part to the end and commits it. When one shard refuses a sequence,
+        // the step fails as a whole after the other committed: the other's sequences are stepped again at the same
+        // positions and must be rewound, not refused (refused, they are recomputed, and the two shards then refuse each
+        // other's sequences step after step until the recompute limit fails them).
+        var config = ModelConfig.Load(Path.Combine(Golden.Dir("full_f32"), "config.json"));
+        var grid = new GridStepExecutor(_cluster.Client, config, new GridTopology { AttentionShards = 2, ExpertGroups = 4 }, NullLogger<GridStepExecutor>.Instance);
+        await Poll.UntilAsync(async () => (await grid.GetReadinessAsync(CancellationToken.None)).Ready, "the cluster did not load its weights");
+        var gated = new Gated(grid);
+        await using var loop = new EngineLoop(gated, new SchedulerOptions(), NullLogger<EngineLoop>.Instance, config.MaxPositionEmbeddings);
+
+        var golden = Golden.Load("full_f32", "text").PromptIds;
+        var requests = Enumerable.Range(0, 6).Select(i => Request(golden.Skip(i % 3).ToArray(), 30, temperature: i < 3 ? 0 : 1, seed: 21 + i)).ToArray();
+        var solo = new List<List<int>>();
+        foreach (var r in requests) solo.Add((await RunAsync(loop, r)).Tokens);
+        await Poll.UntilAsync(async () => (await grid.GetBudgetsAsync(CancellationToken.None)).All(b => b.UsedBlocks == 0), "the solo runs' caches were not released");
+
+        var held = gated.HoldBeforeStepAsync(8);
+        var runs = requests.Select(r => RunAsync(loop, r)).ToArray();
+        await held.WaitAsync(Poll.Deadline);
+        var chunks = gated.HeldChunks;
+        Assert.True(chunks.Select(c => c.Shard).Distinct().Count() == 2, $"the held step runs on one shard only: {string.Join(", ", chunks.Select(c => $"{c.SequenceId}@{c.Shard}"))}");
+        // Shard 0 loses one sequence's cache behind the gateway's back (as a lease expiry would): it refuses that one.
+        var lost = chunks.First(c => c.Shard == 0 && c.Position > 0);
+        await _cluster.Client.GetGrain<IAttentionGrain>(0).ReleaseAsync(grid.Owner, [lost.SequenceId]);
+        gated.Resume();
+
+        var done = await Task.WhenAll(runs).WaitAsync(Poll.Deadline);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal("length", done[i].Finish);
+            Assert.Equal(solo[i], done[i].Tokens);
+        }
+        Assert.Equal(1, loop.Recomputed);   // the one lost cache, and no other sequence's
     }
 }

@@ -242,4 +242,66 @@ public sealed class PrefixCacheBlockTests
         Assert.NotEqual(x[1], y[1]);                              // same tokens in block 1, different prefix
         Assert.Equal(x, BlockHash.Chain([1, 2, 3, 4, 5, 6, 7, 8, 9], 4));   // the partial block is not hashed
     }
+    [Fact]
+    public void ARewindCutsTheSequenceBackAndTheSameStepsRebuildItExactly()
+    {
+        using var _ = no_grad();
+        using var cache = NewCache();
+        var a = With(1, 2, 3, 4, 5, 6);                           // 16 tokens: 4 full blocks
+        var seq = cache.Create();
+        Step(cache, seq, a, 11);
+        var blocksAt11 = seq.BlockIds.ToArray();
+        Step(cache, seq, a, 16);                                  // a step the gateway never saw the answer of
+        Assert.Equal(4, seq.HashedBlocks);
+        Assert.Equal(4, cache.RegisteredBlocks);
+
+        // Back to 11 (inside block 2, which was full and indexed): blocks 3 leaves, block 2 leaves the index.
+        Assert.True(cache.CanRewind(seq, 11));
+        cache.Rewind(seq, 11);
+        Assert.Equal(11, seq.Length);
+        Assert.Equal(blocksAt11, seq.BlockIds);
+        Assert.Equal(2, seq.HashedBlocks);
+        Assert.Equal(3, cache.RegisteredBlocks);                  // block 3 stays indexed, as evictable cache
+        Assert.Equal(1, cache.CachedBlocks);
+        AssertHolds(cache, seq, a);
+
+        // The same step again: same rows, and the chain is indexed again, so a newcomer shares all of it.
+        Step(cache, seq, a, 16);
+        AssertHolds(cache, seq, a);
+        Assert.Equal(4, seq.HashedBlocks);
+        var other = cache.Create();
+        Assert.Equal(12, cache.AttachPrefix(other, a, a.Length - 1));
+        Assert.Equal(seq.BlockIds.Take(3), other.BlockIds);
+    }
+
+    [Fact]
+    public void ARewindToABlockEdgeLetsGoOfSharedBlocksButNeverRewritesOne()
+    {
+        using var _ = no_grad();
+        using var cache = NewCache();
+        var a = With(1, 2, 3);                                    // 13 tokens
+        var first = cache.Create();
+        Step(cache, first, a, a.Length);
+        var second = cache.Create();
+        Assert.Equal(12, cache.AttachPrefix(second, a, a.Length - 1));   // shares blocks 0-2
+        Step(cache, second, a, a.Length);
+        var shared = Rows(cache, first.BlockIds.Take(3));
+
+        // Into a shared full block: refused (its rows would be written again while another sequence reads them).
+        Assert.False(cache.CanRewind(second, 10));
+        Assert.Throws<InvalidOperationException>(() => cache.Rewind(second, 10));
+        Assert.Equal(13, second.Length);
+        // To the edge of a shared block: the sequence lets go of it, the other keeps it unchanged.
+        Assert.True(cache.CanRewind(second, 8));
+        cache.Rewind(second, 8);
+        Assert.Equal(first.BlockIds.Take(2), second.BlockIds);
+        Assert.Equal(8, second.CachedPrefix);
+        Step(cache, second, a, a.Length);
+        Assert.Equal(shared, Rows(cache, first.BlockIds.Take(3)));
+        AssertHolds(cache, first, a);
+        AssertHolds(cache, second, a);
+        // Nothing to rewind to: position 0 is a restart, past the end is not held.
+        Assert.False(cache.CanRewind(second, 0));
+        Assert.False(cache.CanRewind(second, 14));
+    }
 }

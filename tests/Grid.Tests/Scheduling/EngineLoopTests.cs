@@ -51,6 +51,9 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
         }
     }
 
+    /// <summary>Chunks this predicate picks are refused (mismatch) whatever their position: a shard that keeps refusing a sequence.</summary>
+    public Func<StepChunk, bool>? AlwaysRefuse;
+
     public async Task<ChunkResult[]> StepAsync(IReadOnlyList<StepChunk> chunks, CancellationToken cancellationToken)
     {
         if (_gated) await _gate.WaitAsync(cancellationToken);
@@ -64,7 +67,7 @@ sealed class FakeExecutor(int blockSize, int totalBlocks) : IStepExecutor
         {
             Steps.Add(chunks);
             // As the real shard: a chunk must continue what is held (or start again at 0); otherwise nothing changes.
-            var refused = chunks.Where(c => c.Position != 0 && c.Position != (Caches.TryGetValue(c.SequenceId, out var held) ? held.Count : 0))
+            var refused = chunks.Where(c => AlwaysRefuse?.Invoke(c) == true || c.Position != 0 && c.Position != (Caches.TryGetValue(c.SequenceId, out var held) ? held.Count : 0))
                 .Select(c => new ChunkRefusal(c.SequenceId, RefusalReason.Mismatch, c.Position, Caches.TryGetValue(c.SequenceId, out var h) ? h.Count : 0)).ToList();
             if (refused.Count > 0) throw new StepRefusedException(refused);
             foreach (var c in chunks.Where(c => c.Position == 0)) Caches.Remove(c.SequenceId);

@@ -66,6 +66,30 @@ public sealed class EngineRecoveryTests
     }
 
     [Fact]
+    public async Task ASequenceItsShardKeepsRefusingFailsAloneAndTheLoopServesOn()
+    {
+        // Refused in every step it is in, the sequence is recomputed up to the limit and then fails with an error; the
+        // sequences stepped beside it (stepped again after each refusal) finish with their tokens, and the loop serves
+        // a request submitted afterwards.
+        var executor = new FakeExecutor(4, 1000) { AlwaysRefuse = c => c.Position == 0 && c.Tokens[0] == 999 };
+        await using var loop = Loop(executor);
+        var healthy = Enumerable.Range(0, 3).Select(i => Request([3 + i, 4, 5, 6], 12, seed: 60 + i)).ToArray();
+        var runs = healthy.Select(r => DrainAsync(loop.Submit(r, CancellationToken.None))).ToArray();
+        var poisoned = DrainAsync(loop.Submit(Request([999, 4, 5], 12, seed: 1), CancellationToken.None));
+        var failure = await Assert.ThrowsAsync<InvalidOperationException>(() => poisoned.WaitAsync(Poll.Deadline));
+        Assert.Contains("was refused by its shard 9 times in a row", failure.Message);
+        var done = await Task.WhenAll(runs).WaitAsync(Poll.Deadline);   // a loop that died never finishes them
+        for (int i = 0; i < healthy.Length; i++)
+        {
+            Assert.Equal(Expected(healthy[i]), done[i].Tokens);
+            Assert.Equal(new FinishedEvent("length", 4, 12), done[i].Last);
+        }
+        var after = Request([7, 8, 9], 5, seed: 3);
+        Assert.Equal(Expected(after), (await DrainAsync(loop.Submit(after, CancellationToken.None))).Tokens);
+        Assert.Equal(8, loop.Recomputed);
+    }
+
+    [Fact]
     public async Task AReleaseThatNeverAnswersDoesNotHoldUpTheLoop()
     {
         var executor = new FakeExecutor(4, 1000) { HoldReleases = new() };
