@@ -108,7 +108,7 @@ public sealed class EngineLoop : IAsyncDisposable
         _logger = logger;
         ContextLength = contextLength;
         _releaser = Task.Run(ReleaseLoopAsync);
-        _loop = Task.Run(RunAsync);
+        _loop = Task.Run(SuperviseAsync);
     }
 
     /// <summary>The last steps (up to 1000), oldest first.</summary>
@@ -176,6 +176,39 @@ public sealed class EngineLoop : IAsyncDisposable
 
     /// <summary>Lets a paused loop step again.</summary>
     public void Resume() => Interlocked.Exchange(ref _pause, null)?.TrySetResult();
+
+    /// <summary>
+    /// Runs the loop, and starts it again should it ever throw (a bug, which every recovery path is written to avoid):
+    /// a dead loop would leave every stream of this gateway waiting forever. Its sequences fail with the error (a 500
+    /// to their clients) and new requests are served.
+    /// </summary>
+    async Task SuperviseAsync()
+    {
+        while (true)
+        {
+            try
+            {
+                await RunAsync();
+                return;
+            }
+            catch (Exception e) when (!_stop.IsCancellationRequested)
+            {
+                LoopRestarts++;
+                _logger.LogCritical(e, "the engine loop failed; failing its {Running} running and {Waiting} waiting sequences and starting it again",
+                    _running.Count, _waiting.Count);
+                foreach (var s in _running.ToArray()) await FinishAsync(s, "error", e);
+                foreach (var s in _waiting.ToArray())
+                {
+                    _waiting.Remove(s);
+                    Dequeued(s);
+                    s.Events.Writer.TryComplete(e);
+                }
+            }
+        }
+    }
+
+    /// <summary>Times the engine loop failed and was started again (<see cref="SuperviseAsync"/>); 0 unless there is a bug.</summary>
+    public int LoopRestarts { get; private set; }
 
     async Task RunAsync()
     {
