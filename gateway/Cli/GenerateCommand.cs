@@ -72,6 +72,10 @@ public static class GenerateCommand
             };
             var error = Validation.Sampling(sampling.Temperature, sampling.TopP, sampling.TopK, parse.GetValue(logprobs), parse.GetValue(maxTokens));
             if (error is not null) return Fail(error.Value.Message);
+            // Every argument is checked before any work (resolving the model may write the built-in checkpoint first).
+            int[]? givenIds = null;
+            try { givenIds = ids?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray(); }
+            catch (Exception e) when (e is FormatException or OverflowException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
             // appsettings.json < Grid__* environment variables < flags, bound and validated as `grid serve` does.
             GridOptions options;
             try { options = GridOptionsSetup.Load(GridServer.CreateBuilder(flags.Overrides(parse)).Configuration, GridExecutable.Generate); }
@@ -84,14 +88,7 @@ public static class GenerateCommand
             try { tokenizer = EngineFactory.LoadTokenizer(dir); }
             catch (Exception e) when (e is TokenizerLoadException or IOException or ArgumentException) { return Fail(e.Message); }
             using var ownedTokenizer = tokenizer;
-            int[] promptTokens;
-            try
-            {
-                promptTokens = ids is not null
-                    ? ids.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(int.Parse).ToArray()
-                    : tokenizer.Encode(p!);
-            }
-            catch (FormatException) { return Fail($"--prompt-ids: '{ids}' is not a comma-separated list of integers"); }
+            var promptTokens = givenIds ?? tokenizer.Encode(p!);
             if (promptTokens.Length == 0) return Fail("the prompt is empty");
             var clock = System.Diagnostics.Stopwatch.StartNew();
             await using var executor = await EngineFactory.CreateExecutorAsync(options.Model.Engine, dir, options.Model.Dtype,

@@ -7,10 +7,14 @@ namespace Grid.Tests;
 /// <summary>The offline CLI, run as a real process: <c>grid generate</c>.</summary>
 public class GenerateCliTests
 {
-    public static (int ExitCode, string Stdout, string Stderr) RunGrid(params string[] args)
+    public static (int ExitCode, string Stdout, string Stderr) RunGrid(params string[] args) => RunGridWith(null, args);
+
+    /// <summary>Runs the CLI with <paramref name="gridHome"/> as GRID_HOME (where the built-in checkpoint lives) when given.</summary>
+    public static (int ExitCode, string Stdout, string Stderr) RunGridWith(string? gridHome, params string[] args)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "grid.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (gridHome is not null) psi.Environment["GRID_HOME"] = gridHome;
         psi.ArgumentList.Add(dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
@@ -79,12 +83,23 @@ public class GenerateCliTests
     [InlineData(new[] { "generate", "--bogus" }, "--bogus")]
     public void BadArgumentsGiveAOneLineErrorAndNonZeroExit(string[] args, string message)
     {
-        var (code, _, stderr) = RunGrid(args);
-        Assert.NotEqual(0, code);
-        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Single(lines);
-        Assert.StartsWith("error: ", lines[0]);
-        Assert.Contains(message, lines[0]);
+        // As on a fresh machine (no built-in checkpoint written yet): arguments are checked before any work, so the
+        // error is the only line and nothing is written.
+        var home = Path.Combine(Path.GetTempPath(), $"grid-home-{Guid.NewGuid():N}");
+        try
+        {
+            var (code, _, stderr) = RunGridWith(home, args);
+            Assert.NotEqual(0, code);
+            var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Single(lines);
+            Assert.StartsWith("error: ", lines[0]);
+            Assert.Contains(message, lines[0]);
+            Assert.False(Directory.Exists(Path.Combine(home, "builtin-tiny-v1")), "a bad argument wrote the built-in checkpoint");
+        }
+        finally
+        {
+            if (Directory.Exists(home)) Directory.Delete(home, true);
+        }
     }
 
     /// <summary>
