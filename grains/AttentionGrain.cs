@@ -91,7 +91,13 @@ public sealed class AttentionGrain(ModelHost host, SiloTelemetry telemetry, Shar
                     {
                         GroupCallTimeout = start.GroupCallTimeout,
                     };
-                return Measure(model, start.Owner, shard => shard.Start(chunks, limit, owner: start.Owner, stepId: start.StepId), start.WireDtype);
+                return Measure(model, start.Owner, shard =>
+                {
+                    long rewound = shard.Rewound;
+                    var dispatch = shard.Start(chunks, limit, owner: start.Owner, stepId: start.StepId);
+                    if (shard.Rewound > rewound) telemetry.CachesRewound(shard.Rewound - rewound);
+                    return dispatch;
+                }, start.WireDtype);
             }
             catch (StepRefusedException refused)
             {

@@ -76,6 +76,7 @@ public sealed class GridTelemetry : IDisposable
         _meter.CreateObservableGauge("grid_waiting_sequences", () => engine.Loop?.WaitingCount ?? 0, description: "Sequences waiting for room in the batch");
         _meter.CreateObservableCounter("grid_preemptions", () => engine.Loop?.Preemptions ?? 0, description: "Sequences preempted for latent-cache room (recomputed later)");
         _meter.CreateObservableCounter("grid_recomputed_sequences", () => engine.Loop?.Recomputed ?? 0, description: "Sequences whose latent caches were lost (a silo died, a lease expired) and were rebuilt by prefilling their tokens again");
+        _meter.CreateObservableCounter("grid_engine_loop_restarts", () => engine.Loop?.LoopRestarts ?? 0, description: "Times the engine loop threw and was started again, failing its sequences (0 unless there is a bug)");
         _meter.CreateObservableCounter("grid_step_interruptions", () => engine.Loop?.Interruptions ?? 0, description: "Steps interrupted by a lost silo and stepped again");
         // Prefix caching, as vLLM names it (prefix_cache_queries / prefix_cache_hits, in tokens): hit rate = rate(hits) / rate(queries).
         _meter.CreateObservableCounter("grid_prefix_cache_queries", () => engine.Loop?.PrefixQueries ?? 0, description: "Tokens of new and recomputed sequences looked up in the prefix cache");

@@ -21,6 +21,8 @@ public sealed class SiloTelemetry : IDisposable
     /// <summary>Counts sequences whose caches a shard freed because their gateway's lease expired.</summary>
     public void CachesReclaimed(long freed) => Interlocked.Add(ref _cachesReclaimed, freed);
     long _cachesReclaimed;
+    public void CachesRewound(long rewound) => Interlocked.Add(ref _cachesRewound, rewound);
+    long _cachesRewound;
 
     public SiloTelemetry()
     {
@@ -33,6 +35,7 @@ public sealed class SiloTelemetry : IDisposable
         ExpertTokens = _meter.CreateCounter<long>("grid_expert_tokens", description: "Token rows routed into this silo's expert groups, by group");
         ExpertCalls = _meter.CreateCounter<long>("grid_expert_calls", description: "Expert-group calls served, by group");
         // Observable: exported (as 0) from the first scrape, not only once a gateway died.
+        _meter.CreateObservableCounter("grid_silo_caches_rewound", () => Interlocked.Read(ref _cachesRewound), description: "Latent caches taken back to a step's position because the gateway ran that step again (another shard of it failed after this one committed)");
         _meter.CreateObservableCounter("grid_silo_caches_reclaimed", () => Interlocked.Read(ref _cachesReclaimed), description: "Latent caches freed because their gateway's lease expired (a gateway that died)");
         ComputeMs = _meter.CreateHistogram<double>("grid_silo_compute_ms", unit: "ms", description: "Tensor work per grain call on the inference thread, by kind");
     }

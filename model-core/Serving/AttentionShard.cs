@@ -80,6 +80,9 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
 
     LatentCache Cache => model.Cache ?? throw new InvalidOperationException("this host does not serve attention");
 
+    /// <summary>Sequences taken back to a chunk's position because the step ran again (<see cref="Rewinds"/>), since this shard was created.</summary>
+    public long Rewound { get; private set; }
+
     /// <summary>Caches freed because their owner's lease expired, since this shard was created.</summary>
     public long Reclaimed { get; private set; }
 
@@ -126,6 +129,7 @@ public sealed class AttentionShard(DeepseekV2Model model) : IDisposable
         }
         if (refusals.Count > 0) throw new StepRefusedException(refusals);
         foreach (var (seq, position) in rewinds) cache.Rewind(seq, position);
+        Rewound += rewinds.Count;
 
         var batch = chunks.Select(c =>
         {

@@ -127,6 +127,7 @@ public sealed class AttentionShardTests
         Assert.Equal(decode.Token, rerun.Token);
         Assert.Equal(decode.Logprob, rerun.Logprob, 1e-3);
         Assert.Equal(held.Tokens, shard.Stats().Tokens);
+        Assert.Equal(2, shard.Rewound);
 
         // Other token ids at a held position are not the same work: refused, nothing changes.
         var other = Assert.Throws<StepRefusedException>(() => shard.Start([new StepChunk(1, p, [prefill.Token + 1]) { Sample = Greedy }], owner: owner, stepId: 5));
