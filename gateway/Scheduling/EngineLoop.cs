@@ -203,6 +203,9 @@ public sealed class EngineLoop : IAsyncDisposable
                     Dequeued(s);
                     s.Events.Writer.TryComplete(e);
                 }
+                // A bug that throws at once again must not spin a core.
+                try { await Task.Delay(TimeSpan.FromMilliseconds(100), _stop.Token); }
+                catch (OperationCanceledException) { return; }
             }
         }
     }
