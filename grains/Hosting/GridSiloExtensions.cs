@@ -36,6 +36,12 @@ public static class GridSiloExtensions
             o.ClassSpecificCollectionAge[typeof(ExpertGroupGrain).FullName!] = TimeSpan.FromDays(3650);
         });
         silo.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMinutes(2));
+        // The strongly consistent grain directory: with the default one, a silo that dies takes its directory partition
+        // with it, and grains registered there are terminated even on the silos that live on (an attention shard on a
+        // surviving silo lost every latent cache it held). This one rebuilds the partition from the surviving silos.
+#pragma warning disable ORLEANSEXP003 // experimental in Orleans 10.4: chosen for the guarantee above
+        silo.AddDistributedGrainDirectory();
+#pragma warning restore ORLEANSEXP003
         return silo;
     }
 }

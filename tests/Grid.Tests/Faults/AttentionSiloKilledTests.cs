@@ -48,5 +48,14 @@ public sealed class AttentionSiloKilledTests(ITestOutputHelper output)
         ReportGaps(output, $"greedy, {victim} killed", runs.Where((_, i) => i % 2 == 0).ToArray());
         ReportGaps(output, $"seeded, {victim} killed", runs.Where((_, i) => i % 2 == 1).ToArray());
         AssertSameAsSolo(cluster, expected, runs, $"{victim} killed after {KillAfterTokens}+ tokens per stream");
+
+        // Only the victim's sequences were recomputed: the surviving shard's, whose step may have committed there when
+        // the step failed as a whole, were rewound and stepped again, not refused and recomputed.
+        var survivor = victim == "attention0" ? "attention1" : "attention0";
+        var recomputed = await ProcessCluster.GatewayMetricAsync(gateway, "grid_recomputed_sequences_total");
+        var rewound = await cluster.SiloMetricAsync(survivor, "grid_silo_caches_rewound_total");
+        Log(output, $"recomputed {recomputed?.ToString() ?? "?"} sequences; {survivor} rewound {rewound?.ToString() ?? "?"} caches");
+        Assert.NotNull(recomputed);
+        if (held[victim] is { } lost) Assert.True(recomputed <= lost, $"{recomputed} sequences were recomputed, but {victim} held only {lost}\n{cluster.AllLogTails()}");
     }
 }

@@ -175,20 +175,32 @@ public sealed class ProcessCluster : IAsyncDisposable
         try
         {
             using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-            var text = await http.GetStringAsync($"http://127.0.0.1:{silo.MetricsPort}/metrics");
-            double? sum = null;
-            foreach (var line in text.Split('\n'))
-            {
-                if (!line.StartsWith(metric, StringComparison.Ordinal) || line.Length == metric.Length || (line[metric.Length] != ' ' && line[metric.Length] != '{')) continue;
-                var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                // "name{labels} value [timestamp]": the value follows the closing brace (labels may hold spaces).
-                var afterLabels = line[(line.LastIndexOf('}') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                var value = line.Contains('{') ? afterLabels[0] : parts[1];
-                if (double.TryParse(value, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v)) sum = (sum ?? 0) + v;
-            }
-            return sum;
+            return MetricSum(await http.GetStringAsync($"http://127.0.0.1:{silo.MetricsPort}/metrics"), metric);
         }
         catch (Exception e) when (e is HttpRequestException or OperationCanceledException) { return null; }
+    }
+
+    /// <summary>The sum of a metric's series on the gateway's <c>/metrics</c>; null when it does not answer or lacks the metric.</summary>
+    public static async Task<double?> GatewayMetricAsync(GatewayHandle gateway, string metric)
+    {
+        try { return MetricSum(await gateway.Http.GetStringAsync("/metrics"), metric); }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException) { return null; }
+    }
+
+    /// <summary>The sum of the values of <paramref name="metric"/>'s series in a Prometheus text exposition; null when absent.</summary>
+    static double? MetricSum(string text, string metric)
+    {
+        double? sum = null;
+        foreach (var line in text.Split('\n'))
+        {
+            if (!line.StartsWith(metric, StringComparison.Ordinal) || line.Length == metric.Length || (line[metric.Length] != ' ' && line[metric.Length] != '{')) continue;
+            var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            // "name{labels} value [timestamp]": the value follows the closing brace (labels may hold spaces).
+            var afterLabels = line[(line.LastIndexOf('}') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            var value = line.Contains('{') ? afterLabels[0] : parts[1];
+            if (double.TryParse(value, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v)) sum = (sum ?? 0) + v;
+        }
+        return sum;
     }
 
     /// <summary><see cref="StartSilo"/> and <see cref="WaitSiloReadyAsync"/>.</summary>
