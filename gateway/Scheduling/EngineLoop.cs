@@ -196,13 +196,8 @@ public sealed class EngineLoop : IAsyncDisposable
                 LoopRestarts++;
                 _logger.LogCritical(e, "the engine loop failed; failing its {Running} running and {Waiting} waiting sequences and starting it again",
                     _running.Count, _waiting.Count);
-                foreach (var s in _running.ToArray()) await FinishAsync(s, "error", e);
-                foreach (var s in _waiting.ToArray())
-                {
-                    _waiting.Remove(s);
-                    Dequeued(s);
-                    s.Events.Writer.TryComplete(e);
-                }
+                await FailRunningAsync(e);
+                foreach (var s in _waiting.ToArray()) Reject(s, e);
                 // A bug that throws at once again must not spin a core.
                 try { await Task.Delay(TimeSpan.FromMilliseconds(100), _stop.Token); }
                 catch (OperationCanceledException) { return; }
@@ -270,13 +265,7 @@ public sealed class EngineLoop : IAsyncDisposable
             catch (StepRefusedException e)
             {
                 // The shard changed nothing: recompute the sequences whose caches it does not hold, re-queue those it has no room for.
-                try { await RecoverAsync(e); }
-                catch (Exception failure)
-                {
-                    // Recovery must never end the loop (every stream of this gateway would stop): fail the sequences instead.
-                    _logger.LogError(failure, "recovering from a refused step failed; failing {Count} sequences", _running.Count);
-                    foreach (var s in _running.ToArray()) await FinishAsync(s, "error", failure);
-                }
+                await RecoverAsync(e);
             }
             catch (StepInterruptedException e)
             {
@@ -290,7 +279,7 @@ public sealed class EngineLoop : IAsyncDisposable
                 {
                     var error = new ModelPartUnavailableException($"the grid did not recover within {_recovery.TotalSeconds:F0} s: {e.Message}", e);
                     _logger.LogError(e, "step interrupted for {Seconds:F0} s; failing {Count} sequences", _recovery.TotalSeconds, _running.Count);
-                    foreach (var s in _running.ToArray()) await FinishAsync(s, "error", error);
+                    await FailRunningAsync(error);
                     _interruptedSince = null;
                 }
                 else
@@ -311,7 +300,7 @@ public sealed class EngineLoop : IAsyncDisposable
             {
                 // A failed step fails the sequences in it, never the loop.
                 _logger.LogError(e, "step failed; failing {Count} sequences", _running.Count);
-                foreach (var s in _running.ToArray()) await FinishAsync(s, "error", e);
+                await FailRunningAsync(e);
             }
         }
     }
@@ -457,12 +446,22 @@ public sealed class EngineLoop : IAsyncDisposable
         if (_options.MaxQueueSeconds <= 0) return;
         var limit = TimeSpan.FromSeconds(_options.MaxQueueSeconds);
         foreach (var s in queued.Where(s => Stopwatch.GetElapsedTime(s.QueuedAt) > limit))
-        {
-            _waiting.Remove(s);
-            Dequeued(s);
-            s.Events.Writer.TryComplete(new QueueFullException(
+            Reject(s, new QueueFullException(
                 $"the request waited {_options.MaxQueueSeconds:F0} s without a place in the running batch; the server is at capacity, retry later", 1));
-        }
+    }
+
+    /// <summary>A waiting sequence leaves the queue without running: its stream ends with <paramref name="error"/>.</summary>
+    void Reject(Sequence s, Exception error)
+    {
+        _waiting.Remove(s);
+        Dequeued(s);
+        s.Events.Writer.TryComplete(error);
+    }
+
+    /// <summary>Every running sequence fails with <paramref name="error"/>.</summary>
+    async Task FailRunningAsync(Exception error)
+    {
+        foreach (var s in _running.ToArray()) await FinishAsync(s, "error", error);
     }
 
     /// <summary>The sequence no longer counts against the queue bound (admitted, or gone).</summary>
@@ -494,7 +493,7 @@ public sealed class EngineLoop : IAsyncDisposable
             var error = new InvalidOperationException(
                 $"sequence {s.Id} needs more latent cache ({s.Tokens.Count + 1} tokens) than an attention shard holds");
             if (_running.Contains(s)) await FinishAsync(s, "error", error);
-            else { _waiting.Remove(s); Dequeued(s); s.Events.Writer.TryComplete(error); }
+            else Reject(s, error);
         }
         if (plan.Preempted.Count > 0)
         {

@@ -6,7 +6,6 @@ using Grid.Grains.Hosting;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Sampling;
 using Grid.ModelCore.Serving;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Orleans.TestingHost;
 using Xunit;
@@ -24,21 +23,9 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
     // silo 0 and 1: attention; silo 2: every expert group (never stopped).
     TestCluster _cluster = null!;
 
-    public async Task InitializeAsync()
-    {
-        var builder = new TestClusterBuilder(3);
-        builder.Options.ServiceId = "grid-attention-failover";
-        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = Golden.Dir("full_f32") }));
-        builder.AddSiloBuilderConfigurator<Configurator>();
-        _cluster = builder.Build();
-        await _cluster.DeployAsync();
-    }
+    public async Task InitializeAsync() => _cluster = await TestSilo.StartClusterAsync<Configurator>("grid-attention-failover");
 
-    public async Task DisposeAsync()
-    {
-        await _cluster.StopAllSilosAsync();
-        await _cluster.DisposeAsync();
-    }
+    public Task DisposeAsync() => TestSilo.StopClusterAsync(_cluster);
 
     sealed class Configurator : ISiloConfigurator
     {
@@ -86,7 +73,8 @@ public sealed class AttentionFailoverTests : IAsyncLifetime
         Sampling = new SamplingParams { Temperature = temperature, Seed = seed, PresencePenalty = 0.3, FrequencyPenalty = 0.3, RepetitionPenalty = 1.1 },
     };
 
-    static async Task<(List<int> Tokens, string? Finish)> RunAsync(EngineLoop loop, GenerationRequest request, Action<int>? onToken = null)
+    /// <summary>Runs one request through the loop: its tokens and finish reason (<paramref name="onToken"/> sees the count so far).</summary>
+    internal static async Task<(List<int> Tokens, string? Finish)> RunAsync(EngineLoop loop, GenerationRequest request, Action<int>? onToken = null)
     {
         var tokens = new List<int>();
         string? finish = null;

@@ -4,7 +4,6 @@ using Grid.Grains.Contracts;
 using Grid.Grains.Hosting;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Model;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Orleans.TestingHost;
 using Xunit;
@@ -24,27 +23,14 @@ public abstract class ElasticClusterBase(string serviceId) : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var builder = new TestClusterBuilder(3);
-        builder.Options.ServiceId = serviceId;
-        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["GridModelPath"] = Golden.Dir("full_f32"),
-            ["GridLayout"] = serviceId,
-        }));
-        builder.AddSiloBuilderConfigurator<Configurator>();
-        Cluster = builder.Build();
-        await Cluster.DeployAsync();
+        Cluster = await TestSilo.StartClusterAsync<Configurator>(serviceId, new Dictionary<string, string?> { ["GridLayout"] = serviceId });
         var config = ModelConfig.Load(Path.Combine(Golden.Dir("full_f32"), "config.json"));
         Executor = new GridStepExecutor(Cluster.Client, config, new GridTopology { ExpertGroups = 4, CallTimeout = TimeSpan.FromSeconds(10) },
             NullLogger<GridStepExecutor>.Instance);
         await Poll.UntilAsync(async () => (await Executor.GetReadinessAsync(CancellationToken.None)).Ready, "the cluster did not load its weights");
     }
 
-    public async Task DisposeAsync()
-    {
-        await Cluster.StopAllSilosAsync();
-        await Cluster.DisposeAsync();
-    }
+    public Task DisposeAsync() => TestSilo.StopClusterAsync(Cluster);
 
     /// <summary>
     /// What silo i serves, by layout (the service id), no group replicated. Elastic layout: silo 0 attention + group 0,

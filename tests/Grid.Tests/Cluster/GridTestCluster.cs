@@ -98,6 +98,31 @@ public static class TestSilo
         return name == "Primary" ? 0 : int.Parse(name.Split('_')[1]);
     }
 
+    /// <summary>
+    /// Deploys a 3-silo TestingHost cluster over the <c>full_f32</c> golden checkpoint whose silos <typeparamref name="TConfigurator"/>
+    /// lays out; <paramref name="settings"/> adds host configuration the configurator reads.
+    /// </summary>
+    public static async Task<TestCluster> StartClusterAsync<TConfigurator>(string serviceId, IReadOnlyDictionary<string, string?>? settings = null)
+        where TConfigurator : ISiloConfigurator, new()
+    {
+        var builder = new TestClusterBuilder(3);
+        builder.Options.ServiceId = serviceId;
+        var configuration = new Dictionary<string, string?> { ["GridModelPath"] = Golden.Dir("full_f32") };
+        foreach (var (key, value) in settings ?? new Dictionary<string, string?>()) configuration[key] = value;
+        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(configuration));
+        builder.AddSiloBuilderConfigurator<TConfigurator>();
+        var cluster = builder.Build();
+        await cluster.DeployAsync();
+        return cluster;
+    }
+
+    /// <summary>Stops every silo of a cluster from <see cref="StartClusterAsync"/> and disposes it.</summary>
+    public static async Task StopClusterAsync(TestCluster cluster)
+    {
+        await cluster.StopAllSilosAsync();
+        await cluster.DisposeAsync();
+    }
+
     /// <summary>Adds the Grid silo for the checkpoint in the cluster's <c>GridModelPath</c>, with the roles <paramref name="layout"/> gives the silo's index.</summary>
     public static void AddGridSilo(ISiloBuilder silo, int expertGroups, Func<int, SiloOptions> layout) =>
         silo.AddGridSilo(new GridOptions

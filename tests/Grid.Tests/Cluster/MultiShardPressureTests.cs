@@ -4,7 +4,6 @@ using Grid.Gateway.Scheduling;
 using Grid.ModelCore.Config;
 using Grid.ModelCore.Sampling;
 using Grid.Grains.Hosting;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Orleans.TestingHost;
 using Xunit;
@@ -20,21 +19,9 @@ public sealed class MultiShardPressureTests : IAsyncLifetime
 {
     TestCluster _cluster = null!;
 
-    public async Task InitializeAsync()
-    {
-        var builder = new TestClusterBuilder(3);
-        builder.Options.ServiceId = "grid-multishard-pressure";
-        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = Golden.Dir("full_f32") }));
-        builder.AddSiloBuilderConfigurator<Configurator>();
-        _cluster = builder.Build();
-        await _cluster.DeployAsync();
-    }
+    public async Task InitializeAsync() => _cluster = await TestSilo.StartClusterAsync<Configurator>("grid-multishard-pressure");
 
-    public async Task DisposeAsync()
-    {
-        await _cluster.StopAllSilosAsync();
-        await _cluster.DisposeAsync();
-    }
+    public Task DisposeAsync() => TestSilo.StopClusterAsync(_cluster);
 
     sealed class Configurator : ISiloConfigurator
     {
@@ -53,18 +40,6 @@ public sealed class MultiShardPressureTests : IAsyncLifetime
         Sampling = new SamplingParams { Temperature = temperature, Seed = seed },
     };
 
-    static async Task<(List<int> Tokens, string? Finish)> RunAsync(EngineLoop loop, GenerationRequest request)
-    {
-        var tokens = new List<int>();
-        string? finish = null;
-        await foreach (var e in loop.Submit(request, CancellationToken.None).ReadAllAsync())
-        {
-            if (e is TokenEvent t) tokens.Add(t.Token.Token);
-            if (e is FinishedEvent f) finish = f.Reason;
-        }
-        return (tokens, finish);
-    }
-
     [Fact]
     public async Task PreemptedSequencesOnBothShardsFinishWithTheirSoloTokens()
     {
@@ -80,10 +55,10 @@ public sealed class MultiShardPressureTests : IAsyncLifetime
         var requests = Enumerable.Range(0, 20).Select(i => Request([(i * 37 + 5) % config.VocabSize, .. golden], 100,
             temperature: i % 2 == 0 ? 0 : 1, seed: 300 + i)).ToArray();
         var solo = new List<List<int>>();
-        foreach (var r in requests) solo.Add((await RunAsync(loop, r)).Tokens);
+        foreach (var r in requests) solo.Add((await AttentionFailoverTests.RunAsync(loop, r)).Tokens);
         Assert.Equal(0, loop.Preemptions);
 
-        var done = await Task.WhenAll(requests.Select(r => RunAsync(loop, r))).WaitAsync(Poll.Deadline);
+        var done = await Task.WhenAll(requests.Select(r => AttentionFailoverTests.RunAsync(loop, r))).WaitAsync(Poll.Deadline);
         for (int i = 0; i < requests.Length; i++)
         {
             Assert.Equal("length", done[i].Finish);

@@ -4,7 +4,6 @@ using Grid.Grains;
 using Grid.Grains.Contracts;
 using Grid.Grains.Hosting;
 using Grid.ModelCore.Config;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using Orleans.TestingHost;
 using Xunit;
@@ -21,21 +20,9 @@ public sealed class ReplicaFailoverTests : IAsyncLifetime
     static readonly int[][] GroupsOfSilo = [[0], [1, 2, 3], [1, 2, 3]];
     TestCluster _cluster = null!;
 
-    public async Task InitializeAsync()
-    {
-        var builder = new TestClusterBuilder(3);
-        builder.Options.ServiceId = "grid-replicas";
-        builder.ConfigureHostConfiguration(c => c.AddInMemoryCollection(new Dictionary<string, string?> { ["GridModelPath"] = Golden.Dir("full_f32") }));
-        builder.AddSiloBuilderConfigurator<Configurator>();
-        _cluster = builder.Build();
-        await _cluster.DeployAsync();
-    }
+    public async Task InitializeAsync() => _cluster = await TestSilo.StartClusterAsync<Configurator>("grid-replicas");
 
-    public async Task DisposeAsync()
-    {
-        await _cluster.StopAllSilosAsync();
-        await _cluster.DisposeAsync();
-    }
+    public Task DisposeAsync() => TestSilo.StopClusterAsync(_cluster);
 
     sealed class Configurator : ISiloConfigurator
     {
